@@ -1,0 +1,39 @@
+//! # Parley chat node
+//!
+//! One binary that holds clients' WebSockets, serves the HTTP API and keeps history in an
+//! ordered transactional key-value store.
+//!
+//! # Layout
+//!
+//! Three layers, each knowing only the one below:
+//!
+//! | layer | modules | role |
+//! | --- | --- | --- |
+//! | edge | [`api`], [`gateway`] | HTTP routes and WebSocket sessions: parse, authorise, call a service, encode |
+//! | services | [`chat`], [`presence`], [`hub`], [`cluster`] | the behaviour: sending and delivering, who is online, which node serves whom |
+//! | storage | [`store`] | the ordered-KV trait, its backends, and the chat data model on top |
+//!
+//! Beside them: [`protocol`] (the wire types and limits of PROTOCOL.md), [`auth`] (password
+//! hashes and signed tokens), [`config`] (flags and `PARLEY_*` variables), [`metrics`]
+//! (Prometheus), and [`server`] (start-up, the shared [`server::AppState`], shutdown).
+
+pub mod api;
+pub mod accounts;
+pub mod auth;
+pub mod chat;
+pub mod cluster;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod metrics;
+pub mod presence;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+/// Milliseconds since the Unix epoch: the protocol's `ts`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

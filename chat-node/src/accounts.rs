@@ -1,0 +1,127 @@
+//! Accounts: sign-up, login (a device per login), profiles and devices.
+
+use std::sync::Arc;
+
+use crate::auth::{TokenKeys, password};
+use crate::hub::Hub;
+use crate::now_ms;
+use crate::protocol::types::{Device, Login, Profile, PushRegistration, Session, SignUp};
+use crate::protocol::{ApiError, validate};
+use crate::store::{ChatStore, UserRecord};
+
+/// The accounts service.
+pub struct Accounts {
+    store: ChatStore,
+    tokens: TokenKeys,
+    hub: Arc<Hub>,
+}
+
+/// A fresh random id: 16 lowercase hex digits (64 bits), valid in paths and channel names.
+pub fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+impl Accounts {
+    pub fn new(store: ChatStore, tokens: TokenKeys, hub: Arc<Hub>) -> Self {
+        Self { store, tokens, hub }
+    }
+
+    pub fn tokens(&self) -> &TokenKeys {
+        &self.tokens
+    }
+
+    pub async fn sign_up(&self, body: SignUp) -> Result<Profile, ApiError> {
+        validate::username(&body.username)?;
+        validate::password(&body.password)?;
+        let display_name = body.display_name.unwrap_or_else(|| body.username.clone());
+        validate::display_name(&display_name)?;
+        if self.store.user_by_name(&body.username).await?.is_some() {
+            return Err(ApiError::conflict(format!("the username {:?} is taken; choose another", body.username)));
+        }
+        let user = UserRecord {
+            user_id: new_id(),
+            username: body.username,
+            display_name,
+            password_hash: password::hash(body.password).await?,
+            created_at: now_ms(),
+        };
+        self.store.create_user(&user).await?;
+        tracing::info!(user_id = %user.user_id, username = %user.username, "signed up");
+        Ok(user.profile())
+    }
+
+    pub async fn log_in(&self, body: Login) -> Result<Session, ApiError> {
+        let device_id = match body.device_id {
+            Some(d) => {
+                validate::device_id(&d)?;
+                d
+            }
+            None => format!("d-{}", new_id()),
+        };
+        let user = self.store.user_by_name(&body.username).await?;
+        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let user = match user {
+            Some(user) if password::verify(body.password, phc).await => user,
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "the username or password is wrong; check both, or sign up with POST /v1/users",
+                ));
+            }
+        };
+        let now = now_ms();
+        self.store.touch_device(&user.user_id, &device_id, now).await?;
+        let (token, expires_at) = self.tokens.issue(&user.user_id, &device_id, now)?;
+        Ok(Session { token, user_id: user.user_id, device_id, expires_at })
+    }
+
+    pub async fn profile(&self, user_id: &str) -> Result<Profile, ApiError> {
+        let not_found = || ApiError::not_found(format!("no user has the id {user_id:?}"));
+        if !validate::is_id(user_id) {
+            return Err(not_found());
+        }
+        self.store.user(user_id).await?.map(|u| u.profile()).ok_or_else(not_found)
+    }
+
+    pub async fn profile_by_name(&self, username: &str) -> Result<Profile, ApiError> {
+        self.store
+            .user_by_name(username)
+            .await?
+            .map(|u| u.profile())
+            .ok_or_else(|| ApiError::not_found(format!("no user has the username {username:?}")))
+    }
+
+    pub async fn set_display_name(&self, user_id: &str, display_name: &str) -> Result<Profile, ApiError> {
+        validate::display_name(display_name)?;
+        Ok(self.store.set_display_name(user_id, display_name).await?.profile())
+    }
+
+    pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, ApiError> {
+        let online = self.hub.online_devices(user_id);
+        Ok(self
+            .store
+            .devices(user_id)
+            .await?
+            .into_iter()
+            .map(|d| Device {
+                online: online.contains(&d.device_id),
+                device_id: d.device_id,
+                cursor: d.cursor,
+                last_seen: d.last_seen,
+            })
+            .collect())
+    }
+
+    pub async fn set_push(&self, user_id: &str, device_id: &str, push: PushRegistration) -> Result<(), ApiError> {
+        validate::device_id(device_id)?;
+        if push.token.is_empty() || push.token.len() > 4096 {
+            return Err(ApiError::bad_request("push token must be 1 to 4096 bytes"));
+        }
+        let known = self.store.devices(user_id).await?.iter().any(|d| d.device_id == device_id);
+        if !known {
+            return Err(ApiError::not_found(format!(
+                "you have no device {device_id:?}; log in with that device_id first"
+            )));
+        }
+        self.store.set_push(user_id, device_id, push).await
+    }
+}

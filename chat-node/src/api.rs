@@ -1,0 +1,152 @@
+//! The HTTP API (`/v1/...`, `/healthz`, `/readyz`, `/metrics`) and the entry to the
+//! WebSocket upgrade.
+//!
+//! One warp filter takes every request apart (method, path, query, headers, body) and
+//! [`routes`] matches the path segments against the contract's table. A plain `match` keeps
+//! the whole API readable on one screen and gives every miss a contract-shaped error body
+//! (404 / 405 with `{"error": ...}`), which warp's rejection chain makes awkward.
+
+mod routes;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, Method, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use warp::Filter;
+use warp::reply::{Reply, Response};
+
+use crate::auth::Claims;
+use crate::protocol::ApiError;
+use crate::server::AppState;
+
+/// The node's whole HTTP surface as one warp filter.
+pub fn filter(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::any().map(move || state.clone()))
+        .then(
+            |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body, upgrade, state: Arc<AppState>| async move {
+                state.metrics.http_requests.inc();
+                let request = Request { method, path: path.as_str().to_owned(), query, headers, upgrade };
+                match routes::route(&state, request, body).await {
+                    Ok(response) => response,
+                    Err(error) => error_response(&error),
+                }
+            },
+        )
+}
+
+/// One request, taken apart.
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub upgrade: Option<OnUpgrade>,
+}
+
+impl Request {
+    /// The path's segments after the leading `/`, percent-decoded.
+    pub fn segments(&self) -> Vec<String> {
+        self.path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .collect()
+    }
+
+    /// A query parameter's value.
+    pub fn query(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+
+    /// A numeric query parameter; 400 if present but not a non-negative integer.
+    pub fn query_u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        match self.query(name) {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| ApiError::bad_request(format!("query parameter {name} must be a non-negative integer"))),
+        }
+    }
+
+    /// The bearer token from `Authorization`, checked; 401 if absent or invalid.
+    pub fn auth(&self, state: &AppState) -> Result<Claims, ApiError> {
+        let header = self.headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("this call needs `Authorization: Bearer <token>`; get a token with POST /v1/sessions")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        state.accounts.tokens().verify(token.trim())
+    }
+}
+
+/// Read the whole body, refusing more than `limit` bytes with 413 (whether or not the
+/// client declared a length).
+pub async fn read_body<S, B>(body: S, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let too_large = || ApiError::too_large(format!("the request body is over {limit} bytes"));
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("the request body could not be read: {e}")))?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Decode a JSON body; 400 saying what is wrong.
+pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("this call needs a JSON body"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
+}
+
+/// A JSON answer with `status`.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+/// 204 No Content.
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The contract's error body with the code's status.
+pub fn error_response(error: &ApiError) -> Response {
+    let status = StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, &error.to_body())
+}

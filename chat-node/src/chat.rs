@@ -1,0 +1,251 @@
+//! The chat service: contacts, groups, sending with live delivery, history, sync, cursors
+//! and typing. Everything a client can do, whether it arrived over HTTP or a WebSocket.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::accounts::new_id;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::now_ms;
+use crate::presence::Presence;
+use crate::protocol::frames::{SendRequest, SendTarget, ServerFrame};
+use crate::protocol::types::{Ack, Contact, Group, Message};
+use crate::protocol::validate::{self, Channel};
+use crate::protocol::{ApiError, Limits};
+use crate::store::NewMessage;
+use crate::store::{ChatStore, GroupRecord};
+
+/// The chat service.
+pub struct Chat {
+    store: ChatStore,
+    hub: Arc<Hub>,
+    presence: Arc<Presence>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl Chat {
+    pub fn new(store: ChatStore, hub: Arc<Hub>, presence: Arc<Presence>, metrics: Arc<Metrics>, limits: Limits) -> Self {
+        Self { store, hub, presence, metrics, limits }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    // --- contacts -------------------------------------------------------------------------
+
+    pub async fn add_contact(&self, owner: &str, contact: &str) -> Result<(), ApiError> {
+        if !validate::is_id(contact) {
+            return Err(ApiError::not_found(format!("no user has the id {contact:?}")));
+        }
+        if contact == owner {
+            return Err(ApiError::bad_request("you cannot add yourself as a contact"));
+        }
+        let was_mutual = self.store.are_mutual(owner, contact).await?;
+        self.store.add_contact(owner, contact, now_ms()).await?;
+        if !was_mutual && self.store.are_mutual(owner, contact).await? {
+            self.exchange_presence(owner, contact).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn remove_contact(&self, owner: &str, contact: &str) -> Result<(), ApiError> {
+        if !validate::is_id(contact) {
+            return Err(ApiError::not_found(format!("no user has the id {contact:?}")));
+        }
+        self.store.remove_contact(owner, contact).await
+    }
+
+    /// Two users just became mutual contacts: each online one hears the other's status.
+    async fn exchange_presence(&self, a: &str, b: &str) -> Result<(), ApiError> {
+        for (viewer, subject) in [(a, b), (b, a)] {
+            if self.hub.is_online(viewer) {
+                let (status, last_seen) = self.presence.status(subject).await?;
+                let frame = ServerFrame::Presence { user: subject.to_owned(), status, last_seen };
+                self.hub.send_to_user(viewer, &Utf8Bytes::from(frame.to_json()), None);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn contacts(&self, owner: &str) -> Result<Vec<Contact>, ApiError> {
+        let mut out = Vec::new();
+        for c in self.store.contacts(owner).await? {
+            let (status, last_seen) = if c.mutual {
+                match self.hub.last_active(&c.user.user_id) {
+                    Some(ts) => (Some("online"), Some(ts)),
+                    None => (Some("offline"), c.last_seen),
+                }
+            } else {
+                (None, None)
+            };
+            out.push(Contact {
+                user_id: c.user.user_id,
+                username: c.user.username,
+                display_name: c.user.display_name,
+                mutual: c.mutual,
+                status,
+                last_seen,
+            });
+        }
+        Ok(out)
+    }
+
+    // --- groups ---------------------------------------------------------------------------
+
+    pub async fn create_group(&self, owner: &str, name: &str, members: Vec<String>) -> Result<Group, ApiError> {
+        validate::group_name(name)?;
+        let mut all = vec![owner.to_owned()];
+        for m in members {
+            if !validate::is_id(&m) {
+                return Err(ApiError::bad_request(format!("member {m:?} is not a user id")));
+            }
+            if !all.contains(&m) {
+                all.push(m);
+            }
+        }
+        let group = GroupRecord {
+            group_id: new_id(),
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            members: all,
+            created_at: now_ms(),
+        };
+        self.store.create_group(&group, self.limits.max_group_members).await?;
+        Ok(group.to_wire())
+    }
+
+    pub async fn groups(&self, user_id: &str) -> Result<Vec<Group>, ApiError> {
+        Ok(self.store.groups_of(user_id).await?.iter().map(GroupRecord::to_wire).collect())
+    }
+
+    pub async fn group(&self, caller: &str, group_id: &str) -> Result<Group, ApiError> {
+        let not_found = || ApiError::not_found(format!("no group has the id {group_id:?}"));
+        if !validate::is_id(group_id) {
+            return Err(not_found());
+        }
+        let group = self.store.group(group_id).await?.ok_or_else(not_found)?;
+        if !group.members.iter().any(|m| m == caller) {
+            return Err(ApiError::forbidden("only members can see a group"));
+        }
+        Ok(group.to_wire())
+    }
+
+    pub async fn add_member(&self, caller: &str, group_id: &str, user_id: &str) -> Result<Group, ApiError> {
+        if !validate::is_id(group_id) {
+            return Err(ApiError::not_found(format!("no group has the id {group_id:?}")));
+        }
+        if !validate::is_id(user_id) {
+            return Err(ApiError::not_found(format!("no user has the id {user_id:?}")));
+        }
+        let group = self.store.add_member(caller, group_id, user_id, self.limits.max_group_members).await?;
+        Ok(group.to_wire())
+    }
+
+    pub async fn remove_member(&self, caller: &str, group_id: &str, user_id: &str) -> Result<(), ApiError> {
+        if !validate::is_id(group_id) {
+            return Err(ApiError::not_found(format!("no group has the id {group_id:?}")));
+        }
+        if !validate::is_id(user_id) {
+            return Err(ApiError::not_found(format!("no user has the id {user_id:?}")));
+        }
+        self.store.remove_member(caller, group_id, user_id).await.map(|_| ())
+    }
+
+    // --- messages -------------------------------------------------------------------------
+
+    /// Store a message durably, then deliver it live to every online device of every member
+    /// but the sending device. A resent `client_msg_id` returns the first ack.
+    pub async fn send(&self, sender: &str, device: &str, req: &SendRequest) -> Result<Ack, ApiError> {
+        let started = Instant::now();
+        validate::client_msg_id(&req.client_msg_id)?;
+        validate::text(&req.text, self.limits.max_message_chars)?;
+        let channel = match &req.target {
+            SendTarget::User(to) => {
+                if !validate::is_id(to) {
+                    return Err(ApiError::not_found(format!("no user has the id {to:?}")));
+                }
+                Channel::direct(sender, to)
+            }
+            SendTarget::Channel(name) => Channel::parse(name)?,
+        };
+        let new = NewMessage {
+            sender,
+            device,
+            channel: &channel,
+            client_msg_id: &req.client_msg_id,
+            text: &req.text,
+            ts: now_ms(),
+        };
+        let outcome = self.store.send(&new).await?;
+        if outcome.duplicate {
+            self.metrics.duplicate_sends.inc();
+            return Ok(outcome.ack);
+        }
+        self.metrics.messages_sent.inc();
+        self.metrics.send_latency.observe(started.elapsed().as_secs_f64());
+        if let Some(message) = outcome.message {
+            self.deliver(message, &outcome.recipients, device);
+        }
+        Ok(outcome.ack)
+    }
+
+    /// Push a stored message to the online devices of its recipients (`(user, inbox_id)`),
+    /// except the sender's sending device. Best effort: the inbox is the truth.
+    fn deliver(&self, mut message: Message, recipients: &[(String, u64)], sending_device: &str) {
+        let mut delivered = 0;
+        for (user_id, inbox_id) in recipients {
+            if !self.hub.is_online(user_id) {
+                continue;
+            }
+            message.inbox_id = Some(*inbox_id);
+            let frame = Utf8Bytes::from(ServerFrame::Message(message.clone()).to_json());
+            let except = (*user_id == message.from).then_some(sending_device);
+            delivered += self.hub.send_to_user(user_id, &frame, except);
+        }
+        self.metrics.messages_delivered.inc_by(delivered as u64);
+    }
+
+    pub async fn history(
+        &self,
+        caller: &str,
+        channel: &str,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<(Vec<Message>, bool), ApiError> {
+        let channel = Channel::parse(channel)?;
+        let limit = self.limits.page(limit)?;
+        self.store.history(caller, &channel, after_seq, before_seq, limit).await
+    }
+
+    pub async fn sync(&self, user_id: &str, after: u64, limit: Option<u64>) -> Result<(Vec<Message>, bool), ApiError> {
+        let limit = self.limits.page(limit)?;
+        self.store.sync(user_id, after, limit).await
+    }
+
+    pub async fn set_cursor(&self, user_id: &str, device_id: &str, inbox_id: u64) -> Result<(), ApiError> {
+        let head = self.store.inbox_head(user_id).await?;
+        if inbox_id > head {
+            return Err(ApiError::bad_request(format!(
+                "cursor {inbox_id} is past your newest inbox entry ({head})"
+            )));
+        }
+        self.store.set_cursor(user_id, device_id, inbox_id).await
+    }
+
+    /// Relay "typing" to the channel's other members' online devices.
+    pub async fn typing(&self, user_id: &str, channel: &str) -> Result<(), ApiError> {
+        let channel = Channel::parse(channel)?;
+        let members = self.store.channel_members(user_id, &channel).await?;
+        let frame = Utf8Bytes::from(ServerFrame::Typing { channel: channel.to_string(), user: user_id.to_owned() }.to_json());
+        for member in members.iter().filter(|m| *m != user_id) {
+            self.hub.send_to_user(member, &frame, None);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! The node's configuration: the flags and `PARLEY_*` variables of PROTOCOL.md ("Running a
+//! node"), with their defaults, validated at start-up with messages that say what to fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::protocol::Limits;
+
+/// Where history lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// A pure-Rust engine in the data dir; one node, nothing else to run.
+    Embedded,
+    /// The cluster's etcd (small clusters and tests).
+    Etcd,
+    /// TiKV through its PD endpoints (production).
+    Tikv,
+}
+
+/// Command line of `chat-node`. With no flags it runs one self-contained node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-node", version, about = "Parley chat node: WebSockets, HTTP API and history")]
+pub struct Config {
+    /// HTTP and WebSocket on one port.
+    #[arg(long, env = "PARLEY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// How clients and other nodes reach this node (`ws_url` is derived from it). Default:
+    /// `http://<listen>`; when listening on all interfaces, the Host the client used.
+    #[arg(long, env = "PARLEY_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// The embedded store's files (and the generated token secret).
+    #[arg(long, env = "PARLEY_DATA_DIR", default_value = "./parley-data")]
+    pub data_dir: PathBuf,
+
+    /// Where history lives.
+    #[arg(long, env = "PARLEY_STORE", value_enum, default_value = "embedded")]
+    pub store: StoreKind,
+
+    /// Comma-separated etcd endpoints; given, the node joins a cluster.
+    #[arg(long, env = "PARLEY_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// PD endpoints for `--store tikv`.
+    #[arg(long, env = "PARLEY_TIKV_PD", value_delimiter = ',')]
+    pub tikv_pd: Vec<String>,
+
+    /// The cluster's name: nodes of one name share membership and keys.
+    #[arg(long, env = "PARLEY_CLUSTER", default_value = "parley")]
+    pub cluster: String,
+
+    /// Unique per node (a StatefulSet pod's name). Default: the host name.
+    #[arg(long, env = "PARLEY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// A file holding the key that signs tokens (one trailing newline ignored); every node
+    /// of a cluster shares it. Default: generated and kept in the data dir.
+    #[arg(long, env = "PARLEY_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
+
+    /// Where offline pushes go.
+    #[arg(long, env = "PARLEY_PUSH_WEBHOOK")]
+    pub push_webhook: Option<String>,
+
+    /// A file holding the HMAC key that signs pushes (one trailing newline ignored).
+    #[arg(long, env = "PARLEY_PUSH_SECRET_FILE")]
+    pub push_secret_file: Option<PathBuf>,
+
+    /// Seconds of silence after which a device is offline and its socket closed.
+    #[arg(long, env = "PARLEY_HEARTBEAT_TIMEOUT", default_value_t = 30)]
+    pub heartbeat_timeout: u64,
+
+    /// Most members of a group, the creator included.
+    #[arg(long, env = "PARLEY_MAX_GROUP_MEMBERS", default_value_t = 100)]
+    pub max_group_members: usize,
+
+    /// Longest message text, in Unicode scalar values.
+    #[arg(long, env = "PARLEY_MAX_MESSAGE_CHARS", default_value_t = 100_000)]
+    pub max_message_chars: usize,
+
+    /// Connections this node takes before `/v1/assign` prefers others.
+    #[arg(long, env = "PARLEY_CAPACITY", default_value_t = 10_000)]
+    pub capacity: usize,
+
+    /// Hard limit of open WebSockets on this node; past it, upgrades get 503.
+    #[arg(long, env = "PARLEY_MAX_CONNECTIONS", default_value_t = 18_000)]
+    pub max_connections: usize,
+
+    /// Seconds a draining node (SIGTERM) spreads its clients' `reconnect` over.
+    #[arg(long, env = "PARLEY_DRAIN_SECONDS", default_value_t = 5)]
+    pub drain_seconds: u64,
+}
+
+/// A configuration that cannot work, with what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Check what clap cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError(m.to_owned()));
+        if self.heartbeat_timeout == 0 {
+            return bad("--heartbeat-timeout must be at least 1 second");
+        }
+        if !(2..=10_000).contains(&self.max_group_members) {
+            return bad("--max-group-members must be between 2 and 10000");
+        }
+        if !(1..=10_000_000).contains(&self.max_message_chars) {
+            return bad("--max-message-chars must be between 1 and 10000000");
+        }
+        if self.capacity == 0 {
+            return bad("--capacity must be at least 1");
+        }
+        if self.store == StoreKind::Tikv && self.tikv_pd.is_empty() {
+            return bad("--store tikv needs --tikv-pd with the PD endpoints (host:port, comma-separated)");
+        }
+        if self.store == StoreKind::Etcd && self.etcd.is_empty() {
+            return bad("--store etcd needs --etcd with the etcd endpoints");
+        }
+        if self.store != StoreKind::Embedded {
+            return bad("this build supports only --store embedded so far; etcd and tikv arrive with cluster mode");
+        }
+        if !self.etcd.is_empty() {
+            return bad("this build does not support --etcd (cluster mode) yet; run without it for a single node");
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad("--advertise-url must start with http:// or https://");
+        }
+        if self.push_webhook.is_some() != self.push_secret_file.is_some() {
+            return bad("--push-webhook and --push-secret-file go together: give both or neither");
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_chars: self.max_message_chars,
+            max_group_members: self.max_group_members,
+            heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout),
+            ..Limits::default()
+        }
+    }
+
+    /// This node's id: `--node-id`, else the host name.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "parley-node".to_owned())
+        })
+    }
+}

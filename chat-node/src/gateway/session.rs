@@ -1,0 +1,207 @@
+//! One WebSocket session: a single task that reads frames, runs their work (bounded in
+//! number), writes queued frames, watches the heartbeat deadline and drains on shutdown.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use super::{Socket, State};
+use crate::auth::Claims;
+use crate::hub::{CloseReason, Conn};
+use crate::now_ms;
+use crate::protocol::frames::{ClientFrame, Inbound, ServerFrame};
+use crate::protocol::ApiError;
+
+/// Frames of one socket being worked on at once; past this the session stops reading (the
+/// client's pipelining is held back by TCP, not buffered here).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Bytes of outbound frames a socket may have queued beyond one largest frame before it is
+/// cut as a slow consumer.
+const QUEUE_BUDGET: usize = 4 * 1024 * 1024;
+
+type Work = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+/// Run a session until the socket closes, times out, or the node drains.
+pub async fn run(state: State, mut ws: Socket, claims: Claims) {
+    let now = now_ms();
+    let budget = state.limits.max_frame_bytes() + QUEUE_BUDGET;
+    let conn = Arc::new(Conn::new(claims.sub.clone(), claims.dev.clone(), budget, now));
+    state.metrics.connections.inc();
+    tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket open");
+
+    match state.presence.connected(&conn, now).await {
+        Ok(()) => Session { state: state.clone(), conn: conn.clone(), claims }.run(&mut ws).await,
+        Err(e) => {
+            let frame = ServerFrame::error(e, None, None).to_json();
+            let _ = ws.send(Message::Text(frame.into())).await;
+            close(&mut ws, 1011, "the node could not register this connection; reconnect shortly").await;
+        }
+    }
+
+    if let Err(e) = state.presence.disconnected(&conn).await {
+        tracing::warn!(user_id = %conn.user_id, error = %e.message, "could not record a disconnect");
+    }
+    state.metrics.connections.dec();
+    tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket closed");
+}
+
+async fn close(ws: &mut Socket, code: u16, reason: &str) {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+}
+
+struct Session {
+    state: State,
+    conn: Arc<Conn>,
+    claims: Claims,
+}
+
+impl Session {
+    async fn run(self, ws: &mut Socket) {
+        let heartbeat = self.state.limits.heartbeat_timeout;
+        let mut deadline = Instant::now() + heartbeat;
+        let mut work: FuturesUnordered<Work> = FuturesUnordered::new();
+        let mut outgoing = Vec::new();
+        let shutdown = self.state.shutdown.clone();
+        let mut draining = false;
+
+        loop {
+            if draining && work.is_empty() {
+                // Everything this socket asked for is answered: now point it elsewhere.
+                let frame = ServerFrame::Reconnect { ws_url: None, reason: "draining".into() };
+                self.conn.push(Utf8Bytes::from(frame.to_json()));
+                self.conn.close(CloseReason { code: 1001, reason: "node is shutting down; reconnect via GET /v1/assign" });
+            }
+            tokio::select! {
+                () = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                }
+                () = self.conn.ready() => {
+                    let close_reason = self.conn.take(&mut outgoing);
+                    let mut failed = false;
+                    for frame in outgoing.drain(..) {
+                        if ws.feed(Message::Text(frame)).await.is_err() {
+                            failed = true;
+                            break;
+                        }
+                    }
+                    if failed || ws.flush().await.is_err() {
+                        return;
+                    }
+                    if let Some(reason) = close_reason {
+                        if reason == CloseReason::SLOW_CONSUMER {
+                            self.state.metrics.slow_consumers.inc();
+                        }
+                        close(ws, reason.code, reason.reason).await;
+                        return;
+                    }
+                }
+                Some(reply) = work.next(), if !work.is_empty() => {
+                    if let Some(frame) = reply {
+                        self.conn.push(Utf8Bytes::from(frame.to_json()));
+                    }
+                }
+                message = ws.next(), if !draining && work.len() < MAX_IN_FLIGHT => {
+                    let message = match message {
+                        None => return,
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            read_error(ws, e, self.state.limits.max_frame_bytes()).await;
+                            return;
+                        }
+                    };
+                    deadline = Instant::now() + heartbeat;
+                    self.conn.touch(now_ms());
+                    match message {
+                        Message::Text(text) => {
+                            if let Some(w) = self.handle(&text) {
+                                work.push(w);
+                            }
+                        }
+                        Message::Binary(_) => {
+                            close(ws, 1003, "binary frames are not supported: send JSON text frames").await;
+                            return;
+                        }
+                        // tungstenite queued the pong (or the close reply): write it out.
+                        Message::Ping(_) | Message::Close(_) => {
+                            if ws.flush().await.is_err() {
+                                return;
+                            }
+                        }
+                        Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    close(ws, 1000, "heartbeat timeout: nothing received for the heartbeat interval").await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decode one text frame and return the work it asks for (its answer, if any, is queued
+    /// when the work completes). Decoding errors are answered at once.
+    fn handle(&self, text: &str) -> Option<Work> {
+        let Inbound { req, frame } = match Inbound::decode(text) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                self.conn.push(Utf8Bytes::from(ServerFrame::error(e.error, e.client_msg_id, e.req).to_json()));
+                return None;
+            }
+        };
+        let state = self.state.clone();
+        let user = self.claims.sub.clone();
+        let device = self.claims.dev.clone();
+        let failed = |e: ApiError, client_msg_id: Option<String>, req: Option<String>| Some(ServerFrame::error(e, client_msg_id, req));
+        match frame {
+            ClientFrame::Send(send) => Some(Box::pin(async move {
+                match state.chat.send(&user, &device, &send).await {
+                    Ok(ack) => Some(ServerFrame::Ack { ack, req }),
+                    Err(e) => failed(e, Some(send.client_msg_id), req),
+                }
+            })),
+            ClientFrame::Sync { after, limit } => Some(Box::pin(async move {
+                match state.chat.sync(&user, after, limit).await {
+                    Ok((items, more)) => Some(ServerFrame::Sync { items, more, req }),
+                    Err(e) => failed(e, None, req),
+                }
+            })),
+            ClientFrame::Cursor { inbox_id } => Some(Box::pin(async move {
+                state.chat.set_cursor(&user, &device, inbox_id).await.err().and_then(|e| failed(e, None, req))
+            })),
+            ClientFrame::Typing { channel } => Some(Box::pin(async move {
+                state.chat.typing(&user, &channel).await.err().and_then(|e| failed(e, None, req))
+            })),
+            ClientFrame::Heartbeat => None,
+            ClientFrame::Unknown { kind } => {
+                let e = ApiError::bad_request(format!(
+                    "unknown frame type {kind:?}; known types: send, sync, cursor, heartbeat, typing"
+                ));
+                self.conn.push(Utf8Bytes::from(ServerFrame::error(e, None, req).to_json()));
+                None
+            }
+        }
+    }
+}
+
+/// Close the socket with the code the contract gives for a read error.
+async fn read_error(ws: &mut Socket, error: WsError, max_frame: usize) {
+    match error {
+        WsError::Utf8(_) => close(ws, 1007, "text frames must be valid UTF-8").await,
+        WsError::Capacity(_) => {
+            close(ws, 1009, &format!("frame too large: the limit is {max_frame} bytes")).await;
+        }
+        WsError::Protocol(e) => close(ws, 1002, &format!("websocket protocol error: {e}")).await,
+        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => {}
+        other => tracing::debug!(error = %other, "websocket read failed"),
+    }
+}

@@ -1,0 +1,260 @@
+//! WebSocket frames: what clients send (decoded into [`ClientFrame`]) and what the server
+//! sends ([`ServerFrame`]).
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::types::{Ack, Message};
+use super::{ApiError, ErrorCode};
+
+/// Where a `send` goes: a user (the one-on-one channel with them) or a named channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendTarget {
+    User(String),
+    Channel(String),
+}
+
+/// A message to store, from a `send` frame or `POST /v1/messages`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    pub client_msg_id: String,
+    pub target: SendTarget,
+    pub text: String,
+}
+
+/// A decoded client frame. An unknown `type` is a normal value, answered with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Send(SendRequest),
+    Sync { after: u64, limit: Option<u64> },
+    Cursor { inbox_id: u64 },
+    Heartbeat,
+    Typing { channel: String },
+    Unknown { kind: String },
+}
+
+/// A client frame with its optional correlation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub req: Option<String>,
+    pub frame: ClientFrame,
+}
+
+/// A frame that could not be decoded, with whatever correlation the client put on it, so
+/// the `error` frame can carry it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub req: Option<String>,
+    pub client_msg_id: Option<String>,
+    pub error: ApiError,
+}
+
+impl Inbound {
+    /// Decode one text frame.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        let mut obj: Map<String, Value> = match serde_json::from_str(text) {
+            Ok(Value::Object(obj)) => obj,
+            Ok(_) => return Err(plain(ApiError::bad_request("a frame must be a JSON object with a \"type\""))),
+            Err(e) => return Err(plain(ApiError::bad_request(format!("the frame is not valid JSON: {e}")))),
+        };
+        let req = match obj.remove("req") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return Err(plain(ApiError::bad_request("\"req\" must be a string"))),
+        };
+        let client_msg_id = match obj.get("client_msg_id") {
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let fail = |error| DecodeError { req: req.clone(), client_msg_id: client_msg_id.clone(), error };
+        let kind = match obj.remove("type") {
+            Some(Value::String(s)) => s,
+            _ => return Err(fail(ApiError::bad_request("a frame needs a string \"type\""))),
+        };
+        let frame = Self::decode_body(&kind, &mut obj).map_err(fail)?;
+        Ok(Self { req, frame })
+    }
+
+    fn decode_body(kind: &str, obj: &mut Map<String, Value>) -> Result<ClientFrame, ApiError> {
+        Ok(match kind {
+            "send" => ClientFrame::Send(SendRequest::from_json(obj)?),
+            "sync" => ClientFrame::Sync {
+                after: opt_u64(obj, "after")?.unwrap_or(0),
+                limit: opt_u64(obj, "limit")?,
+            },
+            "cursor" => ClientFrame::Cursor {
+                inbox_id: opt_u64(obj, "inbox_id")?
+                    .ok_or_else(|| ApiError::bad_request("cursor needs \"inbox_id\": a non-negative integer"))?,
+            },
+            "heartbeat" => ClientFrame::Heartbeat,
+            "typing" => ClientFrame::Typing {
+                channel: opt_string(obj, "channel")?
+                    .ok_or_else(|| ApiError::bad_request("typing needs \"channel\""))?,
+            },
+            other => ClientFrame::Unknown { kind: other.chars().take(64).collect() },
+        })
+    }
+}
+
+impl SendRequest {
+    /// Read a send from a JSON object (a `send` frame or the body of `POST /v1/messages`).
+    pub fn from_json(obj: &mut Map<String, Value>) -> Result<Self, ApiError> {
+        let client_msg_id = opt_string(obj, "client_msg_id")?
+            .ok_or_else(|| ApiError::bad_request("send needs \"client_msg_id\" (1 to 64 characters)"))?;
+        let text = opt_string(obj, "text")?.ok_or_else(|| ApiError::bad_request("send needs \"text\""))?;
+        let target = match (opt_string(obj, "to")?, opt_string(obj, "channel")?) {
+            (Some(to), None) => SendTarget::User(to),
+            (None, Some(ch)) => SendTarget::Channel(ch),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "send needs exactly one of \"to\" (a user_id) or \"channel\"",
+                ));
+            }
+        };
+        Ok(Self { client_msg_id, target, text })
+    }
+}
+
+fn plain(error: ApiError) -> DecodeError {
+    DecodeError { req: None, client_msg_id: None, error }
+}
+
+fn opt_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad_request(format!("\"{field}\" must be a string"))),
+    }
+}
+
+fn opt_u64(obj: &mut Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("\"{field}\" must be a non-negative integer"))),
+        Some(_) => Err(ApiError::bad_request(format!("\"{field}\" must be a non-negative integer"))),
+    }
+}
+
+/// Online or offline, as presence frames and the contact list say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Online,
+    Offline,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// A frame the server sends.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Ack {
+        #[serde(flatten)]
+        ack: Ack,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    Message(Message),
+    Sync {
+        items: Vec<Message>,
+        more: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    Presence {
+        user: String,
+        status: Status,
+        last_seen: Option<i64>,
+    },
+    Typing {
+        channel: String,
+        user: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req: Option<String>,
+    },
+    Reconnect {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ws_url: Option<String>,
+        reason: String,
+    },
+}
+
+impl ServerFrame {
+    pub fn error(error: ApiError, client_msg_id: Option<String>, req: Option<String>) -> Self {
+        Self::Error { code: error.code, message: error.message, client_msg_id, req }
+    }
+
+    /// The frame as JSON text. Serialising these types cannot fail (string keys, no maps
+    /// with non-string keys, no floats).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"internal","message":"frame encoding failed: {e}"}}"#)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_send_with_req() {
+        let f = Inbound::decode(r#"{"type":"send","req":"r1","client_msg_id":"c1","to":"u1","text":"hi"}"#).unwrap();
+        assert_eq!(f.req.as_deref(), Some("r1"));
+        assert_eq!(
+            f.frame,
+            ClientFrame::Send(SendRequest {
+                client_msg_id: "c1".into(),
+                target: SendTarget::User("u1".into()),
+                text: "hi".into()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_type_is_a_value_not_an_error() {
+        let f = Inbound::decode(r#"{"type":"dance"}"#).unwrap();
+        assert_eq!(f.frame, ClientFrame::Unknown { kind: "dance".into() });
+    }
+
+    #[test]
+    fn errors_keep_correlation() {
+        let e = Inbound::decode(r#"{"type":"send","req":"r9","client_msg_id":"c9","to":5,"text":"x"}"#).unwrap_err();
+        assert_eq!(e.req.as_deref(), Some("r9"));
+        assert_eq!(e.client_msg_id.as_deref(), Some("c9"));
+        assert_eq!(e.error.code, ErrorCode::BadRequest);
+        assert!(Inbound::decode("[1,2]").is_err());
+        assert!(Inbound::decode("not json").is_err());
+        assert!(Inbound::decode(r#"{"type":"sync","after":-1}"#).is_err());
+    }
+
+    #[test]
+    fn encodes_frames_as_documented() {
+        let f = ServerFrame::Ack {
+            ack: Ack { client_msg_id: "c".into(), channel: "dm:a:b".into(), seq: 1, inbox_id: 2, ts: 3 },
+            req: None,
+        };
+        let v: Value = serde_json::from_str(&f.to_json()).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"ack","client_msg_id":"c","channel":"dm:a:b","seq":1,"inbox_id":2,"ts":3}));
+        let p = ServerFrame::Presence { user: "u".into(), status: Status::Offline, last_seen: None };
+        let v: Value = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(v, serde_json::json!({"type":"presence","user":"u","status":"offline","last_seen":null}));
+    }
+}

@@ -1,0 +1,153 @@
+//! The JSON bodies of the HTTP API and the message object shared with the frames.
+
+use serde::{Deserialize, Serialize};
+
+/// A message as clients see it. `inbox_id` is present wherever the message comes from the
+/// caller's inbox (sync, live delivery) and absent in channel history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub channel: String,
+    pub seq: u64,
+    pub from: String,
+    pub from_device: String,
+    pub client_msg_id: String,
+    pub text: String,
+    pub ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub inbox_id: Option<u64>,
+}
+
+/// The acknowledgement of a durably stored message (the `ack` frame and the answer of
+/// `POST /v1/messages`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub client_msg_id: String,
+    pub channel: String,
+    pub seq: u64,
+    pub inbox_id: u64,
+    pub ts: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignUp {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Login {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Session {
+    pub token: String,
+    pub user_id: String,
+    pub device_id: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub user_id: String,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ProfilePatch {
+    pub display_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Contact {
+    pub user_id: String,
+    pub username: String,
+    pub display_name: String,
+    pub mutual: bool,
+    /// `online`/`offline` for mutual contacts, null otherwise.
+    pub status: Option<&'static str>,
+    pub last_seen: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Contacts {
+    pub contacts: Vec<Contact>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewGroup {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewMember {
+    pub user_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub group_id: String,
+    pub channel: String,
+    pub name: String,
+    pub owner: String,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Groups {
+    pub groups: Vec<Group>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct History {
+    pub messages: Vec<Message>,
+    pub more: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyncPage {
+    pub items: Vec<Message>,
+    pub more: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Device {
+    pub device_id: String,
+    pub online: bool,
+    pub cursor: u64,
+    pub last_seen: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Devices {
+    pub devices: Vec<Device>,
+}
+
+/// Where to push a device while it is offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushRegistration {
+    pub provider: PushProvider,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushProvider {
+    Webhook,
+    Fcm,
+    Apns,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Assignment {
+    pub node_id: String,
+    pub ws_url: String,
+}

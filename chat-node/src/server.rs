@@ -1,0 +1,171 @@
+//! Start-up, the shared [`AppState`], and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::accounts::Accounts;
+use crate::auth::{TokenKeys, load_or_create_secret, read_secret_file};
+use crate::chat::Chat;
+use crate::cluster::Cluster;
+use crate::config::{Config, StoreKind};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::protocol::{ApiError, Limits};
+use crate::store::embedded::Embedded;
+use crate::store::{ChatStore, Kv};
+
+/// Everything a request or a session needs, shared as `Arc<AppState>`.
+pub struct AppState {
+    pub config: Config,
+    pub limits: Limits,
+    pub store: ChatStore,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<Presence>,
+    pub chat: Chat,
+    pub accounts: Accounts,
+    pub metrics: Arc<Metrics>,
+    pub cluster: Cluster,
+    /// Cancelled when the node starts draining.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket session, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// `/readyz`: serving, not draining, and the store answers.
+    pub async fn readiness(&self) -> Result<(), ApiError> {
+        if !self.ready.load(Ordering::Relaxed) || self.is_draining() {
+            return Err(ApiError::unavailable("the node is starting or draining"));
+        }
+        tokio::time::timeout(Duration::from_secs(2), self.store.kv().ping())
+            .await
+            .map_err(|_| ApiError::unavailable("the store did not answer within 2 s"))?
+            .map_err(ApiError::from)
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Secret(String),
+    #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started node: its address, and the future that serves until shutdown.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    listener: TcpListener,
+}
+
+/// Open the store, bind the port, and build the state. Serve with [`Node::serve`].
+pub async fn start(config: Config) -> Result<Node, StartError> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let kv: Arc<dyn Kv> = match config.store {
+        StoreKind::Embedded => Arc::new(Embedded::open(&config.data_dir)?),
+        // Refused by `validate` until cluster mode lands.
+        StoreKind::Etcd | StoreKind::Tikv => {
+            return Err(StartError::Config(crate::config::ConfigError("unsupported store".into())));
+        }
+    };
+    let errors = metrics.store_errors.clone();
+    let store = ChatStore::new(kv).with_error_hook(move || {
+        errors.inc();
+    });
+    let secret = match &config.token_secret_file {
+        Some(path) => read_secret_file(path),
+        None => load_or_create_secret(&config.data_dir),
+    }
+    .map_err(StartError::Secret)?;
+    if config.push_webhook.is_some() {
+        tracing::warn!("--push-webhook is set, but this build does not send push notifications yet");
+    }
+
+    let listener = bind(config.listen).map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+
+    let limits = config.limits();
+    let hub = Arc::new(Hub::new());
+    let presence = Arc::new(Presence::new(store.clone(), hub.clone(), metrics.clone()));
+    let chat = Chat::new(store.clone(), hub.clone(), presence.clone(), metrics.clone(), limits.clone());
+    let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), hub.clone());
+    let cluster = Cluster::single(config.node_id(), config.advertise_url.clone(), addr);
+    let state = Arc::new(AppState {
+        config,
+        limits,
+        store,
+        hub,
+        presence,
+        chat,
+        accounts,
+        metrics,
+        cluster,
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        ready: AtomicBool::new(false),
+    });
+    Ok(Node { addr, state, listener })
+}
+
+/// Listen with a deep accept backlog, so a reconnect storm is queued, not refused.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
+}
+
+impl Node {
+    /// Serve until `signal` resolves, then drain: stop accepting, answer in-flight work,
+    /// send `reconnect` to every client, wait for sessions (bounded), make the store durable.
+    pub async fn serve(self, signal: impl Future<Output = ()> + Send + 'static) {
+        let state = self.state;
+        let shutdown = state.shutdown.clone();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            signal.await;
+            tracing::info!("shutdown requested: draining");
+            trigger.cancel();
+        });
+        let routes = crate::api::filter(state.clone());
+        let server = warp::serve(routes).incoming(self.listener).graceful(shutdown.clone().cancelled_owned()).run();
+        state.ready.store(true, Ordering::Relaxed);
+        tracing::info!(node_id = %state.cluster.node_id(), store = state.store.kv().name(), "listening on http://{}", self.addr);
+        server.await;
+
+        state.sessions.close();
+        let grace = Duration::from_secs(state.config.drain_seconds + 10);
+        if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
+            tracing::warn!("some sessions did not close within {grace:?}; exiting anyway");
+        }
+        if let Err(e) = state.store.kv().sync().await {
+            tracing::error!(error = %e, "final store sync failed");
+        }
+        tracing::info!("stopped");
+    }
+}

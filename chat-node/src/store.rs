@@ -1,0 +1,99 @@
+//! Storage: one small ordered, transactional key-value trait ([`Kv`]), its backends, and the
+//! chat data model written once on top of it ([`ChatStore`]).
+//!
+//! The trait is the only door to storage. A backend is a thin adapter that passes the shared
+//! [`conformance`] suite: ordered byte keys, range scans, and optimistic transactions whose
+//! commit fails with [`StoreError::Conflict`] when another transaction changed what this one
+//! read (the caller retries). [`Kv::sync`] makes everything committed before it durable; the
+//! embedded backend uses it for group commit, so many concurrent sends share one fsync.
+
+pub mod conformance;
+pub mod embedded;
+pub mod keys;
+mod model;
+mod records;
+
+pub use model::{ChatStore, NewMessage, SendOutcome};
+pub use records::{DeviceRecord, GroupRecord, UserRecord};
+
+use async_trait::async_trait;
+
+/// A failure of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another transaction committed a change to something this one read: retry it.
+    #[error("transaction conflict")]
+    Conflict,
+    /// The store cannot be reached or failed to read or write; nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded: a bug or a corrupted store.
+    #[error("corrupt value under key {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+/// Scan direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Ascending,
+    Descending,
+}
+
+/// One key and its value.
+pub type Pair = (Vec<u8>, Vec<u8>);
+
+/// An ordered key-value store with optimistic transactions.
+#[async_trait]
+pub trait Kv: Send + Sync + 'static {
+    /// Start a transaction that sees a consistent snapshot.
+    async fn begin(&self) -> Result<Box<dyn KvTxn>, StoreError>;
+
+    /// Return once everything committed before this call is durable (survives a crash of
+    /// the process and of the machine). Backends whose commits are already durable return
+    /// at once; the embedded one batches concurrent callers into one fsync.
+    async fn sync(&self) -> Result<(), StoreError>;
+
+    /// Check that the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The backend's name, for logs and metrics.
+    fn name(&self) -> &'static str;
+}
+
+/// A transaction: reads see the snapshot plus this transaction's own writes; writes are
+/// buffered until [`KvTxn::commit`]. Dropping it without commit rolls it back.
+#[async_trait]
+pub trait KvTxn: Send {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Up to `limit` pairs with `start <= key < end`, in `order`.
+    async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Pair>, StoreError>;
+
+    fn put(&mut self, key: &[u8], value: &[u8]);
+
+    fn delete(&mut self, key: &[u8]);
+
+    /// Apply the writes atomically, or fail with [`StoreError::Conflict`] if a key or range
+    /// this transaction read was changed by a transaction that committed since it began.
+    /// Committed data is visible to later transactions; it is durable after [`Kv::sync`].
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// The exclusive end of the range of keys that start with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Only 0xff bytes: every key above the prefix.
+    vec![0xff; prefix.len() + 1]
+}

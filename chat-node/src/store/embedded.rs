@@ -1,0 +1,166 @@
+//! The embedded backend: [fjall], a pure-Rust LSM-tree engine with serializable optimistic
+//! transactions, in the node's data directory. Nothing else to run.
+//!
+//! Why fjall rather than redb: fjall has optimistic multi-writer transactions with read-set
+//! and range conflict detection built in, which is exactly the [`Kv`] contract, and its
+//! journal lets many commits share one `fdatasync` (measured here: 100k small writes in
+//! synced batches in ~0.4 s against redb's ~0.75 s). redb serialises writers, so the same
+//! contract would need a hand-written conflict layer.
+//!
+//! Durability: each commit is written to the journal and flushed to the OS (so `kill -9`
+//! loses nothing committed); [`Kv::sync`] then batches concurrent callers into one
+//! `fdatasync` (group commit), which is what an `ack` waits for.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fjall::{KeyspaceCreateOptions, OptimisticTxDatabase, OptimisticTxKeyspace, PersistMode, Readable};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Kv, KvTxn, Order, Pair, StoreError};
+
+/// The embedded store. Cheap to clone.
+#[derive(Clone)]
+pub struct Embedded {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: OptimisticTxDatabase,
+    data: OptimisticTxKeyspace,
+    sync_requests: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+}
+
+impl Embedded {
+    /// Open (or create) the store under `dir`. Must be called inside a Tokio runtime: it
+    /// starts the group-commit task.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let db = OptimisticTxDatabase::builder(dir.join("kv"))
+            .manual_journal_persist(true)
+            .open()
+            .map_err(|e| unavailable(&format!("cannot open the embedded store in {}", dir.display()), e))?;
+        let data = db
+            .keyspace("data", KeyspaceCreateOptions::default)
+            .map_err(|e| unavailable("cannot open the data keyspace", e))?;
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(group_commit(db.clone(), rx));
+        Ok(Self { inner: Arc::new(Inner { db, data, sync_requests: tx }) })
+    }
+}
+
+/// Answer sync requests in batches: take every request waiting, fdatasync once, answer all.
+/// A request is sent only after its commit returned, and the batch's fsync starts after the
+/// request was received, so the fsync covers the commit.
+async fn group_commit(db: OptimisticTxDatabase, mut rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let db = db.clone();
+        let result = tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncData))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        for waiter in batch.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+#[async_trait]
+impl Kv for Embedded {
+    async fn begin(&self) -> Result<Box<dyn KvTxn>, StoreError> {
+        let tx = self
+            .inner
+            .db
+            .write_tx()
+            .map_err(|e| unavailable("cannot start a transaction", e))?
+            .durability(Some(PersistMode::Buffer));
+        Ok(Box::new(EmbeddedTxn { tx, data: self.inner.data.clone() }))
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .sync_requests
+            .send(tx)
+            .await
+            .map_err(|_| StoreError::Unavailable("the group-commit task has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the group-commit task has stopped".into()))?
+            .map_err(|e| StoreError::Unavailable(format!("fsync failed: {e}")))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.data.get(b"\0ping").map(|_| ()).map_err(|e| unavailable("read failed", e))
+    }
+
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+struct EmbeddedTxn {
+    tx: fjall::OptimisticWriteTx,
+    data: OptimisticTxKeyspace,
+}
+
+#[async_trait]
+impl KvTxn for EmbeddedTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.tx
+            .get(&self.data, key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| unavailable("read failed", e))
+    }
+
+    async fn scan(&mut self, start: &[u8], end: &[u8], limit: usize, order: Order) -> Result<Vec<Pair>, StoreError> {
+        let iter = self.tx.range(&self.data, start..end);
+        let mut out = Vec::new();
+        let mut take = |guard: fjall::Guard| -> Result<bool, StoreError> {
+            let (k, v) = guard.into_inner().map_err(|e| unavailable("scan failed", e))?;
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(out.len() < limit)
+        };
+        if limit > 0 {
+            match order {
+                Order::Ascending => {
+                    for g in iter {
+                        if !take(g)? {
+                            break;
+                        }
+                    }
+                }
+                Order::Descending => {
+                    for g in iter.rev() {
+                        if !take(g)? {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.tx.insert(&self.data, key, value);
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.tx.remove(&self.data, key);
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        match self.tx.commit() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(fjall::Conflict)) => Err(StoreError::Conflict),
+            Err(e) => Err(unavailable("commit failed", e)),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Devices: one per login, with its sync cursor, last-seen time and push registration; and
+//! each user's last-seen time.
+
+use super::{ChatStore, get_json};
+use crate::protocol::ApiError;
+use crate::protocol::types::PushRegistration;
+use crate::store::records::{DeviceRecord, decode, decode_u64, encode, encode_u64};
+use crate::store::{Order, keys, prefix_end};
+
+/// Most devices listed for one user.
+pub const MAX_DEVICES: usize = 1_000;
+
+impl ChatStore {
+    /// Record a login of `device_id` (created on first login).
+    pub async fn touch_device(&self, user_id: &str, device_id: &str, now: i64) -> Result<(), ApiError> {
+        self.write(|txn, _| {
+            Box::pin(async move {
+                let key = keys::device(user_id, device_id);
+                if txn.get(&key).await?.is_none() {
+                    let record = DeviceRecord { device_id: device_id.to_owned(), created_at: now, ..Default::default() };
+                    txn.put(&key, &encode(&record));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Move a device's cursor forward (never back).
+    pub async fn set_cursor(&self, user_id: &str, device_id: &str, cursor: u64) -> Result<(), ApiError> {
+        self.update_device(user_id, device_id, |d| d.cursor = d.cursor.max(cursor)).await
+    }
+
+    pub async fn set_push(&self, user_id: &str, device_id: &str, push: PushRegistration) -> Result<(), ApiError> {
+        self.update_device(user_id, device_id, move |d| d.push = Some(push.clone())).await
+    }
+
+    async fn update_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        change: impl Fn(&mut DeviceRecord) + Send + Sync,
+    ) -> Result<(), ApiError> {
+        let change = &change;
+        self.write(|txn, _| {
+            Box::pin(async move {
+                let key = keys::device(user_id, device_id);
+                let mut record: DeviceRecord = get_json(txn, &key).await?.unwrap_or_else(|| DeviceRecord {
+                    device_id: device_id.to_owned(),
+                    ..Default::default()
+                });
+                change(&mut record);
+                txn.put(&key, &encode(&record));
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub async fn devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>, ApiError> {
+        self.read(|txn, _| {
+            Box::pin(async move {
+                let prefix = keys::devices_of(user_id);
+                let pairs = txn.scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending).await?;
+                pairs.iter().map(|(k, v)| decode(k, v).map_err(ApiError::from)).collect()
+            })
+        })
+        .await
+    }
+
+    /// Record that `user_id` (on `device_id`) was last active at `ts`.
+    pub async fn set_last_seen(&self, user_id: &str, device_id: &str, ts: i64) -> Result<(), ApiError> {
+        self.write(|txn, _| {
+            Box::pin(async move {
+                txn.put(&keys::last_seen(user_id), &encode_u64(ts.max(0) as u64));
+                let key = keys::device(user_id, device_id);
+                if let Some(mut record) = get_json::<DeviceRecord>(txn, &key).await? {
+                    record.last_seen = Some(ts);
+                    txn.put(&key, &encode(&record));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub async fn last_seen(&self, user_id: &str) -> Result<Option<i64>, ApiError> {
+        self.read(|txn, _| {
+            Box::pin(async move {
+                let key = keys::last_seen(user_id);
+                match txn.get(&key).await? {
+                    Some(v) => Ok(Some(decode_u64(&key, &v)? as i64)),
+                    None => Ok(None),
+                }
+            })
+        })
+        .await
+    }
+}

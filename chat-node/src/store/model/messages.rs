@@ -1,0 +1,201 @@
+//! Messages: the send transaction (dedupe, gapless `seq`, one stored copy, an inbox pointer
+//! with a gapless `inbox_id` per member), channel history and inbox sync.
+
+use super::{ChatStore, get_json, get_u64};
+use crate::protocol::types::{Ack, Message};
+use crate::protocol::validate::Channel;
+use crate::protocol::ApiError;
+use crate::store::records::{GroupRecord, InboxEntry, MessageRecord, decode, encode, encode_u64};
+use crate::store::{KvTxn, Order, keys};
+
+/// What a send did.
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    /// The ack: the original one when the send was a duplicate.
+    pub ack: Ack,
+    /// True when `(sender, client_msg_id)` was seen before: nothing new was stored.
+    pub duplicate: bool,
+    /// The stored message (without `inbox_id`); absent for duplicates.
+    pub message: Option<Message>,
+    /// Every member and the `inbox_id` the message took in their inbox (sender included).
+    pub recipients: Vec<(String, u64)>,
+}
+
+/// A new message, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub sender: &'a str,
+    pub device: &'a str,
+    pub channel: &'a Channel,
+    pub client_msg_id: &'a str,
+    pub text: &'a str,
+    pub ts: i64,
+}
+
+/// The members of `channel`, checking that `caller` is one of them.
+async fn members(txn: &mut dyn KvTxn, caller: &str, channel: &Channel) -> Result<Vec<String>, ApiError> {
+    match channel {
+        Channel::Direct(a, b) => {
+            if caller != a && caller != b {
+                return Err(ApiError::forbidden("you are not a member of this one-on-one channel"));
+            }
+            let other = if caller == a { b } else { a };
+            if txn.get(&keys::user(other)).await?.is_none() {
+                return Err(ApiError::not_found(format!("no user has the id {other:?}")));
+            }
+            Ok(if a == b { vec![a.clone()] } else { vec![a.clone(), b.clone()] })
+        }
+        Channel::Group(group_id) => {
+            let group: GroupRecord = get_json(txn, &keys::group(group_id))
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no group has the id {group_id:?}")))?;
+            if !group.members.iter().any(|m| m == caller) {
+                return Err(ApiError::forbidden("you are not a member of this group"));
+            }
+            Ok(group.members)
+        }
+    }
+}
+
+impl ChatStore {
+    /// Store a message in one transaction and return once it is durable.
+    pub async fn send(&self, new: &NewMessage<'_>) -> Result<SendOutcome, ApiError> {
+        let channel_name = new.channel.to_string();
+        let channel_name = channel_name.as_str();
+        self.write(|txn, _| {
+            Box::pin(async move {
+                let dedupe_key = keys::dedupe(new.sender, new.client_msg_id);
+                if let Some(bytes) = txn.get(&dedupe_key).await? {
+                    let ack: Ack = decode(&dedupe_key, &bytes)?;
+                    return Ok(SendOutcome { ack, duplicate: true, message: None, recipients: Vec::new() });
+                }
+                let members = members(txn, new.sender, new.channel).await?;
+
+                let seq_key = keys::channel_seq(channel_name);
+                let seq = get_u64(txn, &seq_key).await? + 1;
+                txn.put(&seq_key, &encode_u64(seq));
+                let record = MessageRecord {
+                    from: new.sender.to_owned(),
+                    from_device: new.device.to_owned(),
+                    client_msg_id: new.client_msg_id.to_owned(),
+                    text: new.text.to_owned(),
+                    ts: new.ts,
+                };
+                txn.put(&keys::message(channel_name, seq), &encode(&record));
+
+                let pointer = encode(&InboxEntry { channel: channel_name.to_owned(), seq });
+                let mut recipients = Vec::with_capacity(members.len());
+                let mut sender_inbox_id = 0;
+                for member in members {
+                    let counter = keys::inbox_seq(&member);
+                    let inbox_id = get_u64(txn, &counter).await? + 1;
+                    txn.put(&counter, &encode_u64(inbox_id));
+                    txn.put(&keys::inbox(&member, inbox_id), &pointer);
+                    if member == new.sender {
+                        sender_inbox_id = inbox_id;
+                    }
+                    recipients.push((member, inbox_id));
+                }
+                let ack = Ack {
+                    client_msg_id: new.client_msg_id.to_owned(),
+                    channel: channel_name.to_owned(),
+                    seq,
+                    inbox_id: sender_inbox_id,
+                    ts: new.ts,
+                };
+                txn.put(&dedupe_key, &encode(&ack));
+                Ok(SendOutcome {
+                    ack,
+                    duplicate: false,
+                    message: Some(record.to_wire(channel_name, seq, None)),
+                    recipients,
+                })
+            })
+        })
+        .await
+    }
+
+    /// The members of `channel`; 403 unless `caller` is one.
+    pub async fn channel_members(&self, caller: &str, channel: &Channel) -> Result<Vec<String>, ApiError> {
+        self.read(|txn, _| Box::pin(async move { members(txn, caller, channel).await })).await
+    }
+
+    /// A page of `channel`'s history, ascending by `seq` (see PROTOCOL.md for the bounds).
+    pub async fn history(
+        &self,
+        caller: &str,
+        channel: &Channel,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), ApiError> {
+        let name = channel.to_string();
+        let name = name.as_str();
+        self.read(|txn, _| {
+            Box::pin(async move {
+                members(txn, caller, channel).await?;
+                let last = get_u64(txn, &keys::channel_seq(name)).await?;
+                let limit = limit as u64;
+                // Sequence numbers are gapless, so the page is an exact range [lo, hi].
+                let top = before_seq.map_or(last, |b| b.saturating_sub(1).min(last));
+                let (lo, hi, more) = match after_seq {
+                    Some(after) => {
+                        let hi = top.min(after.saturating_add(limit));
+                        (after + 1, hi, hi < top)
+                    }
+                    None => {
+                        let lo = top.saturating_sub(limit - 1).max(1);
+                        (lo, top, lo > 1)
+                    }
+                };
+                if lo > hi {
+                    return Ok((Vec::new(), false));
+                }
+                let pairs = txn
+                    .scan(&keys::message(name, lo), &keys::message(name, hi + 1), limit as usize, Order::Ascending)
+                    .await?;
+                let mut messages = Vec::with_capacity(pairs.len());
+                for (key, value) in pairs {
+                    let seq = keys::trailing_number(&key).unwrap_or_default();
+                    let record: MessageRecord = decode(&key, &value)?;
+                    messages.push(record.to_wire(name, seq, None));
+                }
+                Ok((messages, more))
+            })
+        })
+        .await
+    }
+
+    /// Inbox entries of `user_id` with `inbox_id > after`, ascending, at most `limit`.
+    pub async fn sync(&self, user_id: &str, after: u64, limit: usize) -> Result<(Vec<Message>, bool), ApiError> {
+        self.read(|txn, _| {
+            Box::pin(async move {
+                let start = keys::inbox(user_id, after.saturating_add(1));
+                let end = crate::store::prefix_end(&keys::inbox_of(user_id));
+                let mut pairs = txn.scan(&start, &end, limit + 1, Order::Ascending).await?;
+                let more = pairs.len() > limit;
+                pairs.truncate(limit);
+                let mut items = Vec::with_capacity(pairs.len());
+                for (key, value) in pairs {
+                    let inbox_id = keys::trailing_number(&key).unwrap_or_default();
+                    let entry: InboxEntry = decode(&key, &value)?;
+                    let message_key = keys::message(&entry.channel, entry.seq);
+                    let record: MessageRecord = get_json(txn, &message_key).await?.ok_or_else(|| {
+                        ApiError::internal(format!(
+                            "inbox entry {inbox_id} points at a missing message {}#{}; report this to the operator",
+                            entry.channel, entry.seq
+                        ))
+                    })?;
+                    items.push(record.to_wire(&entry.channel, entry.seq, Some(inbox_id)));
+                }
+                Ok((items, more))
+            })
+        })
+        .await
+    }
+
+    /// The largest `inbox_id` of `user_id` (0 when the inbox is empty).
+    pub async fn inbox_head(&self, user_id: &str) -> Result<u64, ApiError> {
+        self.read(|txn, _| Box::pin(async move { get_u64(txn, &keys::inbox_seq(user_id)).await })).await
+    }
+}

@@ -1,0 +1,121 @@
+//! The values stored under the keys of [`super::keys`], as JSON.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use super::StoreError;
+use crate::protocol::types::{Group, Message, Profile, PushRegistration};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub user_id: String,
+    pub username: String,
+    pub display_name: String,
+    /// An argon2id PHC string.
+    pub password_hash: String,
+    pub created_at: i64,
+}
+
+impl UserRecord {
+    pub fn profile(&self) -> Profile {
+        Profile {
+            user_id: self.user_id.clone(),
+            username: self.username.clone(),
+            display_name: self.display_name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContactRecord {
+    pub added_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub group_id: String,
+    pub name: String,
+    pub owner: String,
+    /// In joining order; the owner first at creation.
+    pub members: Vec<String>,
+    pub created_at: i64,
+}
+
+impl GroupRecord {
+    pub fn channel(&self) -> String {
+        format!("g:{}", self.group_id)
+    }
+    pub fn to_wire(&self) -> Group {
+        Group {
+            group_id: self.group_id.clone(),
+            channel: self.channel(),
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+            members: self.members.clone(),
+        }
+    }
+}
+
+/// One message, stored once per channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub from: String,
+    pub from_device: String,
+    pub client_msg_id: String,
+    pub text: String,
+    pub ts: i64,
+}
+
+impl MessageRecord {
+    pub fn to_wire(self, channel: &str, seq: u64, inbox_id: Option<u64>) -> Message {
+        Message {
+            channel: channel.to_owned(),
+            seq,
+            from: self.from,
+            from_device: self.from_device,
+            client_msg_id: self.client_msg_id,
+            text: self.text,
+            ts: self.ts,
+            inbox_id,
+        }
+    }
+}
+
+/// An inbox entry: a pointer to a channel's message, not a copy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxEntry {
+    pub channel: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    /// The largest inbox_id the device says it holds.
+    pub cursor: u64,
+    pub last_seen: Option<i64>,
+    pub push: Option<PushRegistration>,
+    pub created_at: i64,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+pub fn encode_u64(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn decode_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
+    bytes.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: format!("expected 8 bytes, found {}", bytes.len()),
+    })
+}
