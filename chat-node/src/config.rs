@@ -90,7 +90,8 @@ pub struct Config {
     #[arg(long, env = "PARLEY_MAX_CONNECTIONS", default_value_t = 18_000)]
     pub max_connections: usize,
 
-    /// Seconds a draining node (SIGTERM) spreads its clients' `reconnect` over.
+    /// Seconds a draining node (SIGTERM) waits, beyond 10 s of grace, for its sessions to
+    /// answer in-flight work and close before it exits.
     #[arg(long, env = "PARLEY_DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
 }

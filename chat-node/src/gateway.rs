@@ -53,7 +53,8 @@ pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, Ap
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(max_frame + 1024 * 1024)
+        // The session flushes every 64 KiB, so this buffer holds at most that plus one frame.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
     let tracker = state.sessions.clone();

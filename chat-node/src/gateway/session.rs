@@ -28,6 +28,9 @@ const MAX_IN_FLIGHT: usize = 64;
 /// cut as a slow consumer.
 const QUEUE_BUDGET: usize = 4 * 1024 * 1024;
 
+/// Bytes fed to the socket between flushes.
+const FLUSH_EVERY: usize = 64 * 1024;
+
 type Work = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 
 /// Run a session until the socket closes, times out, or the node drains.
@@ -54,9 +57,12 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims) {
     tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket closed");
 }
 
+/// Send a close frame and wait (bounded) for it to go out. The wait is long enough for a
+/// slow consumer that resumes reading to reach the close frame behind what it had queued;
+/// meanwhile the socket holds at most tungstenite's small write buffer.
 async fn close(ws: &mut Socket, code: u16, reason: &str) {
     let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), ws.close(Some(frame))).await;
 }
 
 struct Session {
@@ -88,10 +94,22 @@ impl Session {
                 () = self.conn.ready() => {
                     let close_reason = self.conn.take(&mut outgoing);
                     let mut failed = false;
+                    let mut unflushed = 0;
                     for frame in outgoing.drain(..) {
+                        unflushed += frame.len();
                         if ws.feed(Message::Text(frame)).await.is_err() {
                             failed = true;
                             break;
+                        }
+                        // Flush as we go, so tungstenite never buffers more than ~64 KiB
+                        // beyond one frame: a socket that cannot take more holds us here
+                        // (and the queue in `Conn` bounds the rest).
+                        if unflushed > FLUSH_EVERY {
+                            unflushed = 0;
+                            if ws.flush().await.is_err() {
+                                failed = true;
+                                break;
+                            }
                         }
                     }
                     if failed || ws.flush().await.is_err() {
@@ -151,7 +169,7 @@ impl Session {
     /// Decode one text frame and return the work it asks for (its answer, if any, is queued
     /// when the work completes). Decoding errors are answered at once.
     fn handle(&self, text: &str) -> Option<Work> {
-        let Inbound { req, frame } = match Inbound::decode(text) {
+        let Inbound { req, client_msg_id, frame } = match Inbound::decode(text) {
             Ok(inbound) => inbound,
             Err(e) => {
                 self.conn.push(Utf8Bytes::from(ServerFrame::error(e.error, e.client_msg_id, e.req).to_json()));
@@ -161,32 +179,33 @@ impl Session {
         let state = self.state.clone();
         let user = self.claims.sub.clone();
         let device = self.claims.dev.clone();
-        let failed = |e: ApiError, client_msg_id: Option<String>, req: Option<String>| Some(ServerFrame::error(e, client_msg_id, req));
+        let cmid = client_msg_id.clone();
+        let failed = move |e: ApiError, req: Option<String>| Some(ServerFrame::error(e, cmid.clone(), req));
         match frame {
             ClientFrame::Send(send) => Some(Box::pin(async move {
                 match state.chat.send(&user, &device, &send).await {
                     Ok(ack) => Some(ServerFrame::Ack { ack, req }),
-                    Err(e) => failed(e, Some(send.client_msg_id), req),
+                    Err(e) => failed(e, req),
                 }
             })),
             ClientFrame::Sync { after, limit } => Some(Box::pin(async move {
                 match state.chat.sync(&user, after, limit).await {
                     Ok((items, more)) => Some(ServerFrame::Sync { items, more, req }),
-                    Err(e) => failed(e, None, req),
+                    Err(e) => failed(e, req),
                 }
             })),
             ClientFrame::Cursor { inbox_id } => Some(Box::pin(async move {
-                state.chat.set_cursor(&user, &device, inbox_id).await.err().and_then(|e| failed(e, None, req))
+                state.chat.set_cursor(&user, &device, inbox_id).await.err().and_then(|e| failed(e, req))
             })),
             ClientFrame::Typing { channel } => Some(Box::pin(async move {
-                state.chat.typing(&user, &channel).await.err().and_then(|e| failed(e, None, req))
+                state.chat.typing(&user, &channel).await.err().and_then(|e| failed(e, req))
             })),
             ClientFrame::Heartbeat => None,
             ClientFrame::Unknown { kind } => {
                 let e = ApiError::bad_request(format!(
                     "unknown frame type {kind:?}; known types: send, sync, cursor, heartbeat, typing"
                 ));
-                self.conn.push(Utf8Bytes::from(ServerFrame::error(e, None, req).to_json()));
+                self.conn.push(Utf8Bytes::from(ServerFrame::error(e, client_msg_id, req).to_json()));
                 None
             }
         }

@@ -33,10 +33,11 @@ pub enum ClientFrame {
     Unknown { kind: String },
 }
 
-/// A client frame with its optional correlation id.
+/// A client frame with its optional correlation ids (echoed on any error it causes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     pub req: Option<String>,
+    pub client_msg_id: Option<String>,
     pub frame: ClientFrame,
 }
 
@@ -57,14 +58,17 @@ impl Inbound {
             Ok(_) => return Err(plain(ApiError::bad_request("a frame must be a JSON object with a \"type\""))),
             Err(e) => return Err(plain(ApiError::bad_request(format!("the frame is not valid JSON: {e}")))),
         };
-        let req = match obj.remove("req") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(_) => return Err(plain(ApiError::bad_request("\"req\" must be a string"))),
-        };
         let client_msg_id = match obj.get("client_msg_id") {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
+        };
+        let req = match obj.remove("req") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => {
+                let error = ApiError::bad_request("\"req\" must be a string");
+                return Err(DecodeError { req: None, client_msg_id, error });
+            }
         };
         let fail = |error| DecodeError { req: req.clone(), client_msg_id: client_msg_id.clone(), error };
         let kind = match obj.remove("type") {
@@ -72,7 +76,7 @@ impl Inbound {
             _ => return Err(fail(ApiError::bad_request("a frame needs a string \"type\""))),
         };
         let frame = Self::decode_body(&kind, &mut obj).map_err(fail)?;
-        Ok(Self { req, frame })
+        Ok(Self { req, client_msg_id, frame })
     }
 
     fn decode_body(kind: &str, obj: &mut Map<String, Value>) -> Result<ClientFrame, ApiError> {

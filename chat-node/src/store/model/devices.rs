@@ -72,10 +72,16 @@ impl ChatStore {
     pub async fn set_last_seen(&self, user_id: &str, device_id: &str, ts: i64) -> Result<(), ApiError> {
         self.write(|txn, _| {
             Box::pin(async move {
-                txn.put(&keys::last_seen(user_id), &encode_u64(ts.max(0) as u64));
+                // Last seen only moves forward: sockets may close out of activity order.
+                let user_key = keys::last_seen(user_id);
+                let previous = match txn.get(&user_key).await? {
+                    Some(v) => decode_u64(&user_key, &v)?,
+                    None => 0,
+                };
+                txn.put(&user_key, &encode_u64(previous.max(ts.max(0) as u64)));
                 let key = keys::device(user_id, device_id);
                 if let Some(mut record) = get_json::<DeviceRecord>(txn, &key).await? {
-                    record.last_seen = Some(ts);
+                    record.last_seen = Some(record.last_seen.unwrap_or(0).max(ts));
                     txn.put(&key, &encode(&record));
                 }
                 Ok(())

@@ -8,6 +8,10 @@ use crate::protocol::ApiError;
 use crate::store::records::{GroupRecord, InboxEntry, MessageRecord, decode, encode, encode_u64};
 use crate::store::{KvTxn, Order, keys};
 
+/// A page of history or sync stops growing past this many bytes of stored messages (after
+/// at least one), so one answer stays a few MiB even when every message is 100,000 chars.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
+
 /// What a send did.
 #[derive(Debug, Clone)]
 pub struct SendOutcome {
@@ -120,7 +124,9 @@ impl ChatStore {
         self.read(|txn, _| Box::pin(async move { members(txn, caller, channel).await })).await
     }
 
-    /// A page of `channel`'s history, ascending by `seq` (see PROTOCOL.md for the bounds).
+    /// A page of `channel`'s history, ascending by `seq`: after `after_seq` (oldest first)
+    /// or, without it, the newest below `before_seq`. `more` says whether messages exist
+    /// beyond the page in the direction of paging.
     pub async fn history(
         &self,
         caller: &str,
@@ -135,31 +141,34 @@ impl ChatStore {
             Box::pin(async move {
                 members(txn, caller, channel).await?;
                 let last = get_u64(txn, &keys::channel_seq(name)).await?;
-                let limit = limit as u64;
-                // Sequence numbers are gapless, so the page is an exact range [lo, hi].
-                let top = before_seq.map_or(last, |b| b.saturating_sub(1).min(last));
-                let (lo, hi, more) = match after_seq {
-                    Some(after) => {
-                        let hi = top.min(after.saturating_add(limit));
-                        (after + 1, hi, hi < top)
-                    }
-                    None => {
-                        let lo = top.saturating_sub(limit - 1).max(1);
-                        (lo, top, lo > 1)
-                    }
-                };
+                // Sequence numbers are gapless: the window is [lo, hi].
+                let hi = before_seq.map_or(last, |b| b.saturating_sub(1).min(last));
+                let lo = after_seq.map_or(1, |a| a.saturating_add(1));
                 if lo > hi {
                     return Ok((Vec::new(), false));
                 }
+                let order = if after_seq.is_some() { Order::Ascending } else { Order::Descending };
                 let pairs = txn
-                    .scan(&keys::message(name, lo), &keys::message(name, hi + 1), limit as usize, Order::Ascending)
+                    .scan(&keys::message(name, lo), &keys::message(name, hi + 1), limit, order)
                     .await?;
                 let mut messages = Vec::with_capacity(pairs.len());
+                let mut bytes = 0;
                 for (key, value) in pairs {
+                    if !messages.is_empty() && bytes + value.len() > PAGE_BYTES {
+                        break;
+                    }
+                    bytes += value.len();
                     let seq = keys::trailing_number(&key).unwrap_or_default();
                     let record: MessageRecord = decode(&key, &value)?;
                     messages.push(record.to_wire(name, seq, None));
                 }
+                let more = match order {
+                    Order::Ascending => messages.last().is_some_and(|m| m.seq < hi),
+                    Order::Descending => {
+                        messages.reverse();
+                        messages.first().is_some_and(|m| m.seq > lo)
+                    }
+                };
                 Ok((messages, more))
             })
         })
@@ -172,11 +181,15 @@ impl ChatStore {
             Box::pin(async move {
                 let start = keys::inbox(user_id, after.saturating_add(1));
                 let end = crate::store::prefix_end(&keys::inbox_of(user_id));
-                let mut pairs = txn.scan(&start, &end, limit + 1, Order::Ascending).await?;
-                let more = pairs.len() > limit;
-                pairs.truncate(limit);
-                let mut items = Vec::with_capacity(pairs.len());
-                for (key, value) in pairs {
+                let pairs = txn.scan(&start, &end, limit + 1, Order::Ascending).await?;
+                let mut more = pairs.len() > limit;
+                let mut items = Vec::with_capacity(pairs.len().min(limit));
+                let mut bytes = 0;
+                for (key, value) in pairs.into_iter().take(limit) {
+                    if bytes > PAGE_BYTES {
+                        more = true;
+                        break;
+                    }
                     let inbox_id = keys::trailing_number(&key).unwrap_or_default();
                     let entry: InboxEntry = decode(&key, &value)?;
                     let message_key = keys::message(&entry.channel, entry.seq);
@@ -186,6 +199,7 @@ impl ChatStore {
                             entry.channel, entry.seq
                         ))
                     })?;
+                    bytes += record.text.len();
                     items.push(record.to_wire(&entry.channel, entry.seq, Some(inbox_id)));
                 }
                 Ok((items, more))
