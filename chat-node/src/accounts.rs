@@ -36,7 +36,10 @@ impl Accounts {
         let display_name = body.display_name.unwrap_or_else(|| body.username.clone());
         validate::display_name(&display_name)?;
         if self.store.user_by_name(&body.username).await?.is_some() {
-            return Err(ApiError::conflict(format!("the username {:?} is taken; choose another", body.username)));
+            return Err(ApiError::conflict(format!(
+                "the username {:?} is taken; choose another",
+                body.username
+            )));
         }
         let user = UserRecord {
             user_id: new_id(),
@@ -69,9 +72,16 @@ impl Accounts {
             }
         };
         let now = now_ms();
-        self.store.touch_device(&user.user_id, &device_id, now).await?;
+        self.store
+            .touch_device(&user.user_id, &device_id, now)
+            .await?;
         let (token, expires_at) = self.tokens.issue(&user.user_id, &device_id, now)?;
-        Ok(Session { token, user_id: user.user_id, device_id, expires_at })
+        Ok(Session {
+            token,
+            user_id: user.user_id,
+            device_id,
+            expires_at,
+        })
     }
 
     pub async fn profile(&self, user_id: &str) -> Result<Profile, ApiError> {
@@ -79,7 +89,11 @@ impl Accounts {
         if !validate::is_id(user_id) {
             return Err(not_found());
         }
-        self.store.user(user_id).await?.map(|u| u.profile()).ok_or_else(not_found)
+        self.store
+            .user(user_id)
+            .await?
+            .map(|u| u.profile())
+            .ok_or_else(not_found)
     }
 
     pub async fn profile_by_name(&self, username: &str) -> Result<Profile, ApiError> {
@@ -90,9 +104,17 @@ impl Accounts {
             .ok_or_else(|| ApiError::not_found(format!("no user has the username {username:?}")))
     }
 
-    pub async fn set_display_name(&self, user_id: &str, display_name: &str) -> Result<Profile, ApiError> {
+    pub async fn set_display_name(
+        &self,
+        user_id: &str,
+        display_name: &str,
+    ) -> Result<Profile, ApiError> {
         validate::display_name(display_name)?;
-        Ok(self.store.set_display_name(user_id, display_name).await?.profile())
+        Ok(self
+            .store
+            .set_display_name(user_id, display_name)
+            .await?
+            .profile())
     }
 
     pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, ApiError> {
@@ -111,12 +133,22 @@ impl Accounts {
             .collect())
     }
 
-    pub async fn set_push(&self, user_id: &str, device_id: &str, push: PushRegistration) -> Result<(), ApiError> {
+    pub async fn set_push(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        push: PushRegistration,
+    ) -> Result<(), ApiError> {
         validate::device_id(device_id)?;
         if push.token.is_empty() || push.token.len() > 4096 {
             return Err(ApiError::bad_request("push token must be 1 to 4096 bytes"));
         }
-        let known = self.store.devices(user_id).await?.iter().any(|d| d.device_id == device_id);
+        let known = self
+            .store
+            .devices(user_id)
+            .await?
+            .iter()
+            .any(|d| d.device_id == device_id);
         if !known {
             return Err(ApiError::not_found(format!(
                 "you have no device {device_id:?}; log in with that device_id first"

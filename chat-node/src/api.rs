@@ -24,7 +24,9 @@ use crate::protocol::ApiError;
 use crate::server::AppState;
 
 /// The node's whole HTTP surface as one warp filter.
-pub fn filter(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+pub fn filter(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::method()
         .and(warp::path::full())
@@ -34,9 +36,21 @@ pub fn filter(state: Arc<AppState>) -> impl Filter<Extract = (Response,), Error 
         .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::any().map(move || state.clone()))
         .then(
-            |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body, upgrade, state: Arc<AppState>| async move {
+            |method: Method,
+             path: warp::path::FullPath,
+             query: String,
+             headers: HeaderMap,
+             body,
+             upgrade,
+             state: Arc<AppState>| async move {
                 state.metrics.http_requests.inc();
-                let request = Request { method, path: path.as_str().to_owned(), query, headers, upgrade };
+                let request = Request {
+                    method,
+                    path: path.as_str().to_owned(),
+                    query,
+                    headers,
+                    upgrade,
+                };
                 match routes::route(&state, request, body).await {
                     Ok(response) => response,
                     Err(error) => error_response(&error),
@@ -60,13 +74,19 @@ impl Request {
         self.path
             .trim_start_matches('/')
             .split('/')
-            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
             .collect()
     }
 
     /// A query parameter's value.
     pub fn query(&self, name: &str) -> Option<String> {
-        form_urlencoded::parse(self.query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
     }
 
     /// A numeric query parameter; 400 if present but not a non-negative integer.
@@ -74,10 +94,11 @@ impl Request {
         match self.query(name) {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::bad_request(format!("query parameter {name} must be a non-negative integer"))),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "query parameter {name} must be a non-negative integer"
+                ))
+            }),
         }
     }
 
@@ -89,15 +110,24 @@ impl Request {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
+            })?;
         state.accounts.tokens().verify(token.trim())
     }
 }
 
 /// Read the whole body, refusing more than `limit` bytes with 413 (whether or not the
 /// client declared a length).
-pub async fn read_body<S, B>(body: S, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError>
+pub async fn read_body<S, B>(
+    body: S,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -113,7 +143,9 @@ where
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
-        let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("the request body could not be read: {e}")))?;
+        let mut chunk = chunk.map_err(|e| {
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        })?;
         if buf.len() + chunk.remaining() > limit {
             return Err(too_large());
         }
@@ -132,7 +164,8 @@ pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("this call needs a JSON body"));
     }
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the JSON body is not valid: {e}")))
 }
 
 /// A JSON answer with `status`.
@@ -147,6 +180,7 @@ pub fn no_content() -> Response {
 
 /// The contract's error body with the code's status.
 pub fn error_response(error: &ApiError) -> Response {
-    let status = StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     json(status, &error.to_body())
 }

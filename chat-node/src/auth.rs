@@ -10,7 +10,8 @@ pub use token::{Claims, TokenKeys};
 
 /// Read a secret file: its bytes, with one trailing newline ignored.
 pub fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
@@ -34,13 +35,19 @@ pub fn load_or_create_secret(data_dir: &std::path::Path) -> Result<Vec<u8>, Stri
     if path.exists() {
         return read_secret_file(&path);
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create the data dir {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create the data dir {}: {e}", data_dir.display()))?;
     let secret = hex::encode(rand::random::<[u8; 32]>());
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let tmp = data_dir.join("token-secret.tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(secret.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)

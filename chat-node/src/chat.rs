@@ -28,8 +28,20 @@ pub struct Chat {
 }
 
 impl Chat {
-    pub fn new(store: ChatStore, hub: Arc<Hub>, presence: Arc<Presence>, metrics: Arc<Metrics>, limits: Limits) -> Self {
-        Self { store, hub, presence, metrics, limits }
+    pub fn new(
+        store: ChatStore,
+        hub: Arc<Hub>,
+        presence: Arc<Presence>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            presence,
+            metrics,
+            limits,
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -40,10 +52,14 @@ impl Chat {
 
     pub async fn add_contact(&self, owner: &str, contact: &str) -> Result<(), ApiError> {
         if !validate::is_id(contact) {
-            return Err(ApiError::not_found(format!("no user has the id {contact:?}")));
+            return Err(ApiError::not_found(format!(
+                "no user has the id {contact:?}"
+            )));
         }
         if contact == owner {
-            return Err(ApiError::bad_request("you cannot add yourself as a contact"));
+            return Err(ApiError::bad_request(
+                "you cannot add yourself as a contact",
+            ));
         }
         let was_mutual = self.store.are_mutual(owner, contact).await?;
         self.store.add_contact(owner, contact, now_ms()).await?;
@@ -55,7 +71,9 @@ impl Chat {
 
     pub async fn remove_contact(&self, owner: &str, contact: &str) -> Result<(), ApiError> {
         if !validate::is_id(contact) {
-            return Err(ApiError::not_found(format!("no user has the id {contact:?}")));
+            return Err(ApiError::not_found(format!(
+                "no user has the id {contact:?}"
+            )));
         }
         self.store.remove_contact(owner, contact).await
     }
@@ -65,8 +83,13 @@ impl Chat {
         for (viewer, subject) in [(a, b), (b, a)] {
             if self.hub.is_online(viewer) {
                 let (status, last_seen) = self.presence.status(subject).await?;
-                let frame = ServerFrame::Presence { user: subject.to_owned(), status, last_seen };
-                self.hub.send_to_user(viewer, &Utf8Bytes::from(frame.to_json()), None);
+                let frame = ServerFrame::Presence {
+                    user: subject.to_owned(),
+                    status,
+                    last_seen,
+                };
+                self.hub
+                    .send_to_user(viewer, &Utf8Bytes::from(frame.to_json()), None);
             }
         }
         Ok(())
@@ -97,12 +120,19 @@ impl Chat {
 
     // --- groups ---------------------------------------------------------------------------
 
-    pub async fn create_group(&self, owner: &str, name: &str, members: Vec<String>) -> Result<Group, ApiError> {
+    pub async fn create_group(
+        &self,
+        owner: &str,
+        name: &str,
+        members: Vec<String>,
+    ) -> Result<Group, ApiError> {
         validate::group_name(name)?;
         let mut all = vec![owner.to_owned()];
         for m in members {
             if !validate::is_id(&m) {
-                return Err(ApiError::bad_request(format!("member {m:?} is not a user id")));
+                return Err(ApiError::bad_request(format!(
+                    "member {m:?} is not a user id"
+                )));
             }
             if !all.contains(&m) {
                 all.push(m);
@@ -115,12 +145,20 @@ impl Chat {
             members: all,
             created_at: now_ms(),
         };
-        self.store.create_group(&group, self.limits.max_group_members).await?;
+        self.store
+            .create_group(&group, self.limits.max_group_members)
+            .await?;
         Ok(group.to_wire())
     }
 
     pub async fn groups(&self, user_id: &str) -> Result<Vec<Group>, ApiError> {
-        Ok(self.store.groups_of(user_id).await?.iter().map(GroupRecord::to_wire).collect())
+        Ok(self
+            .store
+            .groups_of(user_id)
+            .await?
+            .iter()
+            .map(GroupRecord::to_wire)
+            .collect())
     }
 
     pub async fn group(&self, caller: &str, group_id: &str) -> Result<Group, ApiError> {
@@ -135,32 +173,61 @@ impl Chat {
         Ok(group.to_wire())
     }
 
-    pub async fn add_member(&self, caller: &str, group_id: &str, user_id: &str) -> Result<Group, ApiError> {
+    pub async fn add_member(
+        &self,
+        caller: &str,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<Group, ApiError> {
         if !validate::is_id(group_id) {
-            return Err(ApiError::not_found(format!("no group has the id {group_id:?}")));
+            return Err(ApiError::not_found(format!(
+                "no group has the id {group_id:?}"
+            )));
         }
         if !validate::is_id(user_id) {
-            return Err(ApiError::not_found(format!("no user has the id {user_id:?}")));
+            return Err(ApiError::not_found(format!(
+                "no user has the id {user_id:?}"
+            )));
         }
-        let group = self.store.add_member(caller, group_id, user_id, self.limits.max_group_members).await?;
+        let group = self
+            .store
+            .add_member(caller, group_id, user_id, self.limits.max_group_members)
+            .await?;
         Ok(group.to_wire())
     }
 
-    pub async fn remove_member(&self, caller: &str, group_id: &str, user_id: &str) -> Result<(), ApiError> {
+    pub async fn remove_member(
+        &self,
+        caller: &str,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<(), ApiError> {
         if !validate::is_id(group_id) {
-            return Err(ApiError::not_found(format!("no group has the id {group_id:?}")));
+            return Err(ApiError::not_found(format!(
+                "no group has the id {group_id:?}"
+            )));
         }
         if !validate::is_id(user_id) {
-            return Err(ApiError::not_found(format!("no user has the id {user_id:?}")));
+            return Err(ApiError::not_found(format!(
+                "no user has the id {user_id:?}"
+            )));
         }
-        self.store.remove_member(caller, group_id, user_id).await.map(|_| ())
+        self.store
+            .remove_member(caller, group_id, user_id)
+            .await
+            .map(|_| ())
     }
 
     // --- messages -------------------------------------------------------------------------
 
     /// Store a message durably, then deliver it live to every online device of every member
     /// but the sending device. A resent `client_msg_id` returns the first ack.
-    pub async fn send(&self, sender: &str, device: &str, req: &SendRequest) -> Result<Ack, ApiError> {
+    pub async fn send(
+        &self,
+        sender: &str,
+        device: &str,
+        req: &SendRequest,
+    ) -> Result<Ack, ApiError> {
         let started = Instant::now();
         validate::client_msg_id(&req.client_msg_id)?;
         validate::text(&req.text, self.limits.max_message_chars)?;
@@ -187,7 +254,9 @@ impl Chat {
             return Ok(outcome.ack);
         }
         self.metrics.messages_sent.inc();
-        self.metrics.send_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .send_latency
+            .observe(started.elapsed().as_secs_f64());
         if let Some(message) = outcome.message {
             self.deliver(message, &outcome.recipients, device);
         }
@@ -220,15 +289,27 @@ impl Chat {
     ) -> Result<(Vec<Message>, bool), ApiError> {
         let channel = Channel::parse(channel)?;
         let limit = self.limits.page(limit)?;
-        self.store.history(caller, &channel, after_seq, before_seq, limit).await
+        self.store
+            .history(caller, &channel, after_seq, before_seq, limit)
+            .await
     }
 
-    pub async fn sync(&self, user_id: &str, after: u64, limit: Option<u64>) -> Result<(Vec<Message>, bool), ApiError> {
+    pub async fn sync(
+        &self,
+        user_id: &str,
+        after: u64,
+        limit: Option<u64>,
+    ) -> Result<(Vec<Message>, bool), ApiError> {
         let limit = self.limits.page(limit)?;
         self.store.sync(user_id, after, limit).await
     }
 
-    pub async fn set_cursor(&self, user_id: &str, device_id: &str, inbox_id: u64) -> Result<(), ApiError> {
+    pub async fn set_cursor(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        inbox_id: u64,
+    ) -> Result<(), ApiError> {
         let head = self.store.inbox_head(user_id).await?;
         if inbox_id > head {
             return Err(ApiError::bad_request(format!(
@@ -242,7 +323,13 @@ impl Chat {
     pub async fn typing(&self, user_id: &str, channel: &str) -> Result<(), ApiError> {
         let channel = Channel::parse(channel)?;
         let members = self.store.channel_members(user_id, &channel).await?;
-        let frame = Utf8Bytes::from(ServerFrame::Typing { channel: channel.to_string(), user: user_id.to_owned() }.to_json());
+        let frame = Utf8Bytes::from(
+            ServerFrame::Typing {
+                channel: channel.to_string(),
+                user: user_id.to_owned(),
+            }
+            .to_json(),
+        );
         for member in members.iter().filter(|m| *m != user_id) {
             self.hub.send_to_user(member, &frame, None);
         }

@@ -21,7 +21,11 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster of one: this node. `listen` is the bound address (port 0 resolved).
     pub fn single(node_id: String, advertise_url: Option<String>, listen: SocketAddr) -> Self {
-        Self { node_id, advertise_url, listen }
+        Self {
+            node_id,
+            advertise_url,
+            listen,
+        }
     }
 
     pub fn node_id(&self) -> &str {
@@ -32,7 +36,10 @@ impl Cluster {
     /// used, which names this node best when it listens on all interfaces and no
     /// `--advertise-url` was given.
     pub fn assign(&self, _user_id: &str, host: Option<&str>) -> NodeAddress {
-        NodeAddress { node_id: self.node_id.clone(), ws_url: self.ws_url(host) }
+        NodeAddress {
+            node_id: self.node_id.clone(),
+            ws_url: self.ws_url(host),
+        }
     }
 
     /// This node's WebSocket URL.
@@ -63,6 +70,9 @@ mod tests {
         assert_eq!(c.ws_url(Some("10.0.0.5:8080")), "ws://10.0.0.5:8080/v1/ws");
         let lo: SocketAddr = "127.0.0.1:9000".parse().unwrap();
         let c = Cluster::single("n1".into(), None, lo);
-        assert_eq!(c.assign("u", Some("localhost:9000")).ws_url, "ws://127.0.0.1:9000/v1/ws");
+        assert_eq!(
+            c.assign("u", Some("localhost:9000")).ws_url,
+            "ws://127.0.0.1:9000/v1/ws"
+        );
     }
 }

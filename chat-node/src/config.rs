@@ -22,7 +22,11 @@ pub enum StoreKind {
 
 /// Command line of `chat-node`. With no flags it runs one self-contained node.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chat-node", version, about = "Parley chat node: WebSockets, HTTP API and history")]
+#[command(
+    name = "chat-node",
+    version,
+    about = "Parley chat node: WebSockets, HTTP API and history"
+)]
 pub struct Config {
     /// HTTP and WebSocket on one port.
     #[arg(long, env = "PARLEY_LISTEN", default_value = "0.0.0.0:8080")]
@@ -118,16 +122,22 @@ impl Config {
             return bad("--capacity must be at least 1");
         }
         if self.store == StoreKind::Tikv && self.tikv_pd.is_empty() {
-            return bad("--store tikv needs --tikv-pd with the PD endpoints (host:port, comma-separated)");
+            return bad(
+                "--store tikv needs --tikv-pd with the PD endpoints (host:port, comma-separated)",
+            );
         }
         if self.store == StoreKind::Etcd && self.etcd.is_empty() {
             return bad("--store etcd needs --etcd with the etcd endpoints");
         }
         if self.store != StoreKind::Embedded {
-            return bad("this build supports only --store embedded so far; etcd and tikv arrive with cluster mode");
+            return bad(
+                "this build supports only --store embedded so far; etcd and tikv arrive with cluster mode",
+            );
         }
         if !self.etcd.is_empty() {
-            return bad("this build does not support --etcd (cluster mode) yet; run without it for a single node");
+            return bad(
+                "this build does not support --etcd (cluster mode) yet; run without it for a single node",
+            );
         }
         if let Some(url) = &self.advertise_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

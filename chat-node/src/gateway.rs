@@ -25,9 +25,16 @@ const READ_BUFFER: usize = 4 * 1024;
 /// Check the upgrade request and the token, then switch protocols and start the session.
 /// A bad token is refused with 401 before the upgrade, as the contract says.
 pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let header = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     let is_upgrade = header("upgrade").eq_ignore_ascii_case("websocket")
-        && header("connection").to_ascii_lowercase().contains("upgrade");
+        && header("connection")
+            .to_ascii_lowercase()
+            .contains("upgrade");
     let key = header("sec-websocket-key").to_owned();
     if !is_upgrade || key.is_empty() || header("sec-websocket-version") != "13" {
         return Err(ApiError::bad_request(
@@ -40,14 +47,18 @@ pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, Ap
     };
     let state = state.clone();
     if state.is_draining() {
-        return Err(ApiError::unavailable("this node is shutting down; ask GET /v1/assign for another"));
+        return Err(ApiError::unavailable(
+            "this node is shutting down; ask GET /v1/assign for another",
+        ));
     }
     if state.hub.connection_count() >= state.config.max_connections as u64 {
-        return Err(ApiError::unavailable("this node is at its connection limit; retry shortly"));
+        return Err(ApiError::unavailable(
+            "this node is at its connection limit; retry shortly",
+        ));
     }
-    let on_upgrade = req
-        .upgrade
-        .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded (use HTTP/1.1)"))?;
+    let on_upgrade = req.upgrade.ok_or_else(|| {
+        ApiError::bad_request("this connection cannot be upgraded (use HTTP/1.1)")
+    })?;
 
     let max_frame = state.limits.max_frame_bytes();
     let config = WebSocketConfig::default()
@@ -61,7 +72,12 @@ pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, Ap
     tracker.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
                 session::run(state, ws, claims).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
@@ -71,7 +87,11 @@ pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, Ap
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
     let reply = warp::reply::with_header(reply, "upgrade", "websocket");
     let reply = warp::reply::with_header(reply, "connection", "Upgrade");
-    let reply = warp::reply::with_header(reply, "sec-websocket-accept", derive_accept_key(key.as_bytes()));
+    let reply = warp::reply::with_header(
+        reply,
+        "sec-websocket-accept",
+        derive_accept_key(key.as_bytes()),
+    );
     Ok(reply.into_response())
 }
 

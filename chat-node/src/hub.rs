@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
@@ -23,8 +23,10 @@ pub struct CloseReason {
 
 impl CloseReason {
     /// 1008: the client did not read its frames fast enough.
-    pub const SLOW_CONSUMER: Self =
-        Self { code: 1008, reason: "slow consumer: frames were not read in time; reconnect and sync" };
+    pub const SLOW_CONSUMER: Self = Self {
+        code: 1008,
+        reason: "slow consumer: frames were not read in time; reconnect and sync",
+    };
 }
 
 struct Queue {
@@ -52,7 +54,11 @@ impl Conn {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             user_id,
             device_id,
-            queue: Mutex::new(Queue { frames: VecDeque::new(), bytes: 0, close: None }),
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                bytes: 0,
+                close: None,
+            }),
             ready: Notify::new(),
             budget,
             last_active: AtomicI64::new(now),
@@ -156,7 +162,9 @@ impl Hub {
     /// Remove a socket. Returns true when it was the user's last one here.
     pub fn unregister(&self, conn: &Conn) -> bool {
         let mut shard = self.shard(&conn.user_id);
-        let Some(conns) = shard.get_mut(&conn.user_id) else { return false };
+        let Some(conns) = shard.get_mut(&conn.user_id) else {
+            return false;
+        };
         let before = conns.len();
         conns.retain(|c| c.id != conn.id);
         if conns.len() < before {
@@ -175,7 +183,9 @@ impl Hub {
 
     /// The user's latest activity over their sockets here, if they have any.
     pub fn last_active(&self, user_id: &str) -> Option<i64> {
-        self.shard(user_id).get(user_id).and_then(|conns| conns.iter().map(|c| c.last_active()).max())
+        self.shard(user_id)
+            .get(user_id)
+            .and_then(|conns| conns.iter().map(|c| c.last_active()).max())
     }
 
     /// The devices of `user_id` with a socket here.
@@ -188,9 +198,18 @@ impl Hub {
 
     /// Queue `frame` on every socket of `user_id`, except those of `except_device`. Returns
     /// how many sockets took it.
-    pub fn send_to_user(&self, user_id: &str, frame: &Utf8Bytes, except_device: Option<&str>) -> usize {
+    pub fn send_to_user(
+        &self,
+        user_id: &str,
+        frame: &Utf8Bytes,
+        except_device: Option<&str>,
+    ) -> usize {
         let targets: Vec<Arc<Conn>> = match self.shard(user_id).get(user_id) {
-            Some(conns) => conns.iter().filter(|c| Some(c.device_id.as_str()) != except_device).cloned().collect(),
+            Some(conns) => conns
+                .iter()
+                .filter(|c| Some(c.device_id.as_str()) != except_device)
+                .cloned()
+                .collect(),
             None => return 0,
         };
         targets.iter().filter(|c| c.push(frame.clone())).count()
@@ -200,7 +219,14 @@ impl Hub {
     pub fn all(&self) -> Vec<Arc<Conn>> {
         self.shards
             .iter()
-            .flat_map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).values().flatten().cloned().collect::<Vec<_>>())
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .flatten()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
@@ -217,7 +243,10 @@ mod tests {
     fn a_queue_over_budget_closes_as_slow_consumer() {
         let conn = Conn::new("u".into(), "d".into(), 10, 0);
         assert!(conn.push(Utf8Bytes::from("12345678")));
-        assert!(!conn.push(Utf8Bytes::from("12345678")), "the second frame passes the budget");
+        assert!(
+            !conn.push(Utf8Bytes::from("12345678")),
+            "the second frame passes the budget"
+        );
         let mut out = Vec::new();
         assert_eq!(conn.take(&mut out), Some(CloseReason::SLOW_CONSUMER));
         assert!(out.is_empty(), "a slow consumer's queue is dropped");
@@ -230,7 +259,10 @@ mod tests {
         let b = Arc::new(Conn::new("u".into(), "laptop".into(), 1000, 0));
         assert!(hub.register(a.clone()));
         assert!(!hub.register(b.clone()));
-        assert_eq!(hub.send_to_user("u", &Utf8Bytes::from("x"), Some("phone")), 1);
+        assert_eq!(
+            hub.send_to_user("u", &Utf8Bytes::from("x"), Some("phone")),
+            1
+        );
         assert!(!hub.unregister(&a));
         assert!(hub.is_online("u"));
         assert!(hub.unregister(&b));

@@ -17,8 +17,8 @@
 //! hashes and signed tokens), [`config`] (flags and `PARLEY_*` variables), [`metrics`]
 //! (Prometheus), and [`server`] (start-up, the shared [`server::AppState`], shutdown).
 
-pub mod api;
 pub mod accounts;
+pub mod api;
 pub mod auth;
 pub mod chat;
 pub mod cluster;

@@ -48,15 +48,51 @@ impl Metrics {
         let http_requests = Counter::default();
         // 50 µs .. ~1.6 s
         let send_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
-        registry.register("connections", "Open WebSocket connections", connections.clone());
-        registry.register("online_users", "Users with an open socket on this node", online_users.clone());
-        registry.register("messages_sent", "Messages durably stored and acked", messages_sent.clone());
-        registry.register("messages_delivered", "Message frames pushed to devices", messages_delivered.clone());
-        registry.register("duplicate_sends", "Resends answered with the original ack", duplicate_sends.clone());
-        registry.register("store_errors", "Failed store operations", store_errors.clone());
-        registry.register("slow_consumers", "Sockets closed for not reading", slow_consumers.clone());
-        registry.register("http_requests", "HTTP requests answered", http_requests.clone());
-        registry.register("send_latency_seconds", "Send arrival to durable ack", send_latency.clone());
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        registry.register(
+            "online_users",
+            "Users with an open socket on this node",
+            online_users.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Messages durably stored and acked",
+            messages_sent.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Message frames pushed to devices",
+            messages_delivered.clone(),
+        );
+        registry.register(
+            "duplicate_sends",
+            "Resends answered with the original ack",
+            duplicate_sends.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed store operations",
+            store_errors.clone(),
+        );
+        registry.register(
+            "slow_consumers",
+            "Sockets closed for not reading",
+            slow_consumers.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            http_requests.clone(),
+        );
+        registry.register(
+            "send_latency_seconds",
+            "Send arrival to durable ack",
+            send_latency.clone(),
+        );
         Self {
             registry,
             connections,

@@ -13,8 +13,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::hub::{Conn, Hub};
 use crate::metrics::Metrics;
-use crate::protocol::frames::{ServerFrame, Status};
 use crate::protocol::ApiError;
+use crate::protocol::frames::{ServerFrame, Status};
 use crate::store::ChatStore;
 
 const STRIPES: usize = 64;
@@ -46,11 +46,17 @@ impl Presence {
     /// queue on the new socket the status of each of the user's mutual contacts.
     pub async fn connected(&self, conn: &Arc<Conn>, now: i64) -> Result<(), ApiError> {
         self.hub.register(conn.clone());
-        self.store.set_last_seen(&conn.user_id, &conn.device_id, now).await?;
+        self.store
+            .set_last_seen(&conn.user_id, &conn.device_id, now)
+            .await?;
         self.announce(&conn.user_id).await?;
         for contact in self.store.mutual_contacts(&conn.user_id).await? {
             let (status, last_seen) = self.status(&contact).await?;
-            let frame = ServerFrame::Presence { user: contact, status, last_seen };
+            let frame = ServerFrame::Presence {
+                user: contact,
+                status,
+                last_seen,
+            };
             conn.push(Utf8Bytes::from(frame.to_json()));
         }
         Ok(())
@@ -60,7 +66,9 @@ impl Presence {
     /// announce the user offline if it was their last socket.
     pub async fn disconnected(&self, conn: &Conn) -> Result<(), ApiError> {
         self.hub.unregister(conn);
-        self.store.set_last_seen(&conn.user_id, &conn.device_id, conn.last_active()).await?;
+        self.store
+            .set_last_seen(&conn.user_id, &conn.device_id, conn.last_active())
+            .await?;
         self.announce(&conn.user_id).await
     }
 
@@ -83,7 +91,14 @@ impl Presence {
             return Ok(());
         }
         let (status, last_seen) = self.status(user_id).await?;
-        let frame = Utf8Bytes::from(ServerFrame::Presence { user: user_id.to_owned(), status, last_seen }.to_json());
+        let frame = Utf8Bytes::from(
+            ServerFrame::Presence {
+                user: user_id.to_owned(),
+                status,
+                last_seen,
+            }
+            .to_json(),
+        );
         for contact in self.store.mutual_contacts(user_id).await? {
             self.hub.send_to_user(&contact, &frame, None);
         }

@@ -89,7 +89,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         StoreKind::Embedded => Arc::new(Embedded::open(&config.data_dir)?),
         // Refused by `validate` until cluster mode lands.
         StoreKind::Etcd | StoreKind::Tikv => {
-            return Err(StartError::Config(crate::config::ConfigError("unsupported store".into())));
+            return Err(StartError::Config(crate::config::ConfigError(
+                "unsupported store".into(),
+            )));
         }
     };
     let errors = metrics.store_errors.clone();
@@ -102,16 +104,30 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     }
     .map_err(StartError::Secret)?;
     if config.push_webhook.is_some() {
-        tracing::warn!("--push-webhook is set, but this build does not send push notifications yet");
+        tracing::warn!(
+            "--push-webhook is set, but this build does not send push notifications yet"
+        );
     }
 
-    let listener = bind(config.listen).map_err(|source| StartError::Listen { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.listen, source })?;
+    let listener = bind(config.listen).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
 
     let limits = config.limits();
     let hub = Arc::new(Hub::new());
     let presence = Arc::new(Presence::new(store.clone(), hub.clone(), metrics.clone()));
-    let chat = Chat::new(store.clone(), hub.clone(), presence.clone(), metrics.clone(), limits.clone());
+    let chat = Chat::new(
+        store.clone(),
+        hub.clone(),
+        presence.clone(),
+        metrics.clone(),
+        limits.clone(),
+    );
     let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), hub.clone());
     let cluster = Cluster::single(config.node_id(), config.advertise_url.clone(), addr);
     let state = Arc::new(AppState {
@@ -128,12 +144,20 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         sessions: TaskTracker::new(),
         ready: AtomicBool::new(false),
     });
-    Ok(Node { addr, state, listener })
+    Ok(Node {
+        addr,
+        state,
+        listener,
+    })
 }
 
 /// Listen with a deep accept backlog, so a reconnect storm is queued, not refused.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
@@ -153,14 +177,20 @@ impl Node {
             trigger.cancel();
         });
         let routes = crate::api::filter(state.clone());
-        let server = warp::serve(routes).incoming(self.listener).graceful(shutdown.clone().cancelled_owned()).run();
+        let server = warp::serve(routes)
+            .incoming(self.listener)
+            .graceful(shutdown.clone().cancelled_owned())
+            .run();
         state.ready.store(true, Ordering::Relaxed);
         tracing::info!(node_id = %state.cluster.node_id(), store = state.store.kv().name(), "listening on http://{}", self.addr);
         server.await;
 
         state.sessions.close();
         let grace = Duration::from_secs(state.config.drain_seconds + 10);
-        if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
+        if tokio::time::timeout(grace, state.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some sessions did not close within {grace:?}; exiting anyway");
         }
         if let Err(e) = state.store.kv().sync().await {

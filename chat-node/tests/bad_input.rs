@@ -11,9 +11,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 async fn still_serves(node: &Node) {
     let u = node.login("alice", "check").await;
     let mut c = node.ws(&u).await;
-    c.send(json!({"type": "sync", "after": 0, "req": "alive"})).await;
+    c.send(json!({"type": "sync", "after": 0, "req": "alive"}))
+        .await;
     let page = c.until("a sync answer", |v| v["type"] == "sync").await;
-    assert_eq!(page["req"], "alive", "the node still serves after bad input");
+    assert_eq!(
+        page["req"], "alive",
+        "the node still serves after bad input"
+    );
 }
 
 #[tokio::test]
@@ -43,16 +47,27 @@ async fn malformed_frames_get_errors_and_the_connection_lives_on() {
     ];
     for (text, req) in cases {
         c.send_raw(Message::Text(text.clone().into())).await;
-        let err = c.until(&format!("an error for {text:?}"), |v| v["type"] == "error").await;
+        let err = c
+            .until(&format!("an error for {text:?}"), |v| v["type"] == "error")
+            .await;
         assert_eq!(err["code"], "bad_request", "{text:?} -> {err}");
         assert!(!err["message"].as_str().unwrap().is_empty());
-        assert_eq!(err["req"].as_str(), req, "the error carries the frame's req: {text:?}");
+        assert_eq!(
+            err["req"].as_str(),
+            req,
+            "the error carries the frame's req: {text:?}"
+        );
     }
     let err = {
-        c.send(json!({"type": "send", "client_msg_id": "keep-me", "to": 42, "text": "x"})).await;
-        c.until("error with client_msg_id", |v| v["type"] == "error").await
+        c.send(json!({"type": "send", "client_msg_id": "keep-me", "to": 42, "text": "x"}))
+            .await;
+        c.until("error with client_msg_id", |v| v["type"] == "error")
+            .await
     };
-    assert_eq!(err["client_msg_id"], "keep-me", "the error carries the frame's client_msg_id");
+    assert_eq!(
+        err["client_msg_id"], "keep-me",
+        "the error carries the frame's client_msg_id"
+    );
     still_serves(&node).await;
 }
 
@@ -68,19 +83,34 @@ async fn binary_invalid_utf8_and_oversize_frames_close_with_their_codes() {
     let mut c = node.ws(&alice).await;
     let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     c.send_raw(Message::Frame(frame)).await;
-    assert_eq!(c.closed_with().await, 1007, "invalid UTF-8 closes with 1007");
+    assert_eq!(
+        c.closed_with().await,
+        1007,
+        "invalid UTF-8 closes with 1007"
+    );
 
     // Limit: 12 x 10 chars + 64 KiB.
     let mut c = node.ws(&alice).await;
-    let big = format!(r#"{{"type":"heartbeat","pad":"{}"}}"#, "x".repeat(12 * 10 + 64 * 1024));
+    let big = format!(
+        r#"{{"type":"heartbeat","pad":"{}"}}"#,
+        "x".repeat(12 * 10 + 64 * 1024)
+    );
     c.send_raw(Message::Text(big.into())).await;
-    assert_eq!(c.closed_with().await, 1009, "an oversize frame closes with 1009");
+    assert_eq!(
+        c.closed_with().await,
+        1009,
+        "an oversize frame closes with 1009"
+    );
 
     // Just under the limit is fine (the frame is parsed; the text is then too long).
     let mut c = node.ws(&alice).await;
-    let ok = format!(r#"{{"type":"heartbeat","pad":"{}"}}"#, "x".repeat(60 * 1024));
+    let ok = format!(
+        r#"{{"type":"heartbeat","pad":"{}"}}"#,
+        "x".repeat(60 * 1024)
+    );
     c.send_raw(Message::Text(ok.into())).await;
-    c.send(json!({"type": "send", "client_msg_id": "c", "to": alice.id, "text": "eleven char"})).await;
+    c.send(json!({"type": "send", "client_msg_id": "c", "to": alice.id, "text": "eleven char"}))
+        .await;
     let err = c.until("too_large", |v| v["type"] == "error").await;
     assert_eq!(err["code"], "too_large");
     still_serves(&node).await;
@@ -91,15 +121,31 @@ async fn malformed_and_oversized_http_bodies_and_unknown_routes() {
     let node = Node::start(&["--max-message-chars", "10"]);
     let alice = node.user("alice", "phone").await;
     let post = |path: &str, body: Vec<u8>| {
-        node.http.post(node.url(path)).bearer_auth(&alice.token).header("content-type", "application/json").body(body)
+        node.http
+            .post(node.url(path))
+            .bearer_auth(&alice.token)
+            .header("content-type", "application/json")
+            .body(body)
     };
-    for body in [&b"{not json"[..], b"", b"[]", br#"{"username": 5}"#, b"\xff\xfe"] {
+    for body in [
+        &b"{not json"[..],
+        b"",
+        b"[]",
+        br#"{"username": 5}"#,
+        b"\xff\xfe",
+    ] {
         let r = post("/v1/users", body.to_vec()).send().await.unwrap();
         assert_eq!(r.status(), 400, "body {body:?}");
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "bad_request");
     }
-    let r = post("/v1/messages", br#"{"client_msg_id": "c", "to": "x"}"#.to_vec()).send().await.unwrap();
+    let r = post(
+        "/v1/messages",
+        br#"{"client_msg_id": "c", "to": "x"}"#.to_vec(),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(r.status(), 400);
 
     let huge = vec![b'a'; 200 * 1024];
@@ -108,7 +154,8 @@ async fn malformed_and_oversized_http_bodies_and_unknown_routes() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "too_large");
     // Chunked, no Content-Length: still cut at the limit.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = huge.chunks(8 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        huge.chunks(8 * 1024).map(|c| Ok(c.to_vec())).collect();
     let stream = futures_util::stream::iter(chunks);
     let r = node
         .http
@@ -120,13 +167,27 @@ async fn malformed_and_oversized_http_bodies_and_unknown_routes() {
         .unwrap();
     assert_eq!(r.status(), 413, "a chunked oversize body");
 
-    let (s, v) = node.call("GET", "/v1/nowhere", Some(&alice.token), None).await;
+    let (s, v) = node
+        .call("GET", "/v1/nowhere", Some(&alice.token), None)
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
     let (s, v) = node.call("DELETE", "/v1/sessions", None, None).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (405, Some("method_not_allowed")));
-    let (s, _) = node.call("GET", "/v1/sync?after=banana", Some(&alice.token), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (s, _) = node
+        .call("GET", "/v1/sync?after=banana", Some(&alice.token), None)
+        .await;
     assert_eq!(s, 400);
-    let (s, _) = node.call("GET", "/v1/channels/%2F..%2Fetc/messages", Some(&alice.token), None).await;
+    let (s, _) = node
+        .call(
+            "GET",
+            "/v1/channels/%2F..%2Fetc/messages",
+            Some(&alice.token),
+            None,
+        )
+        .await;
     assert_eq!(s, 400);
     still_serves(&node).await;
 }
@@ -136,17 +197,28 @@ async fn forged_and_missing_tokens_are_refused() {
     let node = Node::start(&[]);
     let alice = node.user("alice", "phone").await;
     let forger = chat_node::auth::TokenKeys::new(b"a secret that is not the node's one");
-    let (forged, _) = forger.issue(&alice.id, "phone", chat_node::now_ms()).unwrap();
+    let (forged, _) = forger
+        .issue(&alice.id, "phone", chat_node::now_ms())
+        .unwrap();
     let mut tampered = alice.token.clone();
     tampered.pop();
     tampered.push(if alice.token.ends_with('A') { 'B' } else { 'A' });
     for token in [forged.as_str(), tampered.as_str(), "garbage", ""] {
         let (s, v) = node.call("GET", "/v1/users/me", Some(token), None).await;
-        assert_eq!((s, v["error"]["code"].as_str()), (401, Some("unauthorized")), "token {token:?}");
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "token {token:?}"
+        );
         let url = format!("ws://{}/v1/ws?token={token}", node.addr);
         match tokio_tungstenite::connect_async(url).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
-            other => panic!("a bad token must get HTTP 401 before the upgrade, got {:?}", other.map(|_| ())),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401)
+            }
+            other => panic!(
+                "a bad token must get HTTP 401 before the upgrade, got {:?}",
+                other.map(|_| ())
+            ),
         }
     }
     let (s, _) = node.call("GET", "/v1/contacts", None, None).await;
@@ -166,9 +238,28 @@ async fn a_client_that_stops_reading_is_cut_off_as_a_slow_consumer() {
     for i in 0..60 {
         sender.send(json!({"type": "send", "client_msg_id": format!("m{i}"), "to": bob.id, "text": text})).await;
     }
-    sender.until("the last ack", |v| v["type"] == "ack" && v["client_msg_id"] == "m59").await;
-    assert_eq!(stalled.closed_with().await, 1008, "a slow consumer is closed with 1008");
-    let metrics = node.http.get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("parley_slow_consumers_total 1"), "{metrics}");
+    sender
+        .until("the last ack", |v| {
+            v["type"] == "ack" && v["client_msg_id"] == "m59"
+        })
+        .await;
+    assert_eq!(
+        stalled.closed_with().await,
+        1008,
+        "a slow consumer is closed with 1008"
+    );
+    let metrics = node
+        .http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("parley_slow_consumers_total 1"),
+        "{metrics}"
+    );
     still_serves(&node).await;
 }

@@ -18,13 +18,18 @@ async fn sigkill_during_pipelined_sends_loses_no_acked_message() {
     let alice = node.user("alice", "phone").await;
     let bob = node.user("bob", "phone").await;
     let (_, group) = node
-        .call("POST", "/v1/groups", Some(&alice.token), Some(json!({"name": "g", "members": [bob.id]})))
+        .call(
+            "POST",
+            "/v1/groups",
+            Some(&alice.token),
+            Some(json!({"name": "g", "members": [bob.id]})),
+        )
         .await;
     let group_channel = group["channel"].as_str().unwrap().to_owned();
     let dm_channel = dm(&alice.id, &bob.id);
 
     // Pipeline 600 sends without waiting; kill the node once 150 acks are in.
-    let mut c = node.ws(&alice).await;
+    let c = node.ws(&alice).await;
     let total = 600;
     let frames: Vec<Message> = (0..total)
         .map(|i| {
@@ -59,7 +64,9 @@ async fn sigkill_during_pipelined_sends_loses_no_acked_message() {
     }
     node.kill();
     // Acks that were already on the wire count too.
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(200), stream.next()).await
+    {
         if let Message::Text(t) = msg {
             let v: Value = serde_json::from_str(&t).unwrap();
             if v["type"] == "ack" {
@@ -77,12 +84,20 @@ async fn sigkill_during_pipelined_sends_loses_no_acked_message() {
         let mut after = 0;
         loop {
             let (s, page) = node
-                .call("GET", &format!("/v1/channels/{ch}/messages?after_seq={after}&limit=1000"), Some(&alice.token), None)
+                .call(
+                    "GET",
+                    &format!("/v1/channels/{ch}/messages?after_seq={after}&limit=1000"),
+                    Some(&alice.token),
+                    None,
+                )
                 .await;
             assert_eq!(s, 200);
             for m in page["messages"].as_array().unwrap() {
                 let seq = m["seq"].as_u64().unwrap();
-                by_channel.entry(ch.clone()).or_default().insert(seq, m["client_msg_id"].as_str().unwrap().to_owned());
+                by_channel
+                    .entry(ch.clone())
+                    .or_default()
+                    .insert(seq, m["client_msg_id"].as_str().unwrap().to_owned());
                 after = seq;
             }
             if page["more"] == false {
@@ -94,27 +109,59 @@ async fn sigkill_during_pipelined_sends_loses_no_acked_message() {
         let ch = ack["channel"].as_str().unwrap();
         let seq = ack["seq"].as_u64().unwrap();
         assert_eq!(
-            by_channel.get(ch).and_then(|m| m.get(&seq)).map(String::as_str),
+            by_channel
+                .get(ch)
+                .and_then(|m| m.get(&seq))
+                .map(String::as_str),
             Some(cmid.as_str()),
             "acked {cmid} must be at {ch}#{seq} after the crash"
         );
     }
     for (ch, seqs) in &by_channel {
         let got: Vec<u64> = seqs.keys().copied().collect();
-        assert_eq!(got, (1..=got.len() as u64).collect::<Vec<_>>(), "seqs of {ch} are gapless");
+        assert_eq!(
+            got,
+            (1..=got.len() as u64).collect::<Vec<_>>(),
+            "seqs of {ch} are gapless"
+        );
     }
 
     // Both inboxes are gapless, and alice's holds every acked message at its acked inbox_id.
     for user in [&alice, &bob] {
-        let (_, page) = node.call("GET", "/v1/sync?after=0&limit=1000", Some(&user.token), None).await;
+        let (_, page) = node
+            .call(
+                "GET",
+                "/v1/sync?after=0&limit=1000",
+                Some(&user.token),
+                None,
+            )
+            .await;
         let items = page["items"].as_array().unwrap();
-        let ids: Vec<u64> = items.iter().map(|m| m["inbox_id"].as_u64().unwrap()).collect();
-        assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "{}'s inbox ids are gapless", user.username);
+        let ids: Vec<u64> = items
+            .iter()
+            .map(|m| m["inbox_id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            (1..=ids.len() as u64).collect::<Vec<_>>(),
+            "{}'s inbox ids are gapless",
+            user.username
+        );
         if user.id == alice.id {
-            let stored: HashMap<u64, &str> =
-                items.iter().map(|m| (m["inbox_id"].as_u64().unwrap(), m["client_msg_id"].as_str().unwrap())).collect();
+            let stored: HashMap<u64, &str> = items
+                .iter()
+                .map(|m| {
+                    (
+                        m["inbox_id"].as_u64().unwrap(),
+                        m["client_msg_id"].as_str().unwrap(),
+                    )
+                })
+                .collect();
             for (cmid, ack) in &acks {
-                assert_eq!(stored.get(&ack["inbox_id"].as_u64().unwrap()), Some(&cmid.as_str()));
+                assert_eq!(
+                    stored.get(&ack["inbox_id"].as_u64().unwrap()),
+                    Some(&cmid.as_str())
+                );
             }
         }
     }
@@ -123,7 +170,11 @@ async fn sigkill_during_pipelined_sends_loses_no_acked_message() {
     let mut c = node.ws(&alice).await;
     for i in 0..total {
         let cmid = format!("c{i}");
-        let target = if i % 2 == 0 { ("to", bob.id.as_str()) } else { ("channel", group_channel.as_str()) };
+        let target = if i % 2 == 0 {
+            ("to", bob.id.as_str())
+        } else {
+            ("channel", group_channel.as_str())
+        };
         let again = c.say(target, &cmid, &format!("text {i}")).await;
         assert_eq!(again["type"], "ack");
         if let Some(first) = acks.get(&cmid) {
@@ -133,14 +184,24 @@ async fn sigkill_during_pipelined_sends_loses_no_acked_message() {
     let mut seen = HashMap::new();
     for ch in [&dm_channel, &group_channel] {
         let (_, page) = node
-            .call("GET", &format!("/v1/channels/{ch}/messages?after_seq=0&limit=1000"), Some(&alice.token), None)
+            .call(
+                "GET",
+                &format!("/v1/channels/{ch}/messages?after_seq=0&limit=1000"),
+                Some(&alice.token),
+                None,
+            )
             .await;
         for m in page["messages"].as_array().unwrap() {
-            *seen.entry(m["client_msg_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+            *seen
+                .entry(m["client_msg_id"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
         }
     }
     assert_eq!(seen.len(), total, "every client_msg_id is stored");
-    assert!(seen.values().all(|&n| n == 1), "no client_msg_id is stored twice");
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "no client_msg_id is stored twice"
+    );
 }
 
 #[tokio::test]
@@ -157,14 +218,21 @@ async fn sigterm_sends_reconnect_finishes_and_exits_zero() {
         let status = node.terminate();
         (node, status)
     });
-    let reconnect = a.until("the reconnect frame", |v| v["type"] == "reconnect").await;
+    let reconnect = a
+        .until("the reconnect frame", |v| v["type"] == "reconnect")
+        .await;
     assert_eq!(reconnect["reason"], "draining");
     assert_eq!(a.closed_with().await, 1001);
     let (node, status) = status.await.unwrap();
-    assert!(status.success(), "chat-node exits 0 on SIGTERM, got {status:?}");
+    assert!(
+        status.success(),
+        "chat-node exits 0 on SIGTERM, got {status:?}"
+    );
     drop(node);
 
     let node = Node::start_in(dir.path(), &[]);
-    let (_, page) = node.call("GET", "/v1/sync?after=0", Some(&bob.token), None).await;
+    let (_, page) = node
+        .call("GET", "/v1/sync?after=0", Some(&bob.token), None)
+        .await;
     assert_eq!(page["items"][0]["client_msg_id"], "before-term");
 }

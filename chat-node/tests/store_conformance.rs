@@ -26,5 +26,8 @@ async fn embedded_synced_commits_survive_a_reopen() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let kv = Embedded::open(dir.path()).unwrap();
     let mut tx = kv.begin().await.unwrap();
-    assert_eq!(tx.get(b"durable/a").await.unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(
+        tx.get(b"durable/a").await.unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
 }

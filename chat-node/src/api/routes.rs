@@ -10,20 +10,27 @@ use super::{Request, json, json_body, no_content, read_body};
 use crate::protocol::ApiError;
 use crate::protocol::frames::SendRequest;
 use crate::protocol::types::{
-    Assignment, Contacts, Devices, Groups, History, Login, NewGroup, NewMember, ProfilePatch, PushRegistration, SignUp,
-    SyncPage,
+    Assignment, Contacts, Devices, Groups, History, Login, NewGroup, NewMember, ProfilePatch,
+    PushRegistration, SignUp, SyncPage,
 };
 use crate::server::AppState;
 
 fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
     ApiError::new(
         crate::protocol::ErrorCode::MethodNotAllowed,
-        format!("{} is not allowed on {}; use {allowed}", req.method, req.path),
+        format!(
+            "{} is not allowed on {}; use {allowed}",
+            req.method, req.path
+        ),
     )
 }
 
 /// Answer one request.
-pub async fn route<S, B>(state: &std::sync::Arc<AppState>, req: Request, body: S) -> Result<Response, ApiError>
+pub async fn route<S, B>(
+    state: &std::sync::Arc<AppState>,
+    req: Request,
+    body: S,
+) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -35,7 +42,10 @@ where
 
     match segs.as_slice() {
         ["healthz"] => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        ["readyz"] => state.readiness().await.map(|()| json(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
+        ["readyz"] => state
+            .readiness()
+            .await
+            .map(|()| json(StatusCode::OK, &serde_json::json!({"status": "ready"}))),
         ["metrics"] => Ok(warp::reply::with_header(
             state.metrics.render(),
             "content-type",
@@ -49,14 +59,20 @@ where
         ["v1", "users"] => match m {
             Method::POST => {
                 let body: SignUp = json_body(&read_body(body, &req.headers, limit).await?)?;
-                Ok(json(StatusCode::CREATED, &state.accounts.sign_up(body).await?))
+                Ok(json(
+                    StatusCode::CREATED,
+                    &state.accounts.sign_up(body).await?,
+                ))
             }
             Method::GET => {
                 req.auth(state)?;
                 let name = req.query("username").ok_or_else(|| {
                     ApiError::bad_request("look a user up with GET /v1/users?username=NAME")
                 })?;
-                Ok(json(StatusCode::OK, &state.accounts.profile_by_name(&name).await?))
+                Ok(json(
+                    StatusCode::OK,
+                    &state.accounts.profile_by_name(&name).await?,
+                ))
             }
             _ => Err(method_not_allowed(&req, "POST or GET")),
         },
@@ -70,10 +86,20 @@ where
         ["v1", "users", "me"] => {
             let me = req.auth(state)?;
             match m {
-                Method::GET => Ok(json(StatusCode::OK, &state.accounts.profile(&me.sub).await?)),
+                Method::GET => Ok(json(
+                    StatusCode::OK,
+                    &state.accounts.profile(&me.sub).await?,
+                )),
                 Method::PATCH => {
-                    let patch: ProfilePatch = json_body(&read_body(body, &req.headers, limit).await?)?;
-                    Ok(json(StatusCode::OK, &state.accounts.set_display_name(&me.sub, &patch.display_name).await?))
+                    let patch: ProfilePatch =
+                        json_body(&read_body(body, &req.headers, limit).await?)?;
+                    Ok(json(
+                        StatusCode::OK,
+                        &state
+                            .accounts
+                            .set_display_name(&me.sub, &patch.display_name)
+                            .await?,
+                    ))
                 }
                 _ => Err(method_not_allowed(&req, "GET or PATCH")),
             }
@@ -81,22 +107,38 @@ where
         ["v1", "users", user_id] => match m {
             Method::GET => {
                 req.auth(state)?;
-                Ok(json(StatusCode::OK, &state.accounts.profile(user_id).await?))
+                Ok(json(
+                    StatusCode::OK,
+                    &state.accounts.profile(user_id).await?,
+                ))
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
         ["v1", "contacts"] => match m {
             Method::GET => {
                 let me = req.auth(state)?;
-                Ok(json(StatusCode::OK, &Contacts { contacts: state.chat.contacts(&me.sub).await? }))
+                Ok(json(
+                    StatusCode::OK,
+                    &Contacts {
+                        contacts: state.chat.contacts(&me.sub).await?,
+                    },
+                ))
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
         ["v1", "contacts", user_id] => {
             let me = req.auth(state)?;
             match m {
-                Method::PUT => state.chat.add_contact(&me.sub, user_id).await.map(|()| no_content()),
-                Method::DELETE => state.chat.remove_contact(&me.sub, user_id).await.map(|()| no_content()),
+                Method::PUT => state
+                    .chat
+                    .add_contact(&me.sub, user_id)
+                    .await
+                    .map(|()| no_content()),
+                Method::DELETE => state
+                    .chat
+                    .remove_contact(&me.sub, user_id)
+                    .await
+                    .map(|()| no_content()),
                 _ => Err(method_not_allowed(&req, "PUT or DELETE")),
             }
         }
@@ -105,16 +147,30 @@ where
             match m {
                 Method::POST => {
                     let body: NewGroup = json_body(&read_body(body, &req.headers, limit).await?)?;
-                    Ok(json(StatusCode::CREATED, &state.chat.create_group(&me.sub, &body.name, body.members).await?))
+                    Ok(json(
+                        StatusCode::CREATED,
+                        &state
+                            .chat
+                            .create_group(&me.sub, &body.name, body.members)
+                            .await?,
+                    ))
                 }
-                Method::GET => Ok(json(StatusCode::OK, &Groups { groups: state.chat.groups(&me.sub).await? })),
+                Method::GET => Ok(json(
+                    StatusCode::OK,
+                    &Groups {
+                        groups: state.chat.groups(&me.sub).await?,
+                    },
+                )),
                 _ => Err(method_not_allowed(&req, "POST or GET")),
             }
         }
         ["v1", "groups", group_id] => match m {
             Method::GET => {
                 let me = req.auth(state)?;
-                Ok(json(StatusCode::OK, &state.chat.group(&me.sub, group_id).await?))
+                Ok(json(
+                    StatusCode::OK,
+                    &state.chat.group(&me.sub, group_id).await?,
+                ))
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
@@ -122,21 +178,32 @@ where
             Method::POST => {
                 let me = req.auth(state)?;
                 let body: NewMember = json_body(&read_body(body, &req.headers, limit).await?)?;
-                Ok(json(StatusCode::OK, &state.chat.add_member(&me.sub, group_id, &body.user_id).await?))
+                Ok(json(
+                    StatusCode::OK,
+                    &state
+                        .chat
+                        .add_member(&me.sub, group_id, &body.user_id)
+                        .await?,
+                ))
             }
             _ => Err(method_not_allowed(&req, "POST")),
         },
         ["v1", "groups", group_id, "members", user_id] => match m {
             Method::DELETE => {
                 let me = req.auth(state)?;
-                state.chat.remove_member(&me.sub, group_id, user_id).await.map(|()| no_content())
+                state
+                    .chat
+                    .remove_member(&me.sub, group_id, user_id)
+                    .await
+                    .map(|()| no_content())
             }
             _ => Err(method_not_allowed(&req, "DELETE")),
         },
         ["v1", "messages"] => match m {
             Method::POST => {
                 let me = req.auth(state)?;
-                let mut obj: Map<String, Value> = json_body(&read_body(body, &req.headers, limit).await?)?;
+                let mut obj: Map<String, Value> =
+                    json_body(&read_body(body, &req.headers, limit).await?)?;
                 let send = SendRequest::from_json(&mut obj)?;
                 let ack = state.chat.send(&me.sub, &me.dev, &send).await?;
                 let frame = crate::protocol::frames::ServerFrame::Ack { ack, req: None };
@@ -165,7 +232,10 @@ where
             Method::GET => {
                 let me = req.auth(state)?;
                 let after = req.query_u64("after")?.unwrap_or(0);
-                let (items, more) = state.chat.sync(&me.sub, after, req.query_u64("limit")?).await?;
+                let (items, more) = state
+                    .chat
+                    .sync(&me.sub, after, req.query_u64("limit")?)
+                    .await?;
                 Ok(json(StatusCode::OK, &SyncPage { items, more }))
             }
             _ => Err(method_not_allowed(&req, "GET")),
@@ -173,24 +243,43 @@ where
         ["v1", "devices"] => match m {
             Method::GET => {
                 let me = req.auth(state)?;
-                Ok(json(StatusCode::OK, &Devices { devices: state.accounts.devices(&me.sub).await? }))
+                Ok(json(
+                    StatusCode::OK,
+                    &Devices {
+                        devices: state.accounts.devices(&me.sub).await?,
+                    },
+                ))
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
         ["v1", "devices", device_id, "push"] => match m {
             Method::PUT => {
                 let me = req.auth(state)?;
-                let body: PushRegistration = json_body(&read_body(body, &req.headers, limit).await?)?;
-                state.accounts.set_push(&me.sub, device_id, body).await.map(|()| no_content())
+                let body: PushRegistration =
+                    json_body(&read_body(body, &req.headers, limit).await?)?;
+                state
+                    .accounts
+                    .set_push(&me.sub, device_id, body)
+                    .await
+                    .map(|()| no_content())
             }
             _ => Err(method_not_allowed(&req, "PUT")),
         },
         ["v1", "assign"] => match m {
             Method::GET => {
                 let me = req.auth(state)?;
-                let host = req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+                let host = req
+                    .headers
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok());
                 let node = state.cluster.assign(&me.sub, host);
-                Ok(json(StatusCode::OK, &Assignment { node_id: node.node_id, ws_url: node.ws_url }))
+                Ok(json(
+                    StatusCode::OK,
+                    &Assignment {
+                        node_id: node.node_id,
+                        ws_url: node.ws_url,
+                    },
+                ))
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },

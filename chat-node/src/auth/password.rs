@@ -1,8 +1,8 @@
 //! Password hashing with argon2id (the `argon2` crate's defaults: 19 MiB, 2 passes), run on
 //! the blocking pool so that a burst of logins never stalls the sockets.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use std::sync::OnceLock;
 
 use crate::protocol::ApiError;
@@ -38,8 +38,13 @@ pub async fn verify(password: String, phc: Option<String>) -> bool {
                 })
                 .clone()
         });
-        let Ok(parsed) = PasswordHash::new(&phc) else { return false };
-        Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && known
+        let Ok(parsed) = PasswordHash::new(&phc) else {
+            return false;
+        };
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+            && known
     })
     .await
     .unwrap_or(false)

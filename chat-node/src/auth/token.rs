@@ -33,13 +33,27 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
     }
 
     /// A token for `user_id` on `device_id`, and its expiry in ms.
-    pub fn issue(&self, user_id: &str, device_id: &str, now_ms: i64) -> Result<(String, i64), ApiError> {
+    pub fn issue(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now_ms: i64,
+    ) -> Result<(String, i64), ApiError> {
         let expires_at = now_ms + TOKEN_LIFETIME_MS;
-        let claims = Claims { sub: user_id.to_owned(), dev: device_id.to_owned(), exp: expires_at / 1000, iat: now_ms / 1000 };
+        let claims = Claims {
+            sub: user_id.to_owned(),
+            dev: device_id.to_owned(),
+            exp: expires_at / 1000,
+            iat: now_ms / 1000,
+        };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::internal(format!("token signing failed: {e}")))?;
         Ok((token, expires_at))
@@ -74,9 +88,14 @@ mod tests {
         let claims = keys.verify(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.dev.as_str()), ("u1", "phone"));
         let other = TokenKeys::new(b"another secret, also long enough");
-        assert!(other.verify(&token).is_err(), "a token signed with another secret is refused");
+        assert!(
+            other.verify(&token).is_err(),
+            "a token signed with another secret is refused"
+        );
         assert!(keys.verify("garbage").is_err());
-        let (old, _) = keys.issue("u1", "phone", now - 2 * TOKEN_LIFETIME_MS).unwrap();
+        let (old, _) = keys
+            .issue("u1", "phone", now - 2 * TOKEN_LIFETIME_MS)
+            .unwrap();
         assert!(keys.verify(&old).is_err(), "an expired token is refused");
     }
 }

@@ -17,8 +17,8 @@ use super::{Socket, State};
 use crate::auth::Claims;
 use crate::hub::{CloseReason, Conn};
 use crate::now_ms;
-use crate::protocol::frames::{ClientFrame, Inbound, ServerFrame};
 use crate::protocol::ApiError;
+use crate::protocol::frames::{ClientFrame, Inbound, ServerFrame};
 
 /// Frames of one socket being worked on at once; past this the session stops reading (the
 /// client's pipelining is held back by TCP, not buffered here).
@@ -37,16 +37,34 @@ type Work = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 pub async fn run(state: State, mut ws: Socket, claims: Claims) {
     let now = now_ms();
     let budget = state.limits.max_frame_bytes() + QUEUE_BUDGET;
-    let conn = Arc::new(Conn::new(claims.sub.clone(), claims.dev.clone(), budget, now));
+    let conn = Arc::new(Conn::new(
+        claims.sub.clone(),
+        claims.dev.clone(),
+        budget,
+        now,
+    ));
     state.metrics.connections.inc();
     tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket open");
 
     match state.presence.connected(&conn, now).await {
-        Ok(()) => Session { state: state.clone(), conn: conn.clone(), claims }.run(&mut ws).await,
+        Ok(()) => {
+            Session {
+                state: state.clone(),
+                conn: conn.clone(),
+                claims,
+            }
+            .run(&mut ws)
+            .await
+        }
         Err(e) => {
             let frame = ServerFrame::error(e, None, None).to_json();
             let _ = ws.send(Message::Text(frame.into())).await;
-            close(&mut ws, 1011, "the node could not register this connection; reconnect shortly").await;
+            close(
+                &mut ws,
+                1011,
+                "the node could not register this connection; reconnect shortly",
+            )
+            .await;
         }
     }
 
@@ -61,7 +79,10 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims) {
 /// slow consumer that resumes reading to reach the close frame behind what it had queued;
 /// meanwhile the socket holds at most tungstenite's small write buffer.
 async fn close(ws: &mut Socket, code: u16, reason: &str) {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(reason),
+    };
     let _ = tokio::time::timeout(Duration::from_secs(10), ws.close(Some(frame))).await;
 }
 
@@ -83,9 +104,15 @@ impl Session {
         loop {
             if draining && work.is_empty() {
                 // Everything this socket asked for is answered: now point it elsewhere.
-                let frame = ServerFrame::Reconnect { ws_url: None, reason: "draining".into() };
+                let frame = ServerFrame::Reconnect {
+                    ws_url: None,
+                    reason: "draining".into(),
+                };
                 self.conn.push(Utf8Bytes::from(frame.to_json()));
-                self.conn.close(CloseReason { code: 1001, reason: "node is shutting down; reconnect via GET /v1/assign" });
+                self.conn.close(CloseReason {
+                    code: 1001,
+                    reason: "node is shutting down; reconnect via GET /v1/assign",
+                });
             }
             tokio::select! {
                 () = shutdown.cancelled(), if !draining => {
@@ -169,10 +196,16 @@ impl Session {
     /// Decode one text frame and return the work it asks for (its answer, if any, is queued
     /// when the work completes). Decoding errors are answered at once.
     fn handle(&self, text: &str) -> Option<Work> {
-        let Inbound { req, client_msg_id, frame } = match Inbound::decode(text) {
+        let Inbound {
+            req,
+            client_msg_id,
+            frame,
+        } = match Inbound::decode(text) {
             Ok(inbound) => inbound,
             Err(e) => {
-                self.conn.push(Utf8Bytes::from(ServerFrame::error(e.error, e.client_msg_id, e.req).to_json()));
+                self.conn.push(Utf8Bytes::from(
+                    ServerFrame::error(e.error, e.client_msg_id, e.req).to_json(),
+                ));
                 return None;
             }
         };
@@ -180,7 +213,8 @@ impl Session {
         let user = self.claims.sub.clone();
         let device = self.claims.dev.clone();
         let cmid = client_msg_id.clone();
-        let failed = move |e: ApiError, req: Option<String>| Some(ServerFrame::error(e, cmid.clone(), req));
+        let failed =
+            move |e: ApiError, req: Option<String>| Some(ServerFrame::error(e, cmid.clone(), req));
         match frame {
             ClientFrame::Send(send) => Some(Box::pin(async move {
                 match state.chat.send(&user, &device, &send).await {
@@ -195,17 +229,29 @@ impl Session {
                 }
             })),
             ClientFrame::Cursor { inbox_id } => Some(Box::pin(async move {
-                state.chat.set_cursor(&user, &device, inbox_id).await.err().and_then(|e| failed(e, req))
+                state
+                    .chat
+                    .set_cursor(&user, &device, inbox_id)
+                    .await
+                    .err()
+                    .and_then(|e| failed(e, req))
             })),
             ClientFrame::Typing { channel } => Some(Box::pin(async move {
-                state.chat.typing(&user, &channel).await.err().and_then(|e| failed(e, req))
+                state
+                    .chat
+                    .typing(&user, &channel)
+                    .await
+                    .err()
+                    .and_then(|e| failed(e, req))
             })),
             ClientFrame::Heartbeat => None,
             ClientFrame::Unknown { kind } => {
                 let e = ApiError::bad_request(format!(
                     "unknown frame type {kind:?}; known types: send, sync, cursor, heartbeat, typing"
                 ));
-                self.conn.push(Utf8Bytes::from(ServerFrame::error(e, client_msg_id, req).to_json()));
+                self.conn.push(Utf8Bytes::from(
+                    ServerFrame::error(e, client_msg_id, req).to_json(),
+                ));
                 None
             }
         }
@@ -217,7 +263,12 @@ async fn read_error(ws: &mut Socket, error: WsError, max_frame: usize) {
     match error {
         WsError::Utf8(_) => close(ws, 1007, "text frames must be valid UTF-8").await,
         WsError::Capacity(_) => {
-            close(ws, 1009, &format!("frame too large: the limit is {max_frame} bytes")).await;
+            close(
+                ws,
+                1009,
+                &format!("frame too large: the limit is {max_frame} bytes"),
+            )
+            .await;
         }
         WsError::Protocol(e) => close(ws, 1002, &format!("websocket protocol error: {e}")).await,
         WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => {}

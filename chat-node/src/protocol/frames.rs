@@ -55,8 +55,16 @@ impl Inbound {
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
         let mut obj: Map<String, Value> = match serde_json::from_str(text) {
             Ok(Value::Object(obj)) => obj,
-            Ok(_) => return Err(plain(ApiError::bad_request("a frame must be a JSON object with a \"type\""))),
-            Err(e) => return Err(plain(ApiError::bad_request(format!("the frame is not valid JSON: {e}")))),
+            Ok(_) => {
+                return Err(plain(ApiError::bad_request(
+                    "a frame must be a JSON object with a \"type\"",
+                )));
+            }
+            Err(e) => {
+                return Err(plain(ApiError::bad_request(format!(
+                    "the frame is not valid JSON: {e}"
+                ))));
+            }
         };
         let client_msg_id = match obj.get("client_msg_id") {
             Some(Value::String(s)) => Some(s.clone()),
@@ -67,16 +75,32 @@ impl Inbound {
             Some(Value::String(s)) => Some(s),
             Some(_) => {
                 let error = ApiError::bad_request("\"req\" must be a string");
-                return Err(DecodeError { req: None, client_msg_id, error });
+                return Err(DecodeError {
+                    req: None,
+                    client_msg_id,
+                    error,
+                });
             }
         };
-        let fail = |error| DecodeError { req: req.clone(), client_msg_id: client_msg_id.clone(), error };
+        let fail = |error| DecodeError {
+            req: req.clone(),
+            client_msg_id: client_msg_id.clone(),
+            error,
+        };
         let kind = match obj.remove("type") {
             Some(Value::String(s)) => s,
-            _ => return Err(fail(ApiError::bad_request("a frame needs a string \"type\""))),
+            _ => {
+                return Err(fail(ApiError::bad_request(
+                    "a frame needs a string \"type\"",
+                )));
+            }
         };
         let frame = Self::decode_body(&kind, &mut obj).map_err(fail)?;
-        Ok(Self { req, client_msg_id, frame })
+        Ok(Self {
+            req,
+            client_msg_id,
+            frame,
+        })
     }
 
     fn decode_body(kind: &str, obj: &mut Map<String, Value>) -> Result<ClientFrame, ApiError> {
@@ -87,15 +111,18 @@ impl Inbound {
                 limit: opt_u64(obj, "limit")?,
             },
             "cursor" => ClientFrame::Cursor {
-                inbox_id: opt_u64(obj, "inbox_id")?
-                    .ok_or_else(|| ApiError::bad_request("cursor needs \"inbox_id\": a non-negative integer"))?,
+                inbox_id: opt_u64(obj, "inbox_id")?.ok_or_else(|| {
+                    ApiError::bad_request("cursor needs \"inbox_id\": a non-negative integer")
+                })?,
             },
             "heartbeat" => ClientFrame::Heartbeat,
             "typing" => ClientFrame::Typing {
                 channel: opt_string(obj, "channel")?
                     .ok_or_else(|| ApiError::bad_request("typing needs \"channel\""))?,
             },
-            other => ClientFrame::Unknown { kind: other.chars().take(64).collect() },
+            other => ClientFrame::Unknown {
+                kind: other.chars().take(64).collect(),
+            },
         })
     }
 }
@@ -103,9 +130,11 @@ impl Inbound {
 impl SendRequest {
     /// Read a send from a JSON object (a `send` frame or the body of `POST /v1/messages`).
     pub fn from_json(obj: &mut Map<String, Value>) -> Result<Self, ApiError> {
-        let client_msg_id = opt_string(obj, "client_msg_id")?
-            .ok_or_else(|| ApiError::bad_request("send needs \"client_msg_id\" (1 to 64 characters)"))?;
-        let text = opt_string(obj, "text")?.ok_or_else(|| ApiError::bad_request("send needs \"text\""))?;
+        let client_msg_id = opt_string(obj, "client_msg_id")?.ok_or_else(|| {
+            ApiError::bad_request("send needs \"client_msg_id\" (1 to 64 characters)")
+        })?;
+        let text =
+            opt_string(obj, "text")?.ok_or_else(|| ApiError::bad_request("send needs \"text\""))?;
         let target = match (opt_string(obj, "to")?, opt_string(obj, "channel")?) {
             (Some(to), None) => SendTarget::User(to),
             (None, Some(ch)) => SendTarget::Channel(ch),
@@ -115,30 +144,41 @@ impl SendRequest {
                 ));
             }
         };
-        Ok(Self { client_msg_id, target, text })
+        Ok(Self {
+            client_msg_id,
+            target,
+            text,
+        })
     }
 }
 
 fn plain(error: ApiError) -> DecodeError {
-    DecodeError { req: None, client_msg_id: None, error }
+    DecodeError {
+        req: None,
+        client_msg_id: None,
+        error,
+    }
 }
 
 fn opt_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::bad_request(format!("\"{field}\" must be a string"))),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "\"{field}\" must be a string"
+        ))),
     }
 }
 
 fn opt_u64(obj: &mut Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::bad_request(format!("\"{field}\" must be a non-negative integer"))),
-        Some(_) => Err(ApiError::bad_request(format!("\"{field}\" must be a non-negative integer"))),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            ApiError::bad_request(format!("\"{field}\" must be a non-negative integer"))
+        }),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "\"{field}\" must be a non-negative integer"
+        ))),
     }
 }
 
@@ -202,14 +242,21 @@ pub enum ServerFrame {
 
 impl ServerFrame {
     pub fn error(error: ApiError, client_msg_id: Option<String>, req: Option<String>) -> Self {
-        Self::Error { code: error.code, message: error.message, client_msg_id, req }
+        Self::Error {
+            code: error.code,
+            message: error.message,
+            client_msg_id,
+            req,
+        }
     }
 
     /// The frame as JSON text. Serialising these types cannot fail (string keys, no maps
     /// with non-string keys, no floats).
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(r#"{{"type":"error","code":"internal","message":"frame encoding failed: {e}"}}"#)
+            format!(
+                r#"{{"type":"error","code":"internal","message":"frame encoding failed: {e}"}}"#
+            )
         })
     }
 }
@@ -220,7 +267,10 @@ mod tests {
 
     #[test]
     fn decodes_send_with_req() {
-        let f = Inbound::decode(r#"{"type":"send","req":"r1","client_msg_id":"c1","to":"u1","text":"hi"}"#).unwrap();
+        let f = Inbound::decode(
+            r#"{"type":"send","req":"r1","client_msg_id":"c1","to":"u1","text":"hi"}"#,
+        )
+        .unwrap();
         assert_eq!(f.req.as_deref(), Some("r1"));
         assert_eq!(
             f.frame,
@@ -235,12 +285,19 @@ mod tests {
     #[test]
     fn unknown_type_is_a_value_not_an_error() {
         let f = Inbound::decode(r#"{"type":"dance"}"#).unwrap();
-        assert_eq!(f.frame, ClientFrame::Unknown { kind: "dance".into() });
+        assert_eq!(
+            f.frame,
+            ClientFrame::Unknown {
+                kind: "dance".into()
+            }
+        );
     }
 
     #[test]
     fn errors_keep_correlation() {
-        let e = Inbound::decode(r#"{"type":"send","req":"r9","client_msg_id":"c9","to":5,"text":"x"}"#).unwrap_err();
+        let e =
+            Inbound::decode(r#"{"type":"send","req":"r9","client_msg_id":"c9","to":5,"text":"x"}"#)
+                .unwrap_err();
         assert_eq!(e.req.as_deref(), Some("r9"));
         assert_eq!(e.client_msg_id.as_deref(), Some("c9"));
         assert_eq!(e.error.code, ErrorCode::BadRequest);
@@ -252,13 +309,29 @@ mod tests {
     #[test]
     fn encodes_frames_as_documented() {
         let f = ServerFrame::Ack {
-            ack: Ack { client_msg_id: "c".into(), channel: "dm:a:b".into(), seq: 1, inbox_id: 2, ts: 3 },
+            ack: Ack {
+                client_msg_id: "c".into(),
+                channel: "dm:a:b".into(),
+                seq: 1,
+                inbox_id: 2,
+                ts: 3,
+            },
             req: None,
         };
         let v: Value = serde_json::from_str(&f.to_json()).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"ack","client_msg_id":"c","channel":"dm:a:b","seq":1,"inbox_id":2,"ts":3}));
-        let p = ServerFrame::Presence { user: "u".into(), status: Status::Offline, last_seen: None };
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"ack","client_msg_id":"c","channel":"dm:a:b","seq":1,"inbox_id":2,"ts":3})
+        );
+        let p = ServerFrame::Presence {
+            user: "u".into(),
+            status: Status::Offline,
+            last_seen: None,
+        };
         let v: Value = serde_json::from_str(&p.to_json()).unwrap();
-        assert_eq!(v, serde_json::json!({"type":"presence","user":"u","status":"offline","last_seen":null}));
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"presence","user":"u","status":"offline","last_seen":null})
+        );
     }
 }

@@ -5,7 +5,8 @@ use super::ApiError;
 /// `[a-z0-9_.-]{3,32}`.
 pub fn username(s: &str) -> Result<(), ApiError> {
     let ok = (3..=32).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
     ok.then_some(()).ok_or_else(|| {
         ApiError::bad_request("username must be 3 to 32 characters of a-z, 0-9, '_', '.' or '-'")
     })
@@ -41,9 +42,12 @@ pub fn group_name(s: &str) -> Result<(), ApiError> {
 /// `[A-Za-z0-9._-]{1,64}`.
 pub fn device_id(s: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     ok.then_some(()).ok_or_else(|| {
-        ApiError::bad_request("device_id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")
+        ApiError::bad_request(
+            "device_id must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
+        )
     })
 }
 
@@ -59,7 +63,9 @@ pub fn client_msg_id(s: &str) -> Result<(), ApiError> {
 /// Server-chosen ids (users, groups) as they appear in paths and channel names:
 /// `[A-Za-z0-9_-]{1,64}`. Anything else cannot name an existing object.
 pub fn is_id(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
 }
 
 /// Message text: 1 to `max_chars` Unicode scalar values.
@@ -134,9 +140,18 @@ mod tests {
     #[test]
     fn text_counts_chars_not_bytes() {
         let max = 10;
-        assert!(text(&"é".repeat(10), max).is_ok(), "10 two-byte chars fit in 10");
-        assert_eq!(text(&"é".repeat(11), max).unwrap_err().code, super::super::ErrorCode::TooLarge);
-        assert_eq!(text("", max).unwrap_err().code, super::super::ErrorCode::BadRequest);
+        assert!(
+            text(&"é".repeat(10), max).is_ok(),
+            "10 two-byte chars fit in 10"
+        );
+        assert_eq!(
+            text(&"é".repeat(11), max).unwrap_err().code,
+            super::super::ErrorCode::TooLarge
+        );
+        assert_eq!(
+            text("", max).unwrap_err().code,
+            super::super::ErrorCode::BadRequest
+        );
     }
 
     #[test]
@@ -146,7 +161,10 @@ mod tests {
         assert_eq!(Channel::parse("dm:a:b").unwrap(), c);
         assert!(Channel::parse("dm:b:a").is_err());
         assert!(Channel::parse("dm:a/x:b").is_err());
-        assert_eq!(Channel::parse("g:abc").unwrap(), Channel::Group("abc".into()));
+        assert_eq!(
+            Channel::parse("g:abc").unwrap(),
+            Channel::Group("abc".into())
+        );
         assert!(Channel::parse("x:abc").is_err());
     }
 

@@ -21,8 +21,12 @@ pub async fn run_all(kv: Arc<dyn Kv>, prefix: &str) {
     range_conflict_is_detected(kv.as_ref(), prefix).await;
     rollback_on_drop(kv.as_ref(), prefix).await;
     concurrent_counter_is_gapless(kv.clone(), prefix).await;
-    kv.sync().await.expect("sync must succeed on a healthy store");
-    kv.ping().await.expect("ping must succeed on a healthy store");
+    kv.sync()
+        .await
+        .expect("sync must succeed on a healthy store");
+    kv.ping()
+        .await
+        .expect("ping must succeed on a healthy store");
 }
 
 async fn commit(kv: &dyn Kv, writes: &[(&[u8], Option<&[u8]>)]) {
@@ -33,28 +37,46 @@ async fn commit(kv: &dyn Kv, writes: &[(&[u8], Option<&[u8]>)]) {
             None => tx.delete(key),
         }
     }
-    tx.commit().await.expect("an uncontended commit must succeed");
+    tx.commit()
+        .await
+        .expect("an uncontended commit must succeed");
 }
 
 pub async fn put_get_delete(kv: &dyn Kv, p: &str) {
     let key = k(p, "pgd/a");
     commit(kv, &[(&key, Some(b"1"))]).await;
     let mut tx = kv.begin().await.unwrap();
-    assert_eq!(tx.get(&key).await.unwrap().as_deref(), Some(&b"1"[..]), "a committed put is visible");
+    assert_eq!(
+        tx.get(&key).await.unwrap().as_deref(),
+        Some(&b"1"[..]),
+        "a committed put is visible"
+    );
     drop(tx);
     commit(kv, &[(&key, Some(b"2"))]).await;
     let mut tx = kv.begin().await.unwrap();
-    assert_eq!(tx.get(&key).await.unwrap().as_deref(), Some(&b"2"[..]), "a second put overwrites");
+    assert_eq!(
+        tx.get(&key).await.unwrap().as_deref(),
+        Some(&b"2"[..]),
+        "a second put overwrites"
+    );
     drop(tx);
     commit(kv, &[(&key, None)]).await;
     let mut tx = kv.begin().await.unwrap();
-    assert_eq!(tx.get(&key).await.unwrap(), None, "a committed delete removes the key");
+    assert_eq!(
+        tx.get(&key).await.unwrap(),
+        None,
+        "a committed delete removes the key"
+    );
     // Binary values round-trip exactly.
     let bin: Vec<u8> = (0..=255u8).collect();
     tx.put(&key, &bin);
     tx.commit().await.unwrap();
     let mut tx = kv.begin().await.unwrap();
-    assert_eq!(tx.get(&key).await.unwrap(), Some(bin), "binary values round-trip");
+    assert_eq!(
+        tx.get(&key).await.unwrap(),
+        Some(bin),
+        "binary values round-trip"
+    );
 }
 
 pub async fn scans_are_ordered_bounded_and_limited(kv: &dyn Kv, p: &str) {
@@ -73,31 +95,65 @@ pub async fn scans_are_ordered_bounded_and_limited(kv: &dyn Kv, p: &str) {
     let end = prefix_end(&base);
     let mut tx = kv.begin().await.unwrap();
     let all = tx.scan(&base, &end, 100, Order::Ascending).await.unwrap();
-    let values: Vec<_> = all.iter().map(|(_, v)| String::from_utf8(v.clone()).unwrap()).collect();
-    assert_eq!(values, ["1", "2", "256", "300", "70000"], "ascending scan in key order, prefix only");
+    let values: Vec<_> = all
+        .iter()
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        ["1", "2", "256", "300", "70000"],
+        "ascending scan in key order, prefix only"
+    );
     let desc = tx.scan(&base, &end, 2, Order::Descending).await.unwrap();
-    let values: Vec<_> = desc.iter().map(|(_, v)| String::from_utf8(v.clone()).unwrap()).collect();
-    assert_eq!(values, ["70000", "300"], "descending scan from the end, limited");
+    let values: Vec<_> = desc
+        .iter()
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        ["70000", "300"],
+        "descending scan from the end, limited"
+    );
     let mut start = base.clone();
     start.extend_from_slice(&2u64.to_be_bytes());
     let mut stop = base.clone();
     stop.extend_from_slice(&300u64.to_be_bytes());
     let mid = tx.scan(&start, &stop, 100, Order::Ascending).await.unwrap();
-    let values: Vec<_> = mid.iter().map(|(_, v)| String::from_utf8(v.clone()).unwrap()).collect();
+    let values: Vec<_> = mid
+        .iter()
+        .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        .collect();
     assert_eq!(values, ["2", "256"], "start is inclusive, end exclusive");
-    assert!(tx.scan(&base, &end, 0, Order::Ascending).await.unwrap().is_empty(), "limit 0 returns nothing");
+    assert!(
+        tx.scan(&base, &end, 0, Order::Ascending)
+            .await
+            .unwrap()
+            .is_empty(),
+        "limit 0 returns nothing"
+    );
 }
 
 pub async fn reads_see_own_writes(kv: &dyn Kv, p: &str) {
     let key = k(p, "own/a");
     let mut tx = kv.begin().await.unwrap();
     tx.put(&key, b"mine");
-    assert_eq!(tx.get(&key).await.unwrap().as_deref(), Some(&b"mine"[..]), "a transaction reads its own put");
+    assert_eq!(
+        tx.get(&key).await.unwrap().as_deref(),
+        Some(&b"mine"[..]),
+        "a transaction reads its own put"
+    );
     let base = k(p, "own/");
-    let seen = tx.scan(&base, &prefix_end(&base), 10, Order::Ascending).await.unwrap();
+    let seen = tx
+        .scan(&base, &prefix_end(&base), 10, Order::Ascending)
+        .await
+        .unwrap();
     assert_eq!(seen.len(), 1, "a transaction's scan includes its own put");
     tx.delete(&key);
-    assert_eq!(tx.get(&key).await.unwrap(), None, "a transaction reads its own delete");
+    assert_eq!(
+        tx.get(&key).await.unwrap(),
+        None,
+        "a transaction reads its own delete"
+    );
     drop(tx);
 }
 
@@ -105,7 +161,10 @@ pub async fn snapshot_isolation(kv: &dyn Kv, p: &str) {
     let key = k(p, "snap/a");
     commit(kv, &[(&key, Some(b"old"))]).await;
     let mut reader = kv.begin().await.unwrap();
-    assert_eq!(reader.get(&key).await.unwrap().as_deref(), Some(&b"old"[..]));
+    assert_eq!(
+        reader.get(&key).await.unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
     commit(kv, &[(&key, Some(b"new"))]).await;
     assert_eq!(
         reader.get(&key).await.unwrap().as_deref(),
@@ -148,7 +207,10 @@ pub async fn read_write_conflict_is_detected(kv: &dyn Kv, p: &str) {
 pub async fn range_conflict_is_detected(kv: &dyn Kv, p: &str) {
     let base = k(p, "range/");
     let mut a = kv.begin().await.unwrap();
-    let seen = a.scan(&base, &prefix_end(&base), 10, Order::Ascending).await.unwrap();
+    let seen = a
+        .scan(&base, &prefix_end(&base), 10, Order::Ascending)
+        .await
+        .unwrap();
     assert!(seen.is_empty());
     a.put(&k(p, "range-summary"), b"empty");
     commit(kv, &[(&k(p, "range/new"), Some(b"1"))]).await;
@@ -164,7 +226,11 @@ pub async fn rollback_on_drop(kv: &dyn Kv, p: &str) {
     tx.put(&key, b"never");
     drop(tx);
     let mut tx = kv.begin().await.unwrap();
-    assert_eq!(tx.get(&key).await.unwrap(), None, "a dropped transaction writes nothing");
+    assert_eq!(
+        tx.get(&key).await.unwrap(),
+        None,
+        "a dropped transaction writes nothing"
+    );
 }
 
 /// Many tasks increment one counter and append under it, retrying on conflict: the result
@@ -185,7 +251,11 @@ pub async fn concurrent_counter_is_gapless(kv: Arc<dyn Kv>, p: &str) {
                     attempts += 1;
                     assert!(attempts < 10_000, "a counter increment never committed");
                     let mut tx = kv.begin().await.unwrap();
-                    let n = tx.get(&counter).await.unwrap().map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+                    let n = tx
+                        .get(&counter)
+                        .await
+                        .unwrap()
+                        .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
                     tx.put(&counter, &(n + 1).to_be_bytes());
                     let mut item = base.clone();
                     item.extend_from_slice(&(n + 1).to_be_bytes());
@@ -204,12 +274,23 @@ pub async fn concurrent_counter_is_gapless(kv: Arc<dyn Kv>, p: &str) {
     }
     let mut tx = kv.begin().await.unwrap();
     let n = u64::from_be_bytes(tx.get(&counter).await.unwrap().unwrap().try_into().unwrap());
-    assert_eq!(n, (tasks * per_task) as u64, "every increment counted exactly once");
+    assert_eq!(
+        n,
+        (tasks * per_task) as u64,
+        "every increment counted exactly once"
+    );
     let base = k(p, "gapless/item/");
-    let items = tx.scan(&base, &prefix_end(&base), 10_000, Order::Ascending).await.unwrap();
+    let items = tx
+        .scan(&base, &prefix_end(&base), 10_000, Order::Ascending)
+        .await
+        .unwrap();
     let seqs: Vec<u64> = items
         .iter()
         .map(|(key, _)| u64::from_be_bytes(key[base.len()..].try_into().unwrap()))
         .collect();
-    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "sequence numbers are gapless");
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "sequence numbers are gapless"
+    );
 }

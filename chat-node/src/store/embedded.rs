@@ -15,7 +15,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fjall::{KeyspaceCreateOptions, OptimisticTxDatabase, OptimisticTxKeyspace, PersistMode, Readable};
+use fjall::{
+    KeyspaceCreateOptions, OptimisticTxDatabase, OptimisticTxKeyspace, PersistMode, Readable,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Kv, KvTxn, Order, Pair, StoreError};
@@ -36,25 +38,40 @@ impl Embedded {
     /// Open (or create) the store under `dir`. Must be called inside a Tokio runtime: it
     /// starts the group-commit task.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
         let db = OptimisticTxDatabase::builder(dir.join("kv"))
             .manual_journal_persist(true)
             .open()
-            .map_err(|e| unavailable(&format!("cannot open the embedded store in {}", dir.display()), e))?;
+            .map_err(|e| {
+                unavailable(
+                    &format!("cannot open the embedded store in {}", dir.display()),
+                    e,
+                )
+            })?;
         let data = db
             .keyspace("data", KeyspaceCreateOptions::default)
             .map_err(|e| unavailable("cannot open the data keyspace", e))?;
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(group_commit(db.clone(), rx));
-        Ok(Self { inner: Arc::new(Inner { db, data, sync_requests: tx }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                data,
+                sync_requests: tx,
+            }),
+        })
     }
 }
 
 /// Answer sync requests in batches: take every request waiting, fdatasync once, answer all.
 /// A request is sent only after its commit returned, and the batch's fsync starts after the
 /// request was received, so the fsync covers the commit.
-async fn group_commit(db: OptimisticTxDatabase, mut rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>) {
+async fn group_commit(
+    db: OptimisticTxDatabase,
+    mut rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
+) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 4096).await > 0 {
         let db = db.clone();
@@ -81,7 +98,10 @@ impl Kv for Embedded {
             .write_tx()
             .map_err(|e| unavailable("cannot start a transaction", e))?
             .durability(Some(PersistMode::Buffer));
-        Ok(Box::new(EmbeddedTxn { tx, data: self.inner.data.clone() }))
+        Ok(Box::new(EmbeddedTxn {
+            tx,
+            data: self.inner.data.clone(),
+        }))
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
@@ -97,7 +117,11 @@ impl Kv for Embedded {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.data.get(b"\0ping").map(|_| ()).map_err(|e| unavailable("read failed", e))
+        self.inner
+            .data
+            .get(b"\0ping")
+            .map(|_| ())
+            .map_err(|e| unavailable("read failed", e))
     }
 
     fn name(&self) -> &'static str {
@@ -119,11 +143,19 @@ impl KvTxn for EmbeddedTxn {
             .map_err(|e| unavailable("read failed", e))
     }
 
-    async fn scan(&mut self, start: &[u8], end: &[u8], limit: usize, order: Order) -> Result<Vec<Pair>, StoreError> {
+    async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Pair>, StoreError> {
         let iter = self.tx.range(&self.data, start..end);
         let mut out = Vec::new();
         let mut take = |guard: fjall::Guard| -> Result<bool, StoreError> {
-            let (k, v) = guard.into_inner().map_err(|e| unavailable("scan failed", e))?;
+            let (k, v) = guard
+                .into_inner()
+                .map_err(|e| unavailable("scan failed", e))?;
             out.push((k.to_vec(), v.to_vec()));
             Ok(out.len() < limit)
         };

@@ -39,12 +39,12 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict => ApiError::unavailable(
                 "the store is too contended to commit this change right now; nothing was written, retry shortly",
             ),
-            StoreError::Unavailable(reason) => {
-                ApiError::unavailable(format!("the store cannot be reached ({reason}); nothing was written, retry shortly"))
-            }
-            StoreError::Corrupt { key, reason } => {
-                ApiError::internal(format!("a stored value is unreadable (key {key}: {reason}); report this to the operator"))
-            }
+            StoreError::Unavailable(reason) => ApiError::unavailable(format!(
+                "the store cannot be reached ({reason}); nothing was written, retry shortly"
+            )),
+            StoreError::Corrupt { key, reason } => ApiError::internal(format!(
+                "a stored value is unreadable (key {key}: {reason}); report this to the operator"
+            )),
         }
     }
 }
@@ -58,7 +58,10 @@ type Scope<'a, 'c> = &'a &'c ();
 
 impl ChatStore {
     pub fn new(kv: Arc<dyn Kv>) -> Self {
-        Self { kv, on_error: Arc::new(|| {}) }
+        Self {
+            kv,
+            on_error: Arc::new(|| {}),
+        }
     }
 
     /// Call `hook` on every store failure (for the `store_errors` metric).
@@ -147,7 +150,10 @@ impl From<ApiError> for Retry {
 }
 
 /// Read and decode a JSON record.
-async fn get_json<T: serde::de::DeserializeOwned>(txn: &mut dyn KvTxn, key: &[u8]) -> Result<Option<T>, ApiError> {
+async fn get_json<T: serde::de::DeserializeOwned>(
+    txn: &mut dyn KvTxn,
+    key: &[u8],
+) -> Result<Option<T>, ApiError> {
     match txn.get(key).await? {
         Some(bytes) => Ok(Some(super::records::decode(key, &bytes)?)),
         None => Ok(None),

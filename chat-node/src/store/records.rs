@@ -66,7 +66,7 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
-    pub fn to_wire(self, channel: &str, seq: u64, inbox_id: Option<u64>) -> Message {
+    pub fn into_wire(self, channel: &str, seq: u64, inbox_id: Option<u64>) -> Message {
         Message {
             channel: channel.to_owned(),
             seq,
@@ -114,8 +114,11 @@ pub fn encode_u64(n: u64) -> [u8; 8] {
 }
 
 pub fn decode_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
-    bytes.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: format!("expected 8 bytes, found {}", bytes.len()),
-    })
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: format!("expected 8 bytes, found {}", bytes.len()),
+        })
 }

@@ -45,7 +45,10 @@ impl Node {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -61,7 +64,9 @@ impl Node {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let addr = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("chat-node did not log `listening on` within 30 s"));
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("chat-node did not log `listening on` within 30 s"));
             if let Some(at) = line.find("listening on http://") {
                 let rest = &line[at + "listening on http://".len()..];
                 break rest.split_whitespace().next().expect("address").to_owned();
@@ -91,7 +96,12 @@ impl Node {
             .send()
             .await
             .expect("sign up");
-        assert_eq!(r.status(), 201, "sign up {username}: {}", r.text().await.unwrap_or_default());
+        assert_eq!(
+            r.status(),
+            201,
+            "sign up {username}: {}",
+            r.text().await.unwrap_or_default()
+        );
         self.login(username, device).await
     }
 
@@ -114,7 +124,13 @@ impl Node {
     }
 
     /// An authorised request; returns (status, JSON body or Null).
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method.parse().unwrap(), self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -134,20 +150,46 @@ impl Node {
 
     /// Make `a` and `b` mutual contacts.
     pub async fn befriend(&self, a: &User, b: &User) {
-        assert_eq!(self.call("PUT", &format!("/v1/contacts/{}", b.id), Some(&a.token), None).await.0, 204);
-        assert_eq!(self.call("PUT", &format!("/v1/contacts/{}", a.id), Some(&b.token), None).await.0, 204);
+        assert_eq!(
+            self.call(
+                "PUT",
+                &format!("/v1/contacts/{}", b.id),
+                Some(&a.token),
+                None
+            )
+            .await
+            .0,
+            204
+        );
+        assert_eq!(
+            self.call(
+                "PUT",
+                &format!("/v1/contacts/{}", a.id),
+                Some(&b.token),
+                None
+            )
+            .await
+            .0,
+            204
+        );
     }
 
     /// Send SIGTERM and wait for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "chat-node did not exit within 30 s of SIGTERM");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chat-node did not exit within 30 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -188,7 +230,10 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws.send(Message::Text(frame.to_string().into())).await.expect("send frame");
+        self.ws
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .expect("send frame");
     }
 
     pub async fn send_raw(&mut self, message: Message) {
@@ -204,7 +249,9 @@ impl Client {
                 .expect("socket closed while waiting for a frame")
                 .expect("socket error while waiting for a frame");
             match msg {
-                Message::Text(t) => return serde_json::from_str(&t).expect("server frames are JSON"),
+                Message::Text(t) => {
+                    return serde_json::from_str(&t).expect("server frames are JSON");
+                }
                 Message::Close(c) => panic!("socket closed while waiting for a frame: {c:?}"),
                 _ => {}
             }
@@ -238,7 +285,8 @@ impl Client {
 
     /// Send a text message and wait for its ack.
     pub async fn say(&mut self, target: (&str, &str), cmid: &str, text: &str) -> Value {
-        self.send(json!({"type": "send", target.0: target.1, "client_msg_id": cmid, "text": text})).await;
+        self.send(json!({"type": "send", target.0: target.1, "client_msg_id": cmid, "text": text}))
+            .await;
         self.until(&format!("the ack of {cmid}"), |v| {
             (v["type"] == "ack" || v["type"] == "error") && v["client_msg_id"] == cmid
         })
@@ -248,7 +296,9 @@ impl Client {
     /// Wait for the close frame; returns its code.
     pub async fn closed_with(&mut self) -> u16 {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("no close within the wait");
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no close within the wait");
             match msg {
                 Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
                 Some(Ok(Message::Close(None))) | None => panic!("closed without a close code"),
@@ -260,5 +310,9 @@ impl Client {
 }
 
 pub fn dm(a: &str, b: &str) -> String {
-    if a <= b { format!("dm:{a}:{b}") } else { format!("dm:{b}:{a}") }
+    if a <= b {
+        format!("dm:{a}:{b}")
+    } else {
+        format!("dm:{b}:{a}")
+    }
 }

@@ -55,7 +55,8 @@ impl ChatStore {
     pub async fn are_mutual(&self, a: &str, b: &str) -> Result<bool, ApiError> {
         self.read(|txn, _| {
             Box::pin(async move {
-                Ok(txn.get(&keys::contact(a, b)).await?.is_some() && txn.get(&keys::contact(b, a)).await?.is_some())
+                Ok(txn.get(&keys::contact(a, b)).await?.is_some()
+                    && txn.get(&keys::contact(b, a)).await?.is_some())
             })
         })
         .await
@@ -83,14 +84,20 @@ impl ChatStore {
             Box::pin(async move {
                 let mut out = Vec::new();
                 for id in contact_ids(txn, owner).await? {
-                    let Some(user) = get_json::<UserRecord>(txn, &keys::user(&id)).await? else { continue };
+                    let Some(user) = get_json::<UserRecord>(txn, &keys::user(&id)).await? else {
+                        continue;
+                    };
                     let mutual = txn.get(&keys::contact(&id, owner)).await?.is_some();
                     let key = keys::last_seen(&id);
                     let last_seen = match txn.get(&key).await? {
                         Some(v) => Some(decode_u64(&key, &v)? as i64),
                         None => None,
                     };
-                    out.push(ContactView { user, mutual, last_seen });
+                    out.push(ContactView {
+                        user,
+                        mutual,
+                        last_seen,
+                    });
                 }
                 Ok(out)
             })
@@ -101,6 +108,16 @@ impl ChatStore {
 
 async fn contact_ids(txn: &mut dyn KvTxn, owner: &str) -> Result<Vec<String>, ApiError> {
     let prefix = keys::contacts_of(owner);
-    let pairs = txn.scan(&prefix, &prefix_end(&prefix), MAX_CONTACTS, Order::Ascending).await?;
-    Ok(pairs.into_iter().map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned()).collect())
+    let pairs = txn
+        .scan(
+            &prefix,
+            &prefix_end(&prefix),
+            MAX_CONTACTS,
+            Order::Ascending,
+        )
+        .await?;
+    Ok(pairs
+        .into_iter()
+        .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+        .collect())
 }

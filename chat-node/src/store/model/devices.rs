@@ -12,12 +12,21 @@ pub const MAX_DEVICES: usize = 1_000;
 
 impl ChatStore {
     /// Record a login of `device_id` (created on first login).
-    pub async fn touch_device(&self, user_id: &str, device_id: &str, now: i64) -> Result<(), ApiError> {
+    pub async fn touch_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        now: i64,
+    ) -> Result<(), ApiError> {
         self.write(|txn, _| {
             Box::pin(async move {
                 let key = keys::device(user_id, device_id);
                 if txn.get(&key).await?.is_none() {
-                    let record = DeviceRecord { device_id: device_id.to_owned(), created_at: now, ..Default::default() };
+                    let record = DeviceRecord {
+                        device_id: device_id.to_owned(),
+                        created_at: now,
+                        ..Default::default()
+                    };
                     txn.put(&key, &encode(&record));
                 }
                 Ok(())
@@ -27,12 +36,24 @@ impl ChatStore {
     }
 
     /// Move a device's cursor forward (never back).
-    pub async fn set_cursor(&self, user_id: &str, device_id: &str, cursor: u64) -> Result<(), ApiError> {
-        self.update_device(user_id, device_id, |d| d.cursor = d.cursor.max(cursor)).await
+    pub async fn set_cursor(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        cursor: u64,
+    ) -> Result<(), ApiError> {
+        self.update_device(user_id, device_id, |d| d.cursor = d.cursor.max(cursor))
+            .await
     }
 
-    pub async fn set_push(&self, user_id: &str, device_id: &str, push: PushRegistration) -> Result<(), ApiError> {
-        self.update_device(user_id, device_id, move |d| d.push = Some(push.clone())).await
+    pub async fn set_push(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        push: PushRegistration,
+    ) -> Result<(), ApiError> {
+        self.update_device(user_id, device_id, move |d| d.push = Some(push.clone()))
+            .await
     }
 
     async fn update_device(
@@ -45,10 +66,11 @@ impl ChatStore {
         self.write(|txn, _| {
             Box::pin(async move {
                 let key = keys::device(user_id, device_id);
-                let mut record: DeviceRecord = get_json(txn, &key).await?.unwrap_or_else(|| DeviceRecord {
-                    device_id: device_id.to_owned(),
-                    ..Default::default()
-                });
+                let mut record: DeviceRecord =
+                    get_json(txn, &key).await?.unwrap_or_else(|| DeviceRecord {
+                        device_id: device_id.to_owned(),
+                        ..Default::default()
+                    });
                 change(&mut record);
                 txn.put(&key, &encode(&record));
                 Ok(())
@@ -61,15 +83,25 @@ impl ChatStore {
         self.read(|txn, _| {
             Box::pin(async move {
                 let prefix = keys::devices_of(user_id);
-                let pairs = txn.scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending).await?;
-                pairs.iter().map(|(k, v)| decode(k, v).map_err(ApiError::from)).collect()
+                let pairs = txn
+                    .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
+                    .await?;
+                pairs
+                    .iter()
+                    .map(|(k, v)| decode(k, v).map_err(ApiError::from))
+                    .collect()
             })
         })
         .await
     }
 
     /// Record that `user_id` (on `device_id`) was last active at `ts`.
-    pub async fn set_last_seen(&self, user_id: &str, device_id: &str, ts: i64) -> Result<(), ApiError> {
+    pub async fn set_last_seen(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        ts: i64,
+    ) -> Result<(), ApiError> {
         self.write(|txn, _| {
             Box::pin(async move {
                 // Last seen only moves forward: sockets may close out of activity order.

@@ -25,7 +25,11 @@ async fn load(txn: &mut dyn KvTxn, group_id: &str) -> Result<GroupRecord, ApiErr
 impl ChatStore {
     /// Create a group owned by `group.owner` with `group.members` (owner first, no
     /// duplicates, every member an existing user).
-    pub async fn create_group(&self, group: &GroupRecord, max_members: usize) -> Result<(), ApiError> {
+    pub async fn create_group(
+        &self,
+        group: &GroupRecord,
+        max_members: usize,
+    ) -> Result<(), ApiError> {
         if group.members.len() > max_members {
             return Err(group_full(max_members));
         }
@@ -33,7 +37,9 @@ impl ChatStore {
             Box::pin(async move {
                 for member in &group.members {
                     if txn.get(&keys::user(member)).await?.is_none() {
-                        return Err(ApiError::bad_request(format!("member {member:?} is not a user id")));
+                        return Err(ApiError::bad_request(format!(
+                            "member {member:?} is not a user id"
+                        )));
                     }
                 }
                 if txn.get(&keys::group(&group.group_id)).await?.is_some() {
@@ -50,7 +56,8 @@ impl ChatStore {
     }
 
     pub async fn group(&self, group_id: &str) -> Result<Option<GroupRecord>, ApiError> {
-        self.read(|txn, _| Box::pin(async move { get_json(txn, &keys::group(group_id)).await })).await
+        self.read(|txn, _| Box::pin(async move { get_json(txn, &keys::group(group_id)).await }))
+            .await
     }
 
     /// The groups `user_id` is a member of.
@@ -58,7 +65,14 @@ impl ChatStore {
         self.read(|txn, _| {
             Box::pin(async move {
                 let prefix = keys::groups_of(user_id);
-                let pairs = txn.scan(&prefix, &prefix_end(&prefix), MAX_GROUPS_PER_USER, Order::Ascending).await?;
+                let pairs = txn
+                    .scan(
+                        &prefix,
+                        &prefix_end(&prefix),
+                        MAX_GROUPS_PER_USER,
+                        Order::Ascending,
+                    )
+                    .await?;
                 let mut groups = Vec::with_capacity(pairs.len());
                 for (key, _) in pairs {
                     let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
@@ -84,13 +98,17 @@ impl ChatStore {
             Box::pin(async move {
                 let mut group = load(txn, group_id).await?;
                 if !group.members.iter().any(|m| m == caller) {
-                    return Err(ApiError::forbidden("only members of a group can add members to it"));
+                    return Err(ApiError::forbidden(
+                        "only members of a group can add members to it",
+                    ));
                 }
                 if group.members.iter().any(|m| m == user_id) {
                     return Ok(group);
                 }
                 if txn.get(&keys::user(user_id)).await?.is_none() {
-                    return Err(ApiError::not_found(format!("no user has the id {user_id:?}")));
+                    return Err(ApiError::not_found(format!(
+                        "no user has the id {user_id:?}"
+                    )));
                 }
                 if group.members.len() >= max_members {
                     return Err(group_full(max_members));
@@ -106,7 +124,12 @@ impl ChatStore {
 
     /// The owner removes `user_id`, or a member leaves (`caller == user_id`). When the owner
     /// leaves, the longest-standing remaining member becomes the owner.
-    pub async fn remove_member(&self, caller: &str, group_id: &str, user_id: &str) -> Result<GroupRecord, ApiError> {
+    pub async fn remove_member(
+        &self,
+        caller: &str,
+        group_id: &str,
+        user_id: &str,
+    ) -> Result<GroupRecord, ApiError> {
         self.write(|txn, _| {
             Box::pin(async move {
                 let mut group = load(txn, group_id).await?;
@@ -115,10 +138,14 @@ impl ChatStore {
                     return Err(ApiError::forbidden("you are not a member of this group"));
                 }
                 if caller != user_id && caller != group.owner {
-                    return Err(ApiError::forbidden("only the group's owner can remove other members"));
+                    return Err(ApiError::forbidden(
+                        "only the group's owner can remove other members",
+                    ));
                 }
                 if !group.members.iter().any(|m| m == user_id) {
-                    return Err(ApiError::not_found(format!("{user_id:?} is not a member of this group")));
+                    return Err(ApiError::not_found(format!(
+                        "{user_id:?} is not a member of this group"
+                    )));
                 }
                 group.members.retain(|m| m != user_id);
                 if group.owner == user_id

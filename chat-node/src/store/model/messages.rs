@@ -2,9 +2,9 @@
 //! with a gapless `inbox_id` per member), channel history and inbox sync.
 
 use super::{ChatStore, get_json, get_u64};
+use crate::protocol::ApiError;
 use crate::protocol::types::{Ack, Message};
 use crate::protocol::validate::Channel;
-use crate::protocol::ApiError;
 use crate::store::records::{GroupRecord, InboxEntry, MessageRecord, decode, encode, encode_u64};
 use crate::store::{KvTxn, Order, keys};
 
@@ -37,17 +37,27 @@ pub struct NewMessage<'a> {
 }
 
 /// The members of `channel`, checking that `caller` is one of them.
-async fn members(txn: &mut dyn KvTxn, caller: &str, channel: &Channel) -> Result<Vec<String>, ApiError> {
+async fn members(
+    txn: &mut dyn KvTxn,
+    caller: &str,
+    channel: &Channel,
+) -> Result<Vec<String>, ApiError> {
     match channel {
         Channel::Direct(a, b) => {
             if caller != a && caller != b {
-                return Err(ApiError::forbidden("you are not a member of this one-on-one channel"));
+                return Err(ApiError::forbidden(
+                    "you are not a member of this one-on-one channel",
+                ));
             }
             let other = if caller == a { b } else { a };
             if txn.get(&keys::user(other)).await?.is_none() {
                 return Err(ApiError::not_found(format!("no user has the id {other:?}")));
             }
-            Ok(if a == b { vec![a.clone()] } else { vec![a.clone(), b.clone()] })
+            Ok(if a == b {
+                vec![a.clone()]
+            } else {
+                vec![a.clone(), b.clone()]
+            })
         }
         Channel::Group(group_id) => {
             let group: GroupRecord = get_json(txn, &keys::group(group_id))
@@ -71,7 +81,12 @@ impl ChatStore {
                 let dedupe_key = keys::dedupe(new.sender, new.client_msg_id);
                 if let Some(bytes) = txn.get(&dedupe_key).await? {
                     let ack: Ack = decode(&dedupe_key, &bytes)?;
-                    return Ok(SendOutcome { ack, duplicate: true, message: None, recipients: Vec::new() });
+                    return Ok(SendOutcome {
+                        ack,
+                        duplicate: true,
+                        message: None,
+                        recipients: Vec::new(),
+                    });
                 }
                 let members = members(txn, new.sender, new.channel).await?;
 
@@ -87,7 +102,10 @@ impl ChatStore {
                 };
                 txn.put(&keys::message(channel_name, seq), &encode(&record));
 
-                let pointer = encode(&InboxEntry { channel: channel_name.to_owned(), seq });
+                let pointer = encode(&InboxEntry {
+                    channel: channel_name.to_owned(),
+                    seq,
+                });
                 let mut recipients = Vec::with_capacity(members.len());
                 let mut sender_inbox_id = 0;
                 for member in members {
@@ -111,7 +129,7 @@ impl ChatStore {
                 Ok(SendOutcome {
                     ack,
                     duplicate: false,
-                    message: Some(record.to_wire(channel_name, seq, None)),
+                    message: Some(record.into_wire(channel_name, seq, None)),
                     recipients,
                 })
             })
@@ -120,8 +138,13 @@ impl ChatStore {
     }
 
     /// The members of `channel`; 403 unless `caller` is one.
-    pub async fn channel_members(&self, caller: &str, channel: &Channel) -> Result<Vec<String>, ApiError> {
-        self.read(|txn, _| Box::pin(async move { members(txn, caller, channel).await })).await
+    pub async fn channel_members(
+        &self,
+        caller: &str,
+        channel: &Channel,
+    ) -> Result<Vec<String>, ApiError> {
+        self.read(|txn, _| Box::pin(async move { members(txn, caller, channel).await }))
+            .await
     }
 
     /// A page of `channel`'s history, ascending by `seq`: after `after_seq` (oldest first)
@@ -147,9 +170,18 @@ impl ChatStore {
                 if lo > hi {
                     return Ok((Vec::new(), false));
                 }
-                let order = if after_seq.is_some() { Order::Ascending } else { Order::Descending };
+                let order = if after_seq.is_some() {
+                    Order::Ascending
+                } else {
+                    Order::Descending
+                };
                 let pairs = txn
-                    .scan(&keys::message(name, lo), &keys::message(name, hi + 1), limit, order)
+                    .scan(
+                        &keys::message(name, lo),
+                        &keys::message(name, hi + 1),
+                        limit,
+                        order,
+                    )
                     .await?;
                 let mut messages = Vec::with_capacity(pairs.len());
                 let mut bytes = 0;
@@ -160,7 +192,7 @@ impl ChatStore {
                     bytes += value.len();
                     let seq = keys::trailing_number(&key).unwrap_or_default();
                     let record: MessageRecord = decode(&key, &value)?;
-                    messages.push(record.to_wire(name, seq, None));
+                    messages.push(record.into_wire(name, seq, None));
                 }
                 let more = match order {
                     Order::Ascending => messages.last().is_some_and(|m| m.seq < hi),
@@ -176,7 +208,12 @@ impl ChatStore {
     }
 
     /// Inbox entries of `user_id` with `inbox_id > after`, ascending, at most `limit`.
-    pub async fn sync(&self, user_id: &str, after: u64, limit: usize) -> Result<(Vec<Message>, bool), ApiError> {
+    pub async fn sync(
+        &self,
+        user_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool), ApiError> {
         self.read(|txn, _| {
             Box::pin(async move {
                 let start = keys::inbox(user_id, after.saturating_add(1));
@@ -200,7 +237,7 @@ impl ChatStore {
                         ))
                     })?;
                     bytes += record.text.len();
-                    items.push(record.to_wire(&entry.channel, entry.seq, Some(inbox_id)));
+                    items.push(record.into_wire(&entry.channel, entry.seq, Some(inbox_id)));
                 }
                 Ok((items, more))
             })
@@ -210,6 +247,7 @@ impl ChatStore {
 
     /// The largest `inbox_id` of `user_id` (0 when the inbox is empty).
     pub async fn inbox_head(&self, user_id: &str) -> Result<u64, ApiError> {
-        self.read(|txn, _| Box::pin(async move { get_u64(txn, &keys::inbox_seq(user_id)).await })).await
+        self.read(|txn, _| Box::pin(async move { get_u64(txn, &keys::inbox_seq(user_id)).await }))
+            .await
     }
 }

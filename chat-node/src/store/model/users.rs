@@ -17,7 +17,9 @@ impl ChatStore {
                     )));
                 }
                 if txn.get(&keys::user(&user.user_id)).await?.is_some() {
-                    return Err(ApiError::internal("a generated user id collided; retry the sign-up"));
+                    return Err(ApiError::internal(
+                        "a generated user id collided; retry the sign-up",
+                    ));
                 }
                 txn.put(&keys::username(&user.username), user.user_id.as_bytes());
                 txn.put(&keys::user(&user.user_id), &encode(user));
@@ -28,7 +30,8 @@ impl ChatStore {
     }
 
     pub async fn user(&self, user_id: &str) -> Result<Option<UserRecord>, ApiError> {
-        self.read(|txn, _| Box::pin(async move { get_json(txn, &keys::user(user_id)).await })).await
+        self.read(|txn, _| Box::pin(async move { get_json(txn, &keys::user(user_id)).await }))
+            .await
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, ApiError> {
@@ -44,7 +47,11 @@ impl ChatStore {
     }
 
     /// Change a user's display name and return the updated record.
-    pub async fn set_display_name(&self, user_id: &str, display_name: &str) -> Result<UserRecord, ApiError> {
+    pub async fn set_display_name(
+        &self,
+        user_id: &str,
+        display_name: &str,
+    ) -> Result<UserRecord, ApiError> {
         self.write(|txn, _| {
             Box::pin(async move {
                 let mut user: UserRecord = get_json(txn, &keys::user(user_id))

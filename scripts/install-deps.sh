@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what building and testing Parley needs, on Debian/Ubuntu, if it is missing:
+#   protobuf-compiler  protoc, needed by etcd-client's build script
+#   etcd-server        a real etcd for the tests that need one (started by the tests themselves)
+#   python3-venv       for the offline Kubernetes manifest checks
+# On other systems it says what to install and stops.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+if [ "${1:-}" = "--test" ]; then
+  command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing: ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  cat >&2 <<MSG
+Parley needs these, which this script can install only with apt-get: ${need[*]}
+  macOS (Homebrew): brew install protobuf etcd python
+  Fedora:           sudo dnf install protobuf-compiler etcd python3
+  Arch:             sudo pacman -S protobuf etcd python
+Then run the command again.
+MSG
+  exit 1
+fi
