@@ -7,6 +7,7 @@
 //! (404 / 405 with `{"error": ...}`), which warp's rejection chain makes awkward.
 
 mod routes;
+mod web;
 
 use std::sync::Arc;
 

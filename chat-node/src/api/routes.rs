@@ -25,6 +25,13 @@ fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
     )
 }
 
+fn not_found(req: &Request) -> ApiError {
+    ApiError::not_found(format!(
+        "there is no {} {}; see docs/protocol.md for the API",
+        req.method, req.path
+    ))
+}
+
 /// Answer one request.
 pub async fn route<S, B>(
     state: &std::sync::Arc<AppState>,
@@ -283,9 +290,7 @@ where
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
-        _ => Err(ApiError::not_found(format!(
-            "there is no {} {}; see docs/protocol.md for the API",
-            req.method, req.path
-        ))),
+        [name] if m == Method::GET => super::web::asset(name).ok_or_else(|| not_found(&req)),
+        _ => Err(not_found(&req)),
     }
 }
