@@ -179,16 +179,7 @@ impl Chat {
         group_id: &str,
         user_id: &str,
     ) -> Result<Group, ApiError> {
-        if !validate::is_id(group_id) {
-            return Err(ApiError::not_found(format!(
-                "no group has the id {group_id:?}"
-            )));
-        }
-        if !validate::is_id(user_id) {
-            return Err(ApiError::not_found(format!(
-                "no user has the id {user_id:?}"
-            )));
-        }
+        group_and_user_ids(group_id, user_id)?;
         let group = self
             .store
             .add_member(caller, group_id, user_id, self.limits.max_group_members)
@@ -202,16 +193,7 @@ impl Chat {
         group_id: &str,
         user_id: &str,
     ) -> Result<(), ApiError> {
-        if !validate::is_id(group_id) {
-            return Err(ApiError::not_found(format!(
-                "no group has the id {group_id:?}"
-            )));
-        }
-        if !validate::is_id(user_id) {
-            return Err(ApiError::not_found(format!(
-                "no user has the id {user_id:?}"
-            )));
-        }
+        group_and_user_ids(group_id, user_id)?;
         self.store
             .remove_member(caller, group_id, user_id)
             .await
@@ -335,4 +317,19 @@ impl Chat {
         }
         Ok(())
     }
+}
+
+/// Ids from a path that cannot name anything are "not found", like unknown ones.
+fn group_and_user_ids(group_id: &str, user_id: &str) -> Result<(), ApiError> {
+    if !validate::is_id(group_id) {
+        return Err(ApiError::not_found(format!(
+            "no group has the id {group_id:?}"
+        )));
+    }
+    if !validate::is_id(user_id) {
+        return Err(ApiError::not_found(format!(
+            "no user has the id {user_id:?}"
+        )));
+    }
+    Ok(())
 }

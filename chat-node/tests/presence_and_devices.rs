@@ -223,7 +223,12 @@ async fn devices_push_registration_assign_and_health_endpoints() {
 
     let page = node.http.get(node.url("/")).send().await.unwrap();
     assert_eq!(page.status(), 200, "the web client is served at /");
-    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert_eq!(node.call("GET", "/nothing-here", None, None).await.0, 404);
     assert_eq!(node.call("GET", "/healthz", None, None).await.0, 200);
     assert_eq!(node.call("GET", "/readyz", None, None).await.0, 200);
