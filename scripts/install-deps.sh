@@ -3,6 +3,7 @@
 #   protobuf-compiler  protoc, needed by etcd-client's build script
 #   etcd-server        a real etcd for the tests that need one (started by the tests themselves)
 #   python3-venv       for the offline Kubernetes manifest checks
+#   nodejs, npm, chromium  for the web client's browser tests (Playwright drives Debian's Chromium)
 # On other systems it says what to install and stops.
 set -euo pipefail
 
@@ -11,6 +12,8 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ "${1:-}" = "--test" ]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+  command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
@@ -23,7 +26,7 @@ if command -v apt-get >/dev/null 2>&1; then
 else
   cat >&2 <<MSG
 Parley needs these, which this script can install only with apt-get: ${need[*]}
-  macOS (Homebrew): brew install protobuf etcd python
+  macOS (Homebrew): brew install protobuf etcd python node chromium
   Fedora:           sudo dnf install protobuf-compiler etcd python3
   Arch:             sudo pacman -S protobuf etcd python
 Then run the command again.

@@ -12,6 +12,9 @@ cargo fmt --all -- --check
 echo "== cargo test (workspace)"
 cargo test --workspace --locked 2>&1
 
+echo "== web client in a real browser (Playwright + Chromium)"
+./e2e/browser/run.sh
+
 if [ -x scripts/check-k8s-manifests.sh ]; then
   echo "== Kubernetes manifests (offline render + schema validation)"
   ./scripts/check-k8s-manifests.sh
