@@ -94,7 +94,7 @@ fn crd_has_scale_subresource_printer_columns_and_cel_rules() {
 fn render_prints_every_child_of_a_valid_chatcluster() {
     let out = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
         .args(["render", "-f"])
-        .arg(repo_root().join("operator/tests/fixtures/demo.yaml"))
+        .arg(repo_root().join("charts/parley-operator/examples/chatcluster.yaml"))
         .output()
         .expect("chat-operator runs");
     assert!(
@@ -141,11 +141,42 @@ fn render_prints_every_child_of_a_valid_chatcluster() {
 }
 
 #[test]
+fn render_of_the_embedded_example_claims_a_volume_for_its_single_node() {
+    let text = operator::resources::render(&read(
+        "charts/parley-operator/examples/chatcluster-embedded.yaml",
+    ))
+    .expect("valid example");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
+        .collect();
+    assert_eq!(
+        docs.len(),
+        5,
+        "no generated Secret when tokenSecretRef is given"
+    );
+    let sts = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("StatefulSet");
+    assert_eq!(sts["spec"]["replicas"].as_i64(), Some(1));
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"].as_str(),
+        Some("10Gi")
+    );
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("ConfigMap");
+    assert_eq!(cm["data"]["PARLEY_STORE"].as_str(), Some("embedded"));
+    assert_eq!(cm["data"]["PARLEY_CLUSTER"].as_str(), Some("chat.solo"));
+}
+
+#[test]
 fn render_refuses_an_invalid_chatcluster_with_its_reasons() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.yaml");
-    let text =
-        read("operator/tests/fixtures/demo.yaml").replace("backend: tikv", "backend: embedded");
+    let text = read("charts/parley-operator/examples/chatcluster.yaml")
+        .replace("backend: tikv", "backend: embedded");
     std::fs::write(&bad, text).expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
         .args(["render", "-f"])
