@@ -120,3 +120,54 @@ fn is_url(s: &str) -> bool {
         .or_else(|| s.strip_prefix("https://"));
     matches!(rest, Some(r) if !r.is_empty() && !r.contains(char::is_whitespace))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_test_fixture_and_its_variants_are_valid() {
+        assert_eq!(validate(&ChatCluster::test()), Ok(()));
+        assert_eq!(
+            validate(&ChatCluster::test().tikv(&["http://pd:2379"])),
+            Ok(())
+        );
+        assert_eq!(
+            validate(&ChatCluster::test().replicas(1).embedded("1Gi", None)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn validate_lists_every_problem_with_what_to_fix() {
+        let mut cc = ChatCluster::test()
+            .replicas(3)
+            .embedded("1Gi", None)
+            .etcd(&["etcd:2379"]);
+        cc.spec.image = " ".into();
+        cc.spec.limits.max_group_members = 1;
+        cc.spec.push = Some(crate::crd::PushSpec {
+            webhook_url: Some("https://push".into()),
+            secret_ref: None,
+        });
+        cc.metadata.name = Some("x".repeat(60));
+        let problems = validate(&cc).err().map(|e| e.problems).unwrap_or_default();
+        let all = problems.join("\n");
+        for expected in [
+            "at most 54 fit",
+            "spec.image is empty",
+            "\"etcd:2379\" is not an http:// or https:// URL",
+            "replicas must be 1 (it is 3)",
+            "spec.limits.maxGroupMembers is 1; it must be at least 2",
+            "webhookUrl needs spec.push.secretRef",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        assert_eq!(problems.len(), 6, "{all}");
+        let tikv = ChatCluster::test().tikv(&[]);
+        assert!(validate(&tikv).is_err_and(|e| {
+            e.to_string()
+                .contains("needs spec.storage.tikv.pdEndpoints")
+        }));
+    }
+}

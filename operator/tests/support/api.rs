@@ -184,8 +184,11 @@ fn respond(r: &Recorded, world: &World) -> (u16, Value) {
             not_found("secrets demo-token")
         };
     }
-    if p.ends_with("/secrets") && m == "POST" {
+    if (p.ends_with("/secrets") || p.ends_with("/leases")) && m == "POST" {
         return (201, r.body.clone());
+    }
+    if p.contains("/leases/") && m == "GET" {
+        return not_found("leases");
     }
     if p.contains("/chatclusters/") && m == "PATCH" {
         return (200, world.chatcluster.clone());
