@@ -33,6 +33,10 @@ fn existing_sts(cc: &ChatCluster, replicas: i32) -> Value {
     v
 }
 
+fn secret(name: &str, key: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "chat"}, "data": {key: "a2V5"}})
+}
+
 fn ready_status(n: i32) -> Value {
     json!({"replicas": n, "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n})
 }
@@ -175,12 +179,18 @@ async fn spec_change_reapplies_children_and_reports_ready_against_scripted_api()
     let mut w = world(&cc);
     w.statefulset = Some(existing_sts(&old, 3));
     w.statefulset_status = Some(ready_status(3));
+    w.secrets = vec![secret("parley-token", "secret")];
     let (res, api, _) = run(&cc, w).await;
     res.expect("reconcile");
-    assert!(
-        !api.lines().iter().any(|l| l.contains("/secrets")),
-        "a referenced Secret is never touched: {:#?}",
-        api.lines()
+    let secret_calls: Vec<_> = api
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("/secrets"))
+        .collect();
+    assert_eq!(
+        secret_calls,
+        ["GET /api/v1/namespaces/chat/secrets/parley-token"],
+        "a referenced Secret is only read, never written"
     );
     let cm = api.body_of("PATCH", "/configmaps/demo-config");
     assert_eq!(cm["data"]["PARLEY_MAX_GROUP_MEMBERS"], "50");
@@ -204,6 +214,38 @@ async fn spec_change_reapplies_children_and_reports_ready_against_scripted_api()
     );
     assert_eq!(condition(&status, "Ready").0, "True");
     assert_eq!(condition(&status, "Progressing").1, "Stable");
+}
+
+#[tokio::test]
+async fn missing_referenced_secret_is_reported_as_degraded_against_scripted_api() {
+    let etcd = TestEtcd::start().await;
+    let cc = ChatCluster::test()
+        .with_finalizer()
+        .etcd(&[&etcd.endpoint])
+        .token_secret("parley-token", "secret")
+        .push("https://push.example.com/hook", "parley-push", "hmac");
+    let mut w = world(&cc);
+    w.secrets = vec![secret("parley-token", "other-key")];
+    let (res, api, _) = run(&cc, w).await;
+    res.expect("a missing Secret is a condition, not a failed reconcile");
+    assert!(
+        api.lines()
+            .iter()
+            .any(|l| l.ends_with("/statefulsets/demo") && l.starts_with("PATCH")),
+        "children still applied"
+    );
+    let (st, reason, message) = condition(&api.body_of("PATCH", STATUS), "Degraded");
+    assert_eq!((st.as_str(), reason.as_str()), ("True", "SecretMissing"));
+    assert!(
+        message
+            .contains("Secret chat/parley-token (spec.auth.tokenSecretRef) has no key \"secret\""),
+        "{message}"
+    );
+    assert!(
+        message.contains("Secret chat/parley-push (spec.push.secretRef) not found"),
+        "{message}"
+    );
+    assert_eq!(event_reasons(&api), ["SecretMissing"]);
 }
 
 #[tokio::test]

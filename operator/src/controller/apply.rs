@@ -2,7 +2,8 @@
 //!
 //! Order of the API calls (the reconcile tests assert it):
 //! 1. the generated token Secret: GET, and POST only when it does not exist (never
-//!    re-applied: a new key would log everyone out);
+//!    re-applied: a new key would log everyone out); GET of referenced Secrets (a missing
+//!    one is reported as `Degraded`/`SecretMissing`, the children are applied anyway);
 //! 2. GET the StatefulSet, to know its current size (scale-down drains first);
 //! 3. server-side apply of ConfigMap, headless Service, client Service, PDB, StatefulSet;
 //! 4. merge patch of the ChatCluster's `status`.
@@ -50,9 +51,19 @@ pub(super) async fn apply(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
         return Err(invalid.into());
     }
 
-    // 2. the token Secret, created once
+    // 2. the token Secret, created once; referenced Secrets checked
     if let Some(secret) = resources::children(cc, cc.spec.replicas).token_secret {
         ensure_token_secret(cc, ctx, secret).await?;
+    }
+    let missing_secrets = missing_secrets(cc, ctx).await?;
+    if !missing_secrets.is_empty() {
+        ctx.event(
+            cc,
+            EventType::Warning,
+            "SecretMissing",
+            missing_secrets.join("; "),
+        )
+        .await;
     }
 
     // 3. current size, etcd view, scale plan
@@ -91,6 +102,7 @@ pub(super) async fn apply(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
             Ok((_, view)) => Ok((view.members(), view.connections())),
             Err(e) => Err(e.to_string()),
         },
+        missing_secrets,
         drain: drain_state.clone(),
     };
     patch_status(cc, ctx, status::status(cc, &seen, Timestamp::now())).await?;
@@ -234,6 +246,50 @@ async fn scale_step(
             Ok((*target, DrainState::None, Some(leaving.clone())))
         }
     }
+}
+
+/// The Secrets the spec references (token key, push HMAC key) that do not exist or lack the
+/// key, each described with the field that names it.
+async fn missing_secrets(cc: &ChatCluster, ctx: &Context) -> Result<Vec<String>> {
+    let ns = cc.namespace_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let refs = [
+        (
+            "spec.auth.tokenSecretRef",
+            cc.spec
+                .auth
+                .as_ref()
+                .and_then(|a| a.token_secret_ref.clone()),
+        ),
+        (
+            "spec.push.secretRef",
+            cc.spec.push.as_ref().and_then(|p| p.secret_ref.clone()),
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (field, r) in refs {
+        let Some(r) = r else { continue };
+        let secret = api
+            .get_opt(&r.name)
+            .await
+            .map_err(Error::kube(format!("get Secret {ns}/{}", r.name)))?;
+        match secret {
+            None => missing.push(format!("Secret {ns}/{} ({field}) not found", r.name)),
+            Some(s) => {
+                let has_key = s.data.as_ref().is_some_and(|d| d.contains_key(&r.key))
+                    || s.string_data
+                        .as_ref()
+                        .is_some_and(|d| d.contains_key(&r.key));
+                if !has_key {
+                    missing.push(format!(
+                        "Secret {ns}/{} ({field}) has no key {:?}",
+                        r.name, r.key
+                    ));
+                }
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// Creates the generated token Secret unless it exists. Never overwrites it.

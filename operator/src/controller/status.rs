@@ -36,6 +36,8 @@ pub struct Observed {
     pub updated_replicas: i32,
     /// Registered nodes and their connections (`None`: etcd could not be read, with why).
     pub etcd: Result<(i32, i64), String>,
+    /// Referenced Secrets (or keys in them) that do not exist, described for the user.
+    pub missing_secrets: Vec<String>,
     /// The scale-down, if any.
     pub drain: DrainState,
 }
@@ -55,6 +57,14 @@ pub fn status(cc: &ChatCluster, seen: &Observed, now: Timestamp) -> ChatClusterS
             "True",
             "EtcdUnavailable",
             format!("cannot read membership from etcd: {e}"),
+        ),
+        Ok(_) if !seen.missing_secrets.is_empty() => (
+            "True",
+            "SecretMissing",
+            format!(
+                "{}: pods cannot start until it exists",
+                seen.missing_secrets.join("; ")
+            ),
         ),
         Ok(_) => (
             "False",
@@ -227,6 +237,7 @@ mod tests {
             ready_replicas: ready,
             updated_replicas: 3,
             etcd: Ok((ready, 42)),
+            missing_secrets: Vec::new(),
             drain: DrainState::None,
         }
     }

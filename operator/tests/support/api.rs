@@ -35,6 +35,8 @@ pub struct World {
     pub statefulset_status: Option<Value>,
     /// Whether the generated token Secret exists.
     pub token_secret_exists: bool,
+    /// Other Secrets that exist (the GET answer, by name).
+    pub secrets: Vec<Value>,
     /// The ChatCluster answer to patches of it.
     pub chatcluster: Value,
     /// When set, every request but events fails with this code (an API server in trouble).
@@ -182,6 +184,13 @@ fn respond(r: &Recorded, world: &World) -> (u16, Value) {
             )
         } else {
             not_found("secrets demo-token")
+        };
+    }
+    if p.contains("/secrets/") && m == "GET" {
+        let name = p.rsplit('/').next().unwrap_or_default();
+        return match world.secrets.iter().find(|s| s["metadata"]["name"] == name) {
+            Some(s) => (200, s.clone()),
+            None => not_found("secret"),
         };
     }
     if (p.ends_with("/secrets") || p.ends_with("/leases")) && m == "POST" {
