@@ -1,0 +1,129 @@
+//! Fixtures for tests: `ChatCluster::test().replicas(3)` and friends.
+//!
+//! Public (not `#[cfg(test)]`) so the crate's integration tests in `tests/` use the same
+//! builders as its unit tests.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::crd::{
+    AuthSpec, ChatCluster, ChatClusterSpec, DrainSpec, EmbeddedSpec, EtcdSpec, LimitsSpec, PdbSpec,
+    PushSpec, SecretKeyRef, ServiceSpec, StorageBackend, StorageSpec, TikvSpec,
+};
+
+impl ChatCluster {
+    /// A valid ChatCluster `demo` in namespace `chat` with a uid (as if read from the API),
+    /// 3 replicas, the etcd store, and every other field at its default.
+    pub fn test() -> Self {
+        let mut cc = ChatCluster::new(
+            "demo",
+            ChatClusterSpec {
+                replicas: 3,
+                image: "registry.example.com/parley/chat-node:0.1.0".into(),
+                etcd: EtcdSpec {
+                    endpoints: vec!["http://etcd.chat.svc:2379".into()],
+                },
+                storage: StorageSpec::default(),
+                service: ServiceSpec::default(),
+                limits: LimitsSpec::default(),
+                auth: None,
+                push: None,
+                drain: DrainSpec::default(),
+                pod_disruption_budget: PdbSpec::default(),
+                resources: None,
+                node_selector: None,
+                tolerations: None,
+                affinity: None,
+                topology_spread_constraints: None,
+            },
+        );
+        cc.metadata = ObjectMeta {
+            name: Some("demo".into()),
+            namespace: Some("chat".into()),
+            uid: Some("6f1b2c3d-0000-4000-8000-000000000001".into()),
+            generation: Some(1),
+            ..ObjectMeta::default()
+        };
+        cc
+    }
+
+    /// Sets `spec.replicas`.
+    pub fn replicas(mut self, n: i32) -> Self {
+        self.spec.replicas = n;
+        self
+    }
+
+    /// Sets the etcd endpoints.
+    pub fn etcd(mut self, endpoints: &[&str]) -> Self {
+        self.spec.etcd.endpoints = endpoints.iter().map(|e| e.to_string()).collect();
+        self
+    }
+
+    /// Uses TiKV at these PD endpoints.
+    pub fn tikv(mut self, pd: &[&str]) -> Self {
+        self.spec.storage.backend = StorageBackend::Tikv;
+        self.spec.storage.tikv = Some(TikvSpec {
+            pd_endpoints: pd.iter().map(|e| e.to_string()).collect(),
+        });
+        self
+    }
+
+    /// Uses the embedded store on a claim of `size` (does not change replicas).
+    pub fn embedded(mut self, size: &str, class: Option<&str>) -> Self {
+        self.spec.storage.backend = StorageBackend::Embedded;
+        self.spec.storage.embedded = Some(EmbeddedSpec {
+            size: k8s_openapi::apimachinery::pkg::api::resource::Quantity(size.into()),
+            storage_class_name: class.map(str::to_string),
+        });
+        self
+    }
+
+    /// References an existing token Secret.
+    pub fn token_secret(mut self, name: &str, key: &str) -> Self {
+        self.spec.auth = Some(AuthSpec {
+            token_secret_ref: Some(SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            }),
+        });
+        self
+    }
+
+    /// Sends pushes to `url`, signed with the key in Secret `name`/`key`.
+    pub fn push(mut self, url: &str, name: &str, key: &str) -> Self {
+        self.spec.push = Some(PushSpec {
+            webhook_url: Some(url.into()),
+            secret_ref: Some(SecretKeyRef {
+                name: name.into(),
+                key: key.into(),
+            }),
+        });
+        self
+    }
+
+    /// Sets the drain timeout.
+    pub fn drain_timeout(mut self, secs: i64) -> Self {
+        self.spec.drain.timeout_seconds = secs;
+        self
+    }
+
+    /// Sets `metadata.generation`.
+    pub fn generation(mut self, g: i64) -> Self {
+        self.metadata.generation = Some(g);
+        self
+    }
+
+    /// Adds the operator's finalizer (as after the first reconcile).
+    pub fn with_finalizer(mut self) -> Self {
+        self.metadata.finalizers = Some(vec![crate::crd::FINALIZER.into()]);
+        self
+    }
+
+    /// Marks the object as being deleted.
+    pub fn deleting(mut self) -> Self {
+        self.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        self
+    }
+}

@@ -1,0 +1,215 @@
+//! Step 2 of the pipeline: pure builders, spec in and objects out, no client.
+//!
+//! One file per kind. Every builder takes the (validated) [`ChatCluster`] and returns the
+//! child exactly as the operator server-side-applies it, with owner references when the
+//! ChatCluster has a uid (it always does in a cluster; a file given to `render` has none).
+
+mod configmap;
+mod pdb;
+mod secret;
+mod service;
+mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+
+pub use configmap::{config_hash, configmap};
+pub use pdb::pdb;
+pub use secret::{TOKEN_SECRET_KEY, token_secret};
+pub use service::{client_service, headless_service};
+pub use statefulset::{
+    CONTAINER_NAME, DATA_DIR, HTTP_PORT, PRESTOP_SLEEP_SECONDS, PUSH_MOUNT, TOKEN_MOUNT,
+    statefulset, termination_grace_seconds,
+};
+
+use crate::crd::{ChatCluster, SecretKeyRef};
+
+/// `app.kubernetes.io/name` of every chat pod.
+pub const APP_NAME: &str = "parley";
+
+/// Name of the StatefulSet, the client Service and the PodDisruptionBudget.
+pub fn base_name(cc: &ChatCluster) -> String {
+    cc.name_or_empty()
+}
+
+/// Name of the headless Service that gives each pod a stable DNS name.
+pub fn headless_name(cc: &ChatCluster) -> String {
+    format!("{}-headless", cc.name_or_empty())
+}
+
+/// Name of the ConfigMap holding the nodes' environment.
+pub fn configmap_name(cc: &ChatCluster) -> String {
+    format!("{}-config", cc.name_or_empty())
+}
+
+/// Name of the Secret the operator creates when `spec.auth.tokenSecretRef` is absent.
+pub fn generated_token_secret_name(cc: &ChatCluster) -> String {
+    format!("{}-token", cc.name_or_empty())
+}
+
+/// Pod name (and so node id) of an ordinal.
+pub fn pod_name(cc: &ChatCluster, ordinal: i32) -> String {
+    format!("{}-{ordinal}", cc.name_or_empty())
+}
+
+/// The token Secret key the nodes use: the referenced one, or the generated Secret.
+pub fn token_secret_ref(cc: &ChatCluster) -> SecretKeyRef {
+    cc.spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.token_secret_ref.clone())
+        .unwrap_or_else(|| SecretKeyRef {
+            name: generated_token_secret_name(cc),
+            key: TOKEN_SECRET_KEY.into(),
+        })
+}
+
+/// Labels that select the chat pods (never change them: a StatefulSet selector is immutable).
+pub fn selector_labels(cc: &ChatCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), APP_NAME.to_string()),
+        ("app.kubernetes.io/instance".to_string(), cc.name_or_empty()),
+    ])
+}
+
+/// The selector as a string, as `status.selector` (and so `kubectl scale`) wants it.
+pub fn selector_string(cc: &ChatCluster) -> String {
+    selector_labels(cc)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Labels on every child: the selector labels plus component and manager.
+pub fn labels(cc: &ChatCluster) -> BTreeMap<String, String> {
+    let mut l = selector_labels(cc);
+    l.insert("app.kubernetes.io/component".into(), "chat-node".into());
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        crate::FIELD_MANAGER.into(),
+    );
+    l.insert("app.kubernetes.io/part-of".into(), APP_NAME.into());
+    l
+}
+
+/// Metadata of a child: name, namespace, labels, and the controller owner reference.
+pub fn child_meta(cc: &ChatCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(cc.namespace_or_default()),
+        labels: Some(labels(cc)),
+        owner_references: cc.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Every child the operator applies for a ChatCluster, at a given StatefulSet size.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    /// The nodes' environment.
+    pub configmap: ConfigMap,
+    /// Stable DNS names of the pods.
+    pub headless_service: Service,
+    /// What clients connect to.
+    pub client_service: Service,
+    /// Guards against voluntary disruptions.
+    pub pdb: PodDisruptionBudget,
+    /// The chat nodes.
+    pub statefulset: StatefulSet,
+    /// The generated token Secret, when the spec references none (its data is filled in only
+    /// when the operator creates it, never by `render`).
+    pub token_secret: Option<Secret>,
+}
+
+/// Builds every child. `sts_replicas` is the StatefulSet size to apply, which differs from
+/// `spec.replicas` while a scale-down is draining.
+pub fn children(cc: &ChatCluster, sts_replicas: i32) -> Children {
+    let configmap = configmap(cc);
+    let hash = config_hash(&configmap);
+    let needs_token = cc
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.token_secret_ref.as_ref())
+        .is_none();
+    Children {
+        headless_service: headless_service(cc),
+        client_service: client_service(cc),
+        pdb: pdb(cc),
+        statefulset: statefulset(cc, sts_replicas, &hash),
+        token_secret: needs_token.then(|| token_secret(cc, None)),
+        configmap,
+    }
+}
+
+/// Errors of turning children into YAML.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serialise {kind} to YAML: {source}")]
+pub struct YamlError {
+    kind: &'static str,
+    #[source]
+    source: serde_yaml::Error,
+}
+
+impl Children {
+    /// Multi-document YAML of every child, in apply order (what `render` prints).
+    pub fn to_yaml(&self) -> Result<String, YamlError> {
+        fn doc<T: serde::Serialize>(kind: &'static str, v: &T) -> Result<String, YamlError> {
+            serde_yaml::to_string(v).map_err(|source| YamlError { kind, source })
+        }
+        let mut docs = Vec::new();
+        if let Some(s) = &self.token_secret {
+            docs.push(doc("Secret", s)?);
+        }
+        docs.push(doc("ConfigMap", &self.configmap)?);
+        docs.push(doc("Service", &self.headless_service)?);
+        docs.push(doc("Service", &self.client_service)?);
+        docs.push(doc("PodDisruptionBudget", &self.pdb)?);
+        docs.push(doc("StatefulSet", &self.statefulset)?);
+        Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
+    }
+}
+
+/// Why `render` refused a file.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The file is not a ChatCluster (bad YAML, wrong kind, a missing or mistyped field).
+    #[error("not a valid ChatCluster: {0}")]
+    Parse(String),
+    /// A ChatCluster the operator would report as Degraded.
+    #[error(transparent)]
+    Invalid(#[from] crate::validate::InvalidSpec),
+    /// Serialisation failed.
+    #[error(transparent)]
+    Yaml(#[from] YamlError),
+}
+
+/// `chat-operator render`: a ChatCluster document in, the children's multi-document YAML
+/// out, with the schema's defaults applied and the same validation as the controller.
+pub fn render(yaml: &str) -> Result<String, RenderError> {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(yaml).map_err(|e| RenderError::Parse(e.to_string()))?;
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    if api_version != "parley.dev/v1alpha1" || kind != "ChatCluster" {
+        return Err(RenderError::Parse(format!(
+            "expected apiVersion parley.dev/v1alpha1 and kind ChatCluster, found apiVersion {api_version:?} kind {kind:?}"
+        )));
+    }
+    let cc: ChatCluster =
+        serde_yaml::from_value(value).map_err(|e| RenderError::Parse(e.to_string()))?;
+    crate::validate::validate(&cc)?;
+    Ok(children(&cc, cc.spec.replicas).to_yaml()?)
+}

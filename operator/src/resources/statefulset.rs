@@ -1,0 +1,317 @@
+//! The StatefulSet of chat nodes.
+//!
+//! Each pod is one chat node whose node id is its pod name (`PARLEY_NODE_ID` from the
+//! downward API), advertising its stable DNS name through the headless Service. Shared
+//! settings come from the ConfigMap (`envFrom`); secrets are mounted as files.
+//!
+//! Termination: the node, on SIGTERM, stops taking connections, sends `reconnect` to its
+//! clients and exits 0. The preStop hook first sleeps a few seconds so that endpoints stop
+//! sending new clients before that, and the grace period covers the drain timeout on top.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext,
+    SleepAction, TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    base_name, child_meta, configmap_name, headless_name, labels, selector_labels, token_secret_ref,
+};
+use crate::crd::{ChatCluster, EmbeddedSpec, StorageBackend};
+
+/// Port of the chat node (HTTP, WebSocket and `/metrics`).
+pub const HTTP_PORT: i32 = 8080;
+/// Name of the chat node container.
+pub const CONTAINER_NAME: &str = "chat-node";
+/// Where the embedded store's files live (a PVC for `embedded`, an emptyDir otherwise).
+pub const DATA_DIR: &str = "/var/lib/parley";
+/// Directory of the mounted token signing key.
+pub const TOKEN_MOUNT: &str = "/etc/parley/token";
+/// Directory of the mounted push HMAC key.
+pub const PUSH_MOUNT: &str = "/etc/parley/push";
+/// Seconds the preStop hook waits before SIGTERM, so Services stop routing new clients first.
+pub const PRESTOP_SLEEP_SECONDS: i64 = 5;
+/// Extra seconds on top of preStop + drain timeout before the kubelet kills the node.
+const GRACE_MARGIN_SECONDS: i64 = 15;
+/// Non-root user of the chat node image.
+const RUN_AS_USER: i64 = 65532;
+
+/// `terminationGracePeriodSeconds`: preStop sleep + drain timeout + margin, so a node that is
+/// moving its clients is never killed half-way.
+pub fn termination_grace_seconds(cc: &ChatCluster) -> i64 {
+    PRESTOP_SLEEP_SECONDS + cc.spec.drain.timeout_seconds + GRACE_MARGIN_SECONDS
+}
+
+/// The StatefulSet `<name>` at `replicas` pods; `config_hash` is the ConfigMap's hash, put on
+/// the pod template so a settings change rolls the pods.
+pub fn statefulset(cc: &ChatCluster, replicas: i32, config_hash: &str) -> StatefulSet {
+    let embedded = cc.spec.storage.backend == StorageBackend::Embedded;
+    let claim = embedded.then(|| data_claim(cc.spec.storage.embedded.clone().unwrap_or_default()));
+    StatefulSet {
+        metadata: child_meta(cc, base_name(cc)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(headless_name(cc)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(cc)),
+                ..LabelSelector::default()
+            },
+            pod_management_policy: Some("Parallel".into()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
+            }),
+            template: pod_template(cc, config_hash, embedded),
+            volume_claim_templates: claim.map(|c| vec![c]),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTemplateSpec {
+    let spec = &cc.spec;
+    let token = token_secret_ref(cc);
+    let mut volumes = vec![Volume {
+        name: "token".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(token.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: token.key.clone(),
+                path: token.key.clone(),
+                ..Default::default()
+            }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut mounts = vec![
+        VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "token".into(),
+            mount_path: TOKEN_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    if !embedded {
+        volumes.push(Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+    }
+    let ns = cc.namespace_or_default();
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        value_env("PARLEY_NODE_ID", "$(POD_NAME)"),
+        value_env(
+            "PARLEY_ADVERTISE_URL",
+            &format!(
+                "http://$(POD_NAME).{}.{ns}.svc:{HTTP_PORT}",
+                headless_name(cc)
+            ),
+        ),
+        value_env(
+            "PARLEY_TOKEN_SECRET_FILE",
+            &format!("{TOKEN_MOUNT}/{}", token.key),
+        ),
+    ];
+    if let Some(secret) = spec.push.as_ref().and_then(|p| p.secret_ref.as_ref()) {
+        volumes.push(Volume {
+            name: "push".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: secret.key.clone(),
+                    path: secret.key.clone(),
+                    ..Default::default()
+                }]),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(VolumeMount {
+            name: "push".into(),
+            mount_path: PUSH_MOUNT.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        env.push(value_env(
+            "PARLEY_PUSH_SECRET_FILE",
+            &format!("{PUSH_MOUNT}/{}", secret.key),
+        ));
+    }
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(spec.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(env),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: configmap_name(cc),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        readiness_probe: Some(http_probe("/readyz", 2, 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 10, 6)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRESTOP_SLEEP_SECONDS,
+                }),
+                ..Default::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(mounts),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(cc)),
+            annotations: Some(BTreeMap::from([
+                (
+                    "parley.dev/config-hash".to_string(),
+                    config_hash.to_string(),
+                ),
+                ("prometheus.io/scrape".to_string(), "true".to_string()),
+                ("prometheus.io/port".to_string(), HTTP_PORT.to_string()),
+                ("prometheus.io/path".to_string(), "/metrics".to_string()),
+            ])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(termination_grace_seconds(cc)),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS_USER),
+                run_as_group: Some(RUN_AS_USER),
+                fs_group: Some(RUN_AS_USER),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            node_selector: spec.node_selector.clone(),
+            tolerations: spec.tolerations.clone(),
+            affinity: spec.affinity.clone(),
+            topology_spread_constraints: Some(
+                spec.topology_spread_constraints
+                    .clone()
+                    .unwrap_or_else(|| default_spread(cc)),
+            ),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// Best-effort spread over hosts, so losing one machine loses few nodes.
+fn default_spread(cc: &ChatCluster) -> Vec<TopologySpreadConstraint> {
+    vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(cc)),
+            ..Default::default()
+        }),
+        ..TopologySpreadConstraint::default()
+    }]
+}
+
+fn data_claim(e: EmbeddedSpec) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: e.storage_class_name,
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), e.size)])),
+                ..Default::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn http_probe(path: &str, initial: i32, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        initial_delay_seconds: Some(initial),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+#[cfg(test)]
+#[path = "statefulset_tests.rs"]
+mod tests;

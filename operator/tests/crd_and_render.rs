@@ -1,0 +1,209 @@
+//! The CRD in `crds/` and the chart is crdgen's output; `chat-operator render` prints every
+//! child for a valid ChatCluster and refuses an invalid one with its reasons.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(rel: &str) -> String {
+    let path = repo_root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn crds_dir_matches_crdgen_output() {
+    let generated = operator::crd::crd_yaml().expect("crd serialises");
+    let checked_in = read("crds/chatclusters.parley.dev.yaml");
+    assert!(
+        generated == checked_in,
+        "crds/chatclusters.parley.dev.yaml is stale: run `cargo run -p operator --bin crdgen > crds/chatclusters.parley.dev.yaml` \
+         and copy it to charts/parley-operator/crds/"
+    );
+}
+
+#[test]
+fn chart_crd_is_the_same_file_as_crds_dir() {
+    let chart = read("charts/parley-operator/crds/chatclusters.parley.dev.yaml");
+    assert!(
+        chart == read("crds/chatclusters.parley.dev.yaml"),
+        "charts/parley-operator/crds/chatclusters.parley.dev.yaml differs from crds/: copy crds/chatclusters.parley.dev.yaml over it"
+    );
+}
+
+#[test]
+fn crd_has_scale_subresource_printer_columns_and_cel_rules() {
+    let crd: serde_yaml::Value =
+        serde_yaml::from_str(&read("crds/chatclusters.parley.dev.yaml")).expect("CRD is YAML");
+    let v = &crd["spec"]["versions"][0];
+    assert_eq!(
+        v["subresources"]["scale"]["specReplicasPath"].as_str(),
+        Some(".spec.replicas")
+    );
+    assert_eq!(
+        v["subresources"]["scale"]["statusReplicasPath"].as_str(),
+        Some(".status.replicas")
+    );
+    assert_eq!(
+        v["subresources"]["scale"]["labelSelectorPath"].as_str(),
+        Some(".status.selector")
+    );
+    assert!(v["subresources"]["status"].is_mapping());
+    let cols: Vec<_> = v["additionalPrinterColumns"]
+        .as_sequence()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(cols, ["Replicas", "Ready", "Connections", "Age"]);
+    assert_eq!(crd["spec"]["names"]["shortNames"][0].as_str(), Some("chat"));
+    let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let rules = serde_yaml::to_string(&spec["x-kubernetes-validations"]).expect("rules");
+    assert!(
+        rules.contains("self.storage.backend != 'embedded' || self.replicas == 1"),
+        "{rules}"
+    );
+    assert_eq!(
+        spec["properties"]["replicas"]["minimum"].as_f64(),
+        Some(1.0)
+    );
+    assert_eq!(spec["properties"]["replicas"]["default"].as_i64(), Some(3));
+    let backends: Vec<_> = spec["properties"]["storage"]["properties"]["backend"]["enum"]
+        .as_sequence()
+        .expect("enum")
+        .iter()
+        .filter_map(|b| b.as_str())
+        .collect();
+    assert_eq!(backends, ["tikv", "etcd", "embedded"]);
+    assert_eq!(
+        spec["properties"]["service"]["properties"]["type"]["default"].as_str(),
+        Some("ClusterIP")
+    );
+    let required: Vec<_> = spec["required"]
+        .as_sequence()
+        .expect("required")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert_eq!(required, ["etcd", "image"]);
+}
+
+#[test]
+fn render_prints_every_child_of_a_valid_chatcluster() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
+        .args(["render", "-f"])
+        .arg(repo_root().join("charts/parley-operator/examples/chatcluster.yaml"))
+        .output()
+        .expect("chat-operator runs");
+    assert!(
+        out.status.success(),
+        "render failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
+        .collect();
+    let kinds: Vec<_> = docs
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or("?"),
+                d["metadata"]["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Secret/demo-token",
+            "ConfigMap/demo-config",
+            "Service/demo-headless",
+            "Service/demo",
+            "PodDisruptionBudget/demo",
+            "StatefulSet/demo"
+        ]
+    );
+    let sts = &docs[5];
+    assert_eq!(sts["spec"]["replicas"].as_i64(), Some(3));
+    assert_eq!(
+        docs[1]["data"]["PARLEY_TIKV_PD"].as_str(),
+        Some("http://pd.tikv.svc:2379")
+    );
+    assert_eq!(docs[3]["spec"]["type"].as_str(), Some("LoadBalancer"));
+    assert!(
+        docs[0]["data"].is_null(),
+        "render never invents a signing key"
+    );
+}
+
+#[test]
+fn render_of_the_embedded_example_claims_a_volume_for_its_single_node() {
+    let text = operator::resources::render(&read(
+        "charts/parley-operator/examples/chatcluster-embedded.yaml",
+    ))
+    .expect("valid example");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
+        .collect();
+    assert_eq!(
+        docs.len(),
+        5,
+        "no generated Secret when tokenSecretRef is given"
+    );
+    let sts = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet")
+        .expect("StatefulSet");
+    assert_eq!(sts["spec"]["replicas"].as_i64(), Some(1));
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"].as_str(),
+        Some("10Gi")
+    );
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("ConfigMap");
+    assert_eq!(cm["data"]["PARLEY_STORE"].as_str(), Some("embedded"));
+    assert_eq!(cm["data"]["PARLEY_CLUSTER"].as_str(), Some("chat.solo"));
+}
+
+#[test]
+fn render_refuses_an_invalid_chatcluster_with_its_reasons() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    let text = read("charts/parley-operator/examples/chatcluster.yaml")
+        .replace("backend: tikv", "backend: embedded");
+    std::fs::write(&bad, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
+        .args(["render", "-f"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success(), "an invalid spec must exit non-zero");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed for an invalid spec"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("replicas must be 1"),
+        "stderr should say why: {err}"
+    );
+
+    std::fs::write(&bad, "apiVersion: parley.dev/v1alpha1\nkind: ChatCluster\nmetadata: {name: x}\nspec: {replicas: 2}\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_chat-operator"))
+        .args(["render", "-f"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing field `image`"),
+        "stderr should name the missing field: {err}"
+    );
+}
