@@ -301,7 +301,12 @@ pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
         .instrument(tracing::info_span!("controller"));
     info!("leading; reconciling ChatClusters");
     tokio::select! {
-        () = controller => { info!("shut down"); Ok(()) }
+        () = controller => {
+            leader::release(&lease_api, &leader_cfg).await;
+            metrics.leader.set(0);
+            info!("shut down");
+            Ok(())
+        }
         reason = leader::keep(&lease_api, &leader_cfg) => {
             metrics.leader.set(0);
             Err(RunError::LostLeadership(reason))

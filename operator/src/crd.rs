@@ -128,9 +128,13 @@ pub struct EtcdSpec {
     pub endpoints: Vec<String>,
 }
 
-/// History store choice.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// History store choice. The backend and the embedded volume cannot change after creation:
+/// history would stay behind in the old store (and a StatefulSet's volume claims are
+/// immutable); create a new ChatCluster instead.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.backend == oldSelf.backend").message("storage.backend cannot change: history would stay in the old store; create a new ChatCluster and move users"))]
+#[x_kube(validation = Rule::new("!has(oldSelf.embedded) || (has(self.embedded) && self.embedded == oldSelf.embedded)").message("storage.embedded cannot change: a StatefulSet's volume claims are immutable"))]
 pub struct StorageSpec {
     /// `tikv` (production), `etcd` (small clusters: the same etcd as membership; not a
     /// long-term store at scale) or `embedded` (one node, history on a PersistentVolume).

@@ -163,6 +163,33 @@ pub async fn keep(api: &Api<Lease>, cfg: &LeaderConfig) -> String {
     }
 }
 
+/// Gives the Lease up on a clean shutdown (empties its holder), so a standby replica takes
+/// over at once instead of after the lease duration. Best effort: failures are logged.
+pub async fn release(api: &Api<Lease>, cfg: &LeaderConfig) {
+    let lease = match api.get_opt(&cfg.name).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the leader Lease to release it failed");
+            return;
+        }
+    };
+    let mut lease = lease;
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(cfg.identity.as_str()) {
+        return;
+    }
+    spec.holder_identity = None;
+    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!(lease = %cfg.name, "released leadership"),
+        Err(e) => {
+            tracing::warn!(error = %e, "releasing the leader Lease failed; it expires by itself")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

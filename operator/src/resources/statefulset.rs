@@ -113,6 +113,17 @@ fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTempl
             ..Volume::default()
         });
     }
+    // The root filesystem is read-only; /tmp is scratch space.
+    volumes.push(Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    mounts.push(VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
+    });
     let ns = cc.namespace_or_default();
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),

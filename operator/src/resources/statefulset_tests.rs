@@ -191,6 +191,11 @@ fn statefulset_mounts_token_and_push_secrets_as_files() {
             .any(|v| v.name == "data" && v.empty_dir.is_some()),
         "non-embedded data is scratch"
     );
+    assert_eq!(
+        mount("tmp").map(|m| m.0),
+        Some("/tmp".into()),
+        "scratch beside a read-only root"
+    );
 }
 
 #[test]
