@@ -179,9 +179,18 @@ pub fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// The contract's error body with the code's status.
+/// The contract's error body with the code's status. A 413 is answered before the body was
+/// read to its end, so it also closes the connection: a client must not reuse it (the rest of
+/// its body would be read as the next request).
 pub fn error_response(error: &ApiError) -> Response {
     let status =
         StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, &error.to_body())
+    let mut response = json(status, &error.to_body());
+    if error.code == crate::protocol::ErrorCode::TooLarge {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
