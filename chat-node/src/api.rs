@@ -148,6 +148,17 @@ where
             ApiError::bad_request(format!("the request body could not be read: {e}"))
         })?;
         if buf.len() + chunk.remaining() > limit {
+            // Read (and drop) a bounded rest of the body before answering, so a client still
+            // writing it gets the 413 instead of a broken pipe.
+            let mut discarded = 0;
+            while let Ok(Some(Ok(rest))) =
+                tokio::time::timeout(std::time::Duration::from_secs(2), body.next()).await
+            {
+                discarded += rest.remaining();
+                if discarded > 4 * limit {
+                    break;
+                }
+            }
             return Err(too_large());
         }
         while chunk.has_remaining() {
