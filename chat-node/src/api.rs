@@ -6,6 +6,7 @@
 //! the whole API readable on one screen and gives every miss a contract-shaped error body
 //! (404 / 405 with `{"error": ...}`), which warp's rejection chain makes awkward.
 
+mod internal;
 mod routes;
 mod web;
 

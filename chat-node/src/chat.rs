@@ -1,16 +1,19 @@
 //! The chat service: contacts, groups, sending with live delivery, history, sync, cursors
 //! and typing. Everything a client can do, whether it arrived over HTTP or a WebSocket.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::accounts::new_id;
+use crate::cluster::Owner;
+use crate::cluster::link::{Event, Links};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::presence::Presence;
+use crate::presence::{Presence, Seen};
 use crate::protocol::frames::{SendRequest, SendTarget, ServerFrame};
 use crate::protocol::types::{Ack, Contact, Group, Message};
 use crate::protocol::validate::{self, Channel};
@@ -22,6 +25,7 @@ use crate::store::{ChatStore, GroupRecord};
 pub struct Chat {
     store: ChatStore,
     hub: Arc<Hub>,
+    links: Arc<Links>,
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -31,6 +35,7 @@ impl Chat {
     pub fn new(
         store: ChatStore,
         hub: Arc<Hub>,
+        links: Arc<Links>,
         presence: Arc<Presence>,
         metrics: Arc<Metrics>,
         limits: Limits,
@@ -38,6 +43,7 @@ impl Chat {
         Self {
             store,
             hub,
+            links,
             presence,
             metrics,
             limits,
@@ -81,30 +87,37 @@ impl Chat {
     /// Two users just became mutual contacts: each online one hears the other's status.
     async fn exchange_presence(&self, a: &str, b: &str) -> Result<(), ApiError> {
         for (viewer, subject) in [(a, b), (b, a)] {
-            if self.hub.is_online(viewer) {
-                let (status, last_seen) = self.presence.status(subject).await?;
-                let frame = ServerFrame::Presence {
-                    user: subject.to_owned(),
-                    status,
-                    last_seen,
-                };
-                self.hub
-                    .send_to_user(viewer, &Utf8Bytes::from(frame.to_json()), None);
-            }
+            let (status, last_seen) = self.presence.status(subject).await?;
+            let frame = ServerFrame::Presence {
+                user: subject.to_owned(),
+                status,
+                last_seen,
+            };
+            self.links
+                .relay([viewer], &Utf8Bytes::from(frame.to_json()));
         }
         Ok(())
     }
 
     pub async fn contacts(&self, owner: &str) -> Result<Vec<Contact>, ApiError> {
+        let contacts = self.store.contacts(owner).await?;
+        let mutual: Vec<String> = contacts
+            .iter()
+            .filter(|c| c.mutual)
+            .map(|c| c.user.user_id.clone())
+            .collect();
+        let seen: HashMap<String, Seen> = self
+            .presence
+            .statuses(&mutual)
+            .await?
+            .into_iter()
+            .map(|s| (s.user.clone(), s))
+            .collect();
         let mut out = Vec::new();
-        for c in self.store.contacts(owner).await? {
-            let (status, last_seen) = if c.mutual {
-                match self.hub.last_active(&c.user.user_id) {
-                    Some(ts) => (Some("online"), Some(ts)),
-                    None => (Some("offline"), c.last_seen),
-                }
-            } else {
-                (None, None)
+        for c in contacts {
+            let (status, last_seen) = match seen.get(&c.user.user_id) {
+                Some(s) => (Some(s.status.as_str()), s.last_seen),
+                None => (None, None),
             };
             out.push(Contact {
                 user_id: c.user.user_id,
@@ -245,9 +258,39 @@ impl Chat {
         Ok(outcome.ack)
     }
 
-    /// Push a stored message to the online devices of its recipients (`(user, inbox_id)`),
-    /// except the sender's sending device. Best effort: the inbox is the truth.
-    fn deliver(&self, mut message: Message, recipients: &[(String, u64)], sending_device: &str) {
+    /// Hand a stored message to the nodes of its recipients (`(user, inbox_id)`), this one
+    /// included, one event per node. Best effort: the inbox is the truth.
+    fn deliver(&self, message: Message, recipients: &[(String, u64)], sending_device: &str) {
+        let cluster = self.links.cluster();
+        let mut local = Vec::new();
+        let mut remote: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+        for r in recipients {
+            match cluster.owner(&r.0) {
+                Owner::Here => local.push(r.clone()),
+                Owner::Peer(m) => remote.entry(m.node_id).or_default().push(r.clone()),
+            }
+        }
+        for (node, recipients) in remote {
+            let event = Event::Deliver {
+                message: message.clone(),
+                recipients,
+                sending_device: sending_device.to_owned(),
+            };
+            self.links.send(&node, &event);
+        }
+        if !local.is_empty() {
+            self.deliver_local(message, &local, sending_device);
+        }
+    }
+
+    /// Push a stored message to the online devices here of `recipients`, except the
+    /// sender's sending device.
+    pub fn deliver_local(
+        &self,
+        mut message: Message,
+        recipients: &[(String, u64)],
+        sending_device: &str,
+    ) {
         let mut delivered = 0;
         for (user_id, inbox_id) in recipients {
             if !self.hub.is_online(user_id) {
@@ -312,9 +355,10 @@ impl Chat {
             }
             .to_json(),
         );
-        for member in members.iter().filter(|m| *m != user_id) {
-            self.hub.send_to_user(member, &frame, None);
-        }
+        self.links.relay(
+            members.iter().map(String::as_str).filter(|m| *m != user_id),
+            &frame,
+        );
         Ok(())
     }
 }

@@ -1,8 +1,24 @@
-//! Which node serves which user. On a single node every user is served here and
-//! `/v1/assign` names this node; cluster mode (etcd membership and rendezvous hashing)
-//! plugs in behind the same calls.
+//! Which node serves which user, and how nodes reach each other (DESIGN.md, "Cluster").
+//!
+//! - [`membership`]: with `--etcd`, this node registers itself under a lease and watches the
+//!   other members; the live view is held here. Without `--etcd` the cluster is this node.
+//! - [`rendezvous`]: weighted rendezvous hashing of a user id over the live, non-draining
+//!   members picks the user's node, identically on every node and without a lookup.
+//! - [`link`]: node-to-node links that carry live deliveries and presence changes, batched.
+//! - [`rebalance`]: when membership changes, users who now belong elsewhere are moved,
+//!   spread over seconds.
 
+pub mod link;
+pub mod membership;
+pub mod rebalance;
+pub mod rendezvous;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
 
 /// A node as clients reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,49 +27,232 @@ pub struct NodeAddress {
     pub ws_url: String,
 }
 
+/// A member's registration in etcd (`/parley/<cluster>/nodes/<node_id>`), the contract
+/// with the operator (docs/operator.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Member {
+    pub node_id: String,
+    /// How peers reach the node (its HTTP base URL).
+    #[serde(default)]
+    pub advertise_url: String,
+    /// Where clients open their WebSocket.
+    #[serde(default)]
+    pub ws_url: String,
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// The node's weight in assignment.
+    #[serde(default)]
+    pub capacity: u64,
+    /// Live client sockets.
+    #[serde(default)]
+    pub connections: u64,
+    /// Handing its clients over: takes no new users.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+/// Where a user belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// On this node.
+    Here,
+    /// On another live member.
+    Peer(Member),
+}
+
 /// This node's view of the cluster.
 pub struct Cluster {
     node_id: String,
+    cluster: String,
     advertise_url: Option<String>,
     listen: SocketAddr,
+    capacity: u64,
+    zone: Option<String>,
+    /// Whether etcd membership is on (`--etcd`).
+    clustered: bool,
+    /// The other live members, by id (this node is never in it).
+    peers: RwLock<Arc<HashMap<String, Member>>>,
+    /// This node hands its users over (operator drain or SIGTERM).
+    draining: AtomicBool,
+    /// Bumped on every membership change; the rebalancer waits on it.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// How a cluster node is set up.
+pub struct Settings {
+    pub node_id: String,
+    pub cluster: String,
+    pub advertise_url: Option<String>,
+    pub listen: SocketAddr,
+    pub capacity: u64,
+    pub zone: Option<String>,
+    pub clustered: bool,
 }
 
 impl Cluster {
+    pub fn new(s: Settings) -> Self {
+        Self {
+            node_id: s.node_id,
+            cluster: s.cluster,
+            advertise_url: s.advertise_url,
+            listen: s.listen,
+            capacity: s.capacity.max(1),
+            zone: s.zone,
+            clustered: s.clustered,
+            peers: RwLock::new(Arc::new(HashMap::new())),
+            draining: AtomicBool::new(false),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+
     /// A cluster of one: this node. `listen` is the bound address (port 0 resolved).
     pub fn single(node_id: String, advertise_url: Option<String>, listen: SocketAddr) -> Self {
-        Self {
+        Self::new(Settings {
             node_id,
+            cluster: "parley".into(),
             advertise_url,
             listen,
-        }
+            capacity: 1,
+            zone: None,
+            clustered: false,
+        })
     }
 
     pub fn node_id(&self) -> &str {
         &self.node_id
     }
 
+    /// The cluster's name (`--cluster`).
+    pub fn name(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Whether this node is one of several, through etcd.
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Start (or stop) handing users over. Returns whether that changed anything.
+    pub fn set_draining(&self, draining: bool) -> bool {
+        let changed = self.draining.swap(draining, Ordering::Relaxed) != draining;
+        if changed {
+            self.changes.send_modify(|v| *v += 1);
+        }
+        changed
+    }
+
+    /// The other live members.
+    pub fn peers(&self) -> Arc<HashMap<String, Member>> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replace the view of the other members (from etcd).
+    pub fn set_peers(&self, mut peers: HashMap<String, Member>) {
+        peers.remove(&self.node_id);
+        let mut current = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if **current != peers {
+            *current = Arc::new(peers);
+            drop(current);
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A receiver that sees every membership change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The node `user_id` belongs on: weighted rendezvous over the live, non-draining
+    /// members (this one included unless draining). When every member drains, over all.
+    pub fn owner(&self, user_id: &str) -> Owner {
+        let peers = self.peers();
+        if peers.is_empty() {
+            return Owner::Here;
+        }
+        let me_draining = self.is_draining();
+        let takers = peers.values().filter(|m| !m.draining).count() + usize::from(!me_draining);
+        let candidates = peers
+            .values()
+            .filter(|m| takers == 0 || !m.draining)
+            .map(|m| (m.node_id.as_str(), m.capacity))
+            .chain((takers == 0 || !me_draining).then_some((self.node_id.as_str(), self.capacity)));
+        match rendezvous::owner(user_id, candidates) {
+            Some(id) if id != self.node_id => Owner::Peer(peers[id].clone()),
+            _ => Owner::Here,
+        }
+    }
+
+    /// Whether `user_id` belongs on this node.
+    pub fn is_here(&self, user_id: &str) -> bool {
+        self.owner(user_id) == Owner::Here
+    }
+
+    /// Split `users` by the node they belong on: this node's, and each peer's.
+    pub fn partition<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a str>,
+    ) -> (Vec<&'a str>, HashMap<String, Vec<&'a str>>) {
+        let mut local = Vec::new();
+        let mut remote: HashMap<String, Vec<&'a str>> = HashMap::new();
+        for user in users {
+            match self.owner(user) {
+                Owner::Here => local.push(user),
+                Owner::Peer(m) => remote.entry(m.node_id).or_default().push(user),
+            }
+        }
+        (local, remote)
+    }
+
     /// The node `user_id` should open its WebSocket on. `host` is the Host header the client
     /// used, which names this node best when it listens on all interfaces and no
     /// `--advertise-url` was given.
-    pub fn assign(&self, _user_id: &str, host: Option<&str>) -> NodeAddress {
-        NodeAddress {
-            node_id: self.node_id.clone(),
-            ws_url: self.ws_url(host),
+    pub fn assign(&self, user_id: &str, host: Option<&str>) -> NodeAddress {
+        match self.owner(user_id) {
+            Owner::Here => NodeAddress {
+                node_id: self.node_id.clone(),
+                ws_url: self.ws_url(host),
+            },
+            Owner::Peer(m) => NodeAddress {
+                node_id: m.node_id,
+                ws_url: m.ws_url,
+            },
+        }
+    }
+
+    /// This node's HTTP base URL as peers and clients reach it.
+    pub fn base_url(&self, host: Option<&str>) -> String {
+        match (&self.advertise_url, host) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Some(host)) if self.listen.ip().is_unspecified() => format!("http://{host}"),
+            (None, _) => format!("http://{}", self.listen),
         }
     }
 
     /// This node's WebSocket URL.
     pub fn ws_url(&self, host: Option<&str>) -> String {
-        let base = match (&self.advertise_url, host) {
-            (Some(url), _) => url.trim_end_matches('/').to_owned(),
-            (None, Some(host)) if self.listen.ip().is_unspecified() => format!("http://{host}"),
-            (None, _) => format!("http://{}", self.listen),
-        };
+        let base = self.base_url(host);
         let ws = match base.strip_prefix("https://") {
             Some(rest) => format!("wss://{rest}"),
             None => format!("ws://{}", base.trim_start_matches("http://")),
         };
         format!("{ws}/v1/ws")
+    }
+
+    /// This node's registration, with its live connection count.
+    pub fn registration(&self, connections: u64) -> Member {
+        Member {
+            node_id: self.node_id.clone(),
+            advertise_url: self.base_url(None),
+            ws_url: self.ws_url(None),
+            zone: self.zone.clone(),
+            capacity: self.capacity,
+            connections,
+            draining: self.is_draining(),
+        }
     }
 }
 
@@ -73,6 +272,75 @@ mod tests {
         assert_eq!(
             c.assign("u", Some("localhost:9000")).ws_url,
             "ws://127.0.0.1:9000/v1/ws"
+        );
+    }
+
+    fn member(id: &str, draining: bool) -> Member {
+        Member {
+            node_id: id.into(),
+            advertise_url: format!("http://{id}"),
+            ws_url: format!("ws://{id}/v1/ws"),
+            capacity: 10,
+            draining,
+            ..Member::default()
+        }
+    }
+
+    fn node(id: &str) -> Cluster {
+        Cluster::new(Settings {
+            node_id: id.into(),
+            cluster: "c".into(),
+            advertise_url: Some(format!("http://{id}")),
+            listen: "127.0.0.1:1".parse().unwrap(),
+            capacity: 10,
+            zone: None,
+            clustered: true,
+        })
+    }
+
+    #[test]
+    fn every_node_assigns_a_user_to_the_same_node() {
+        let ids = ["a", "b", "c"];
+        let nodes: Vec<Cluster> = ids.iter().map(|id| node(id)).collect();
+        for n in &nodes {
+            n.set_peers(
+                ids.iter()
+                    .map(|id| (id.to_string(), member(id, false)))
+                    .collect(),
+            );
+        }
+        for k in 0..300 {
+            let user = format!("user{k}");
+            let answers: Vec<String> = nodes
+                .iter()
+                .map(|n| n.assign(&user, None).node_id)
+                .collect();
+            assert!(
+                answers.windows(2).all(|w| w[0] == w[1]),
+                "{user}: {answers:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn draining_members_take_no_users_unless_all_drain() {
+        let n = node("a");
+        n.set_peers([("b".to_string(), member("b", true))].into());
+        for k in 0..50 {
+            assert_eq!(n.owner(&format!("u{k}")), Owner::Here);
+        }
+        n.set_draining(true);
+        n.set_peers([("b".to_string(), member("b", false))].into());
+        for k in 0..50 {
+            assert!(matches!(n.owner(&format!("u{k}")), Owner::Peer(m) if m.node_id == "b"));
+        }
+        n.set_peers([("b".to_string(), member("b", true))].into());
+        let owners: std::collections::HashSet<bool> =
+            (0..50).map(|k| n.is_here(&format!("u{k}"))).collect();
+        assert_eq!(
+            owners.len(),
+            2,
+            "with every node draining, users still spread over all"
         );
     }
 }

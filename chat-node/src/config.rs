@@ -134,10 +134,17 @@ impl Config {
                 "this build supports only --store embedded so far; etcd and tikv arrive with cluster mode",
             );
         }
-        if !self.etcd.is_empty() {
-            return bad(
-                "this build does not support --etcd (cluster mode) yet; run without it for a single node",
-            );
+        if self.is_clustered() {
+            if self.token_secret_file.is_none() {
+                return bad(
+                    "cluster mode (--etcd) needs --token-secret-file: every node must sign and check tokens, and authenticate its links, with the same secret",
+                );
+            }
+            if self.advertise_url.is_none() && self.listen.ip().is_unspecified() {
+                return bad(
+                    "cluster mode (--etcd) needs --advertise-url when listening on all interfaces: it is how other nodes and clients reach this node (e.g. http://10.0.0.5:8080)",
+                );
+            }
         }
         if let Some(url) = &self.advertise_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -148,6 +155,11 @@ impl Config {
             return bad("--push-webhook and --push-secret-file go together: give both or neither");
         }
         Ok(())
+    }
+
+    /// Whether the node joins a cluster through etcd.
+    pub fn is_clustered(&self) -> bool {
+        !self.etcd.is_empty()
     }
 
     pub fn limits(&self) -> Limits {

@@ -27,6 +27,18 @@ impl CloseReason {
         code: 1008,
         reason: "slow consumer: frames were not read in time; reconnect and sync",
     };
+
+    /// 1000 after a `reconnect` frame: the user now belongs on another node.
+    pub const MOVED: Self = Self {
+        code: 1000,
+        reason: "moved: reconnect where the reconnect frame says",
+    };
+
+    /// 1001 after a `reconnect` frame: the node is draining.
+    pub const DRAINING: Self = Self {
+        code: 1001,
+        reason: "node is draining; reconnect where the reconnect frame says or via GET /v1/assign",
+    };
 }
 
 struct Queue {
@@ -94,6 +106,16 @@ impl Conn {
         q.close.get_or_insert(reason);
         drop(q);
         self.ready.notify_one();
+    }
+
+    /// Send a `reconnect` frame (to `ws_url` if known, else "ask /v1/assign"), then close.
+    pub fn redirect(&self, ws_url: Option<String>, reason: &str, close: CloseReason) {
+        let frame = crate::protocol::frames::ServerFrame::Reconnect {
+            ws_url,
+            reason: reason.to_owned(),
+        };
+        self.push(Utf8Bytes::from(frame.to_json()));
+        self.close(close);
     }
 
     /// Wait until there is something to write or a close was asked for.

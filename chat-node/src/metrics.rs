@@ -27,6 +27,16 @@ pub struct Metrics {
     pub send_latency: Histogram,
     /// HTTP requests answered.
     pub http_requests: Counter,
+    /// 1 while the node is registered in etcd (cluster mode), else 0.
+    pub etcd_up: Gauge,
+    /// Live members in this node's view, itself included.
+    pub cluster_members: Gauge,
+    /// Events sent to other nodes over links (deliveries, presence, frames).
+    pub link_events_sent: Counter,
+    /// Events to other nodes dropped (queue full or peer unreachable); devices `sync`.
+    pub link_events_dropped: Counter,
+    /// Users told to reconnect elsewhere because membership changed.
+    pub users_moved: Counter,
 }
 
 impl Default for Metrics {
@@ -46,6 +56,11 @@ impl Metrics {
         let store_errors = Counter::default();
         let slow_consumers = Counter::default();
         let http_requests = Counter::default();
+        let etcd_up = Gauge::default();
+        let cluster_members = Gauge::default();
+        let link_events_sent = Counter::default();
+        let link_events_dropped = Counter::default();
+        let users_moved = Counter::default();
         // 50 µs .. ~1.6 s
         let send_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
@@ -93,8 +108,34 @@ impl Metrics {
             "Send arrival to durable ack",
             send_latency.clone(),
         );
+        registry.register("etcd_up", "1 while registered in etcd", etcd_up.clone());
+        registry.register(
+            "cluster_members",
+            "Live members in this node's view, itself included",
+            cluster_members.clone(),
+        );
+        registry.register(
+            "link_events_sent",
+            "Events sent to other nodes",
+            link_events_sent.clone(),
+        );
+        registry.register(
+            "link_events_dropped",
+            "Events to other nodes dropped (devices sync instead)",
+            link_events_dropped.clone(),
+        );
+        registry.register(
+            "users_moved",
+            "Users told to reconnect elsewhere after a membership change",
+            users_moved.clone(),
+        );
         Self {
             registry,
+            etcd_up,
+            cluster_members,
+            link_events_sent,
+            link_events_dropped,
+            users_moved,
             connections,
             online_users,
             messages_sent,

@@ -1,16 +1,20 @@
-//! Presence: a user is online while one of their devices has a socket on this node (the
+//! Presence: a user is online while one of their devices has a socket on their node (the
 //! node that holds all of a user's devices), and mutual contacts hear of each change once.
 //!
 //! Transitions are announced per user under a lock and compared with what was last
 //! announced, so a connect racing a disconnect can never leave contacts with a stale status
-//! or tell them the same thing twice.
+//! or tell them the same thing twice. In a cluster the user's node is the one that decides;
+//! it sends the change to the nodes of the user's mutual contacts over the links. Each node
+//! remembers which remote users it told its local users were online, so that when a node
+//! dies those users turn offline here as soon as its lease expires.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::cluster::link::{Event, Links};
 use crate::hub::{Conn, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::ApiError;
@@ -19,26 +23,60 @@ use crate::store::ChatStore;
 
 const STRIPES: usize = 64;
 
+/// A user online on another node, as this node's users were told.
+struct Remote {
+    node: String,
+    viewers: HashSet<String>,
+}
+
 /// The presence service.
 pub struct Presence {
     store: ChatStore,
     hub: Arc<Hub>,
+    links: Arc<Links>,
     metrics: Arc<Metrics>,
     /// Users announced online (absent: offline), guarded per stripe of users.
     announced: Mutex<HashSet<String>>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     hasher: RandomState,
+    /// Remote users this node's users believe online, by user.
+    remote: Mutex<HashMap<String, Remote>>,
+}
+
+/// A user's status as contacts see it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub user: String,
+    pub status: Status,
+    pub last_seen: Option<i64>,
+    /// The other node the user is online on, if any.
+    pub node: Option<String>,
+}
+
+impl Seen {
+    fn frame(&self) -> Utf8Bytes {
+        Utf8Bytes::from(
+            ServerFrame::Presence {
+                user: self.user.clone(),
+                status: self.status,
+                last_seen: self.last_seen,
+            }
+            .to_json(),
+        )
+    }
 }
 
 impl Presence {
-    pub fn new(store: ChatStore, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: ChatStore, hub: Arc<Hub>, links: Arc<Links>, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             hub,
+            links,
             metrics,
             announced: Mutex::new(HashSet::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: RandomState::new(),
+            remote: Mutex::new(HashMap::new()),
         }
     }
 
@@ -50,14 +88,12 @@ impl Presence {
             .set_last_seen(&conn.user_id, &conn.device_id, now)
             .await?;
         self.announce(&conn.user_id).await?;
-        for contact in self.store.mutual_contacts(&conn.user_id).await? {
-            let (status, last_seen) = self.status(&contact).await?;
-            let frame = ServerFrame::Presence {
-                user: contact,
-                status,
-                last_seen,
-            };
-            conn.push(Utf8Bytes::from(frame.to_json()));
+        let contacts = self.store.mutual_contacts(&conn.user_id).await?;
+        for seen in self.statuses(&contacts).await? {
+            if let Some(node) = &seen.node {
+                self.track(&seen.user, node, [conn.user_id.as_str()]);
+            }
+            conn.push(seen.frame());
         }
         Ok(())
     }
@@ -74,10 +110,69 @@ impl Presence {
 
     /// A user's status and last activity, as contacts see it.
     pub async fn status(&self, user_id: &str) -> Result<(Status, Option<i64>), ApiError> {
-        match self.hub.last_active(user_id) {
-            Some(ts) => Ok((Status::Online, Some(ts))),
-            None => Ok((Status::Offline, self.store.last_seen(user_id).await?)),
+        let seen = self.statuses(&[user_id.to_owned()]).await?;
+        Ok(seen
+            .into_iter()
+            .next()
+            .map_or((Status::Offline, None), |s| (s.status, s.last_seen)))
+    }
+
+    /// The status of each of `users`, asking the nodes they belong on. A node that does
+    /// not answer counts its users offline (with their stored last activity).
+    pub async fn statuses(&self, users: &[String]) -> Result<Vec<Seen>, ApiError> {
+        let cluster = self.links.cluster();
+        let (local, remote) = cluster.partition(users.iter().map(String::as_str));
+        let mut online: HashMap<&str, (i64, Option<String>)> = HashMap::new();
+        for user in local {
+            if let Some(ts) = self.hub.last_active(user) {
+                online.insert(user, (ts, None));
+            }
         }
+        let asks = remote.into_iter().map(|(node, users)| async move {
+            let answer = self.links.status(&node, &users).await;
+            (node, users, answer)
+        });
+        for (node, users, answer) in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(answer) => {
+                    for user in users {
+                        if let Some(ts) = answer.online.get(user) {
+                            online.insert(user, (*ts, Some(node.clone())));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence: a node did not answer; its users count as offline")
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            out.push(match online.get(user.as_str()) {
+                Some((ts, node)) => Seen {
+                    user: user.clone(),
+                    status: Status::Online,
+                    last_seen: Some(*ts),
+                    node: node.clone(),
+                },
+                None => Seen {
+                    user: user.clone(),
+                    status: Status::Offline,
+                    last_seen: self.store.last_seen(user).await?,
+                    node: None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Which of `users` are online on this node, with their last activity (a peer's
+    /// status question).
+    pub fn local_online(&self, users: &[String]) -> HashMap<String, i64> {
+        users
+            .iter()
+            .filter_map(|u| self.hub.last_active(u).map(|ts| (u.clone(), ts)))
+            .collect()
     }
 
     /// Tell `user_id`'s online mutual contacts of a status change, if there was one since
@@ -85,22 +180,42 @@ impl Presence {
     async fn announce(&self, user_id: &str) -> Result<(), ApiError> {
         let stripe = (self.hasher.hash_one(user_id) as usize) % STRIPES;
         let _guard = self.stripes[stripe].lock().await;
-        let online = self.hub.is_online(user_id);
+        let last_active = self.hub.last_active(user_id);
+        let online = last_active.is_some();
         let was_online = self.lock_announced().contains(user_id);
         if online == was_online {
             return Ok(());
         }
-        let (status, last_seen) = self.status(user_id).await?;
-        let frame = Utf8Bytes::from(
-            ServerFrame::Presence {
-                user: user_id.to_owned(),
-                status,
-                last_seen,
-            }
-            .to_json(),
-        );
-        for contact in self.store.mutual_contacts(user_id).await? {
-            self.hub.send_to_user(&contact, &frame, None);
+        let seen = Seen {
+            user: user_id.to_owned(),
+            status: if online {
+                Status::Online
+            } else {
+                Status::Offline
+            },
+            last_seen: match last_active {
+                Some(ts) => Some(ts),
+                None => self.store.last_seen(user_id).await?,
+            },
+            node: None,
+        };
+        let contacts = self.store.mutual_contacts(user_id).await?;
+        let (local, remote) = self
+            .links
+            .cluster()
+            .partition(contacts.iter().map(String::as_str));
+        let frame = seen.frame();
+        for contact in local {
+            self.hub.send_to_user(contact, &frame, None);
+        }
+        for (node, to) in remote {
+            let event = Event::Presence {
+                user: seen.user.clone(),
+                status: seen.status,
+                last_seen: seen.last_seen,
+                to: to.into_iter().map(str::to_owned).collect(),
+            };
+            self.links.send(&node, &event);
         }
         let mut announced = self.lock_announced();
         if online {
@@ -112,7 +227,88 @@ impl Presence {
         Ok(())
     }
 
+    /// A peer (`from`, the user's node) announced a change: tell the contacts here, and
+    /// remember who believes the user online.
+    pub fn remote_change(
+        &self,
+        from: &str,
+        user: String,
+        status: Status,
+        last_seen: Option<i64>,
+        to: Vec<String>,
+    ) {
+        let seen = Seen {
+            user,
+            status,
+            last_seen,
+            node: None,
+        };
+        let frame = seen.frame();
+        for viewer in &to {
+            self.hub.send_to_user(viewer, &frame, None);
+        }
+        match status {
+            Status::Online => self.track(&seen.user, from, to.iter().map(String::as_str)),
+            Status::Offline => {
+                let mut remote = self.lock_remote();
+                if remote.get(&seen.user).is_some_and(|r| r.node == from) {
+                    remote.remove(&seen.user);
+                }
+            }
+        }
+    }
+
+    fn track<'a>(&self, user: &str, node: &str, viewers: impl IntoIterator<Item = &'a str>) {
+        let mut remote = self.lock_remote();
+        let entry = remote.entry(user.to_owned()).or_insert_with(|| Remote {
+            node: node.to_owned(),
+            viewers: HashSet::new(),
+        });
+        if entry.node != node {
+            entry.node = node.to_owned();
+            entry.viewers.clear();
+        }
+        entry.viewers.extend(viewers.into_iter().map(str::to_owned));
+    }
+
+    /// Nodes left the cluster (their leases expired): the users this node's users saw
+    /// online there are offline now, unless they came back elsewhere since.
+    pub async fn nodes_left(&self, nodes: &[String]) {
+        let gone: Vec<(String, HashSet<String>)> = {
+            let mut remote = self.lock_remote();
+            let users: Vec<String> = remote
+                .iter()
+                .filter(|(_, r)| nodes.contains(&r.node))
+                .map(|(u, _)| u.clone())
+                .collect();
+            users
+                .into_iter()
+                .filter_map(|u| remote.remove(&u).map(|r| (u, r.viewers)))
+                .collect()
+        };
+        for (user, viewers) in gone {
+            if self.hub.is_online(&user) {
+                continue;
+            }
+            let last_seen = self.store.last_seen(&user).await.ok().flatten();
+            let frame = Seen {
+                user,
+                status: Status::Offline,
+                last_seen,
+                node: None,
+            }
+            .frame();
+            for viewer in viewers {
+                self.hub.send_to_user(&viewer, &frame, None);
+            }
+        }
+    }
+
     fn lock_announced(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.announced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_remote(&self) -> std::sync::MutexGuard<'_, HashMap<String, Remote>> {
+        self.remote.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

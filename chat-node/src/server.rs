@@ -13,7 +13,10 @@ use tokio_util::task::TaskTracker;
 use crate::accounts::Accounts;
 use crate::auth::{TokenKeys, load_or_create_secret, read_secret_file};
 use crate::chat::Chat;
-use crate::cluster::Cluster;
+use crate::cluster::link::Links;
+use crate::cluster::membership::Membership;
+use crate::cluster::rebalance::Rebalancer;
+use crate::cluster::{Cluster, Settings};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -32,7 +35,8 @@ pub struct AppState {
     pub chat: Chat,
     pub accounts: Accounts,
     pub metrics: Arc<Metrics>,
-    pub cluster: Cluster,
+    pub cluster: Arc<Cluster>,
+    pub links: Arc<Links>,
     /// Cancelled when the node starts draining.
     pub shutdown: CancellationToken,
     /// Every WebSocket session, so shutdown can wait for them.
@@ -47,7 +51,7 @@ impl AppState {
 
     /// `/readyz`: serving, not draining, and the store answers.
     pub async fn readiness(&self) -> Result<(), ApiError> {
-        if !self.ready.load(Ordering::Relaxed) || self.is_draining() {
+        if !self.ready.load(Ordering::Relaxed) || self.is_draining() || self.cluster.is_draining() {
             return Err(ApiError::unavailable("the node is starting or draining"));
         }
         tokio::time::timeout(Duration::from_secs(2), self.store.kv().ping())
@@ -120,16 +124,36 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
 
     let limits = config.limits();
     let hub = Arc::new(Hub::new());
-    let presence = Arc::new(Presence::new(store.clone(), hub.clone(), metrics.clone()));
+    let cluster = Arc::new(Cluster::new(Settings {
+        node_id: config.node_id(),
+        cluster: config.cluster.clone(),
+        advertise_url: config.advertise_url.clone(),
+        listen: addr,
+        capacity: config.capacity as u64,
+        zone: None,
+        clustered: config.is_clustered(),
+    }));
+    let links = Arc::new(Links::new(
+        cluster.clone(),
+        hub.clone(),
+        metrics.clone(),
+        &secret,
+    ));
+    let presence = Arc::new(Presence::new(
+        store.clone(),
+        hub.clone(),
+        links.clone(),
+        metrics.clone(),
+    ));
     let chat = Chat::new(
         store.clone(),
         hub.clone(),
+        links.clone(),
         presence.clone(),
         metrics.clone(),
         limits.clone(),
     );
     let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), hub.clone());
-    let cluster = Cluster::single(config.node_id(), config.advertise_url.clone(), addr);
     let state = Arc::new(AppState {
         config,
         limits,
@@ -140,6 +164,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         accounts,
         metrics,
         cluster,
+        links,
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         ready: AtomicBool::new(false),
@@ -181,8 +206,29 @@ impl Node {
             .incoming(self.listener)
             .graceful(shutdown.clone().cancelled_owned())
             .run();
+        let membership = state.config.is_clustered().then(|| {
+            tokio::spawn(
+                Rebalancer {
+                    cluster: state.cluster.clone(),
+                    hub: state.hub.clone(),
+                    links: state.links.clone(),
+                    presence: state.presence.clone(),
+                    metrics: state.metrics.clone(),
+                    window: Duration::from_secs(state.config.drain_seconds.max(1)),
+                    shutdown: shutdown.clone(),
+                }
+                .run(),
+            );
+            Membership::start(
+                state.cluster.clone(),
+                state.config.etcd.clone(),
+                state.hub.clone(),
+                state.metrics.clone(),
+                shutdown.clone(),
+            )
+        });
         state.ready.store(true, Ordering::Relaxed);
-        tracing::info!(node_id = %state.cluster.node_id(), store = state.store.kv().name(), "listening on http://{}", self.addr);
+        tracing::info!(node_id = %state.cluster.node_id(), store = state.store.kv().name(), cluster = state.config.is_clustered(), "listening on http://{}", self.addr);
         server.await;
 
         state.sessions.close();
@@ -192,6 +238,9 @@ impl Node {
             .is_err()
         {
             tracing::warn!("some sessions did not close within {grace:?}; exiting anyway");
+        }
+        if let Some(membership) = membership {
+            membership.leave().await;
         }
         if let Err(e) = state.store.kv().sync().await {
             tracing::error!(error = %e, "final store sync failed");

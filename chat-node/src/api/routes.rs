@@ -59,6 +59,7 @@ where
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
         .into_response()),
+        ["internal", "v1", what] => super::internal::route(state, req, what, body).await,
         ["v1", "ws"] => match m {
             Method::GET => crate::gateway::upgrade(state, req).await,
             _ => Err(method_not_allowed(&req, "GET")),

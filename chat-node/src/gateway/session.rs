@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use super::{Socket, State};
 use crate::auth::Claims;
+use crate::cluster::Owner;
 use crate::hub::{CloseReason, Conn};
 use crate::now_ms;
 use crate::protocol::ApiError;
@@ -43,6 +44,17 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims) {
         budget,
         now,
     ));
+    // A stale assignment, a membership change or a drain brought the client here: point
+    // it at the node its user belongs on.
+    if let Owner::Peer(member) = state.cluster.owner(&claims.sub) {
+        let frame = ServerFrame::Reconnect {
+            ws_url: Some(member.ws_url),
+            reason: "wrong_node".into(),
+        };
+        let _ = ws.send(Message::Text(frame.to_json().into())).await;
+        close(&mut ws, CloseReason::MOVED.code, CloseReason::MOVED.reason).await;
+        return;
+    }
     state.metrics.connections.inc();
     tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket open");
 
@@ -99,23 +111,27 @@ impl Session {
         let mut work: FuturesUnordered<Work> = FuturesUnordered::new();
         let mut outgoing = Vec::new();
         let shutdown = self.state.shutdown.clone();
+        // On shutdown each socket picks its moment within the drain window, so that the
+        // clients of a draining node come back elsewhere spread out, not all at once.
+        let mut drain_at: Option<Instant> = None;
         let mut draining = false;
 
         loop {
             if draining && work.is_empty() {
                 // Everything this socket asked for is answered: now point it elsewhere.
-                let frame = ServerFrame::Reconnect {
-                    ws_url: None,
-                    reason: "draining".into(),
+                let ws_url = match self.state.cluster.owner(&self.claims.sub) {
+                    Owner::Peer(member) => Some(member.ws_url),
+                    Owner::Here => None,
                 };
-                self.conn.push(Utf8Bytes::from(frame.to_json()));
-                self.conn.close(CloseReason {
-                    code: 1001,
-                    reason: "node is shutting down; reconnect via GET /v1/assign",
-                });
+                self.conn
+                    .redirect(ws_url, "draining", CloseReason::DRAINING);
             }
             tokio::select! {
-                () = shutdown.cancelled(), if !draining => {
+                () = shutdown.cancelled(), if drain_at.is_none() => {
+                    let window = Duration::from_secs(self.state.config.drain_seconds);
+                    drain_at = Some(Instant::now() + window.mul_f64(rand::random::<f64>()));
+                }
+                () = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() && !draining => {
                     draining = true;
                 }
                 () = self.conn.ready() => {

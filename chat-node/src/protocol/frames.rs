@@ -1,7 +1,7 @@
 //! WebSocket frames: what clients send (decoded into [`ClientFrame`]) and what the server
 //! sends ([`ServerFrame`]).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::types::{Ack, Message};
@@ -183,7 +183,7 @@ fn opt_u64(obj: &mut Map<String, Value>, field: &str) -> Result<Option<u64>, Api
 }
 
 /// Online or offline, as presence frames and the contact list say it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Online,

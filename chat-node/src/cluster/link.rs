@@ -1,0 +1,329 @@
+//! Node-to-node links: live deliveries, presence changes and relayed frames go to the node
+//! that holds the recipients' sockets, batched, over long-lived HTTP/1.1 keep-alive
+//! connections (one pool per peer, re-dialled by the client on failure).
+//!
+//! Nothing acked depends on a link: the inbox is the truth and devices `sync`. So a peer's
+//! queue is bounded and a batch that cannot be delivered after a few tries is dropped (and
+//! counted), never buffered without bound.
+//!
+//! Links are authenticated with a key derived from the cluster's token secret (every node
+//! of a cluster shares it): HMAC-SHA256(secret, "parley node link v1"), sent as a bearer
+//! token. Clients hold tokens signed with the secret, never the secret, so they cannot
+//! forge it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{Cluster, Member};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::frames::Status;
+use crate::protocol::types::Message;
+
+/// Events queued per peer before new ones are dropped.
+const QUEUE: usize = 65_536;
+/// A batch stops growing past this many bytes (after its first event).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Bound on one batch or status request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest body a node accepts on its link routes: one full batch plus one largest event.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// What one node tells another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A stored message for these recipients (`(user, inbox_id)`) with sockets on the
+    /// receiving node; the sender's sending device is skipped.
+    Deliver {
+        message: Message,
+        recipients: Vec<(String, u64)>,
+        sending_device: String,
+    },
+    /// `user`, whose node is the sender, changed status; tell these contacts.
+    Presence {
+        user: String,
+        status: Status,
+        last_seen: Option<i64>,
+        to: Vec<String>,
+    },
+    /// A ready-made frame for these users' sockets (typing, a contact's status).
+    Frame { to: Vec<String>, frame: String },
+}
+
+/// A batch of events, as posted to `/internal/v1/link`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Batch {
+    pub from: String,
+    pub events: Vec<Event>,
+}
+
+/// A status question, as posted to `/internal/v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusQuery {
+    pub users: Vec<String>,
+}
+
+/// Its answer: the users online on the answering node, with their last activity.
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct StatusAnswer {
+    pub online: HashMap<String, i64>,
+}
+
+struct Peer {
+    url: String,
+    tx: mpsc::Sender<String>,
+}
+
+/// This node's links to its peers.
+pub struct Links {
+    cluster: Arc<Cluster>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    http: reqwest::Client,
+    bearer: String,
+    peers: Mutex<HashMap<String, Peer>>,
+}
+
+/// The link key for a cluster secret.
+pub fn link_key(secret: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"parley node link v1");
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl Links {
+    pub fn new(cluster: Arc<Cluster>, hub: Arc<Hub>, metrics: Arc<Metrics>, secret: &[u8]) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .expect("a plain HTTP client builds");
+        Self {
+            cluster,
+            hub,
+            metrics,
+            http,
+            bearer: format!("Bearer {}", link_key(secret)),
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Whether an `Authorization` header carries this cluster's link key. Compared in
+    /// constant time (a few lines, not worth a crate).
+    pub fn authorized(&self, header: Option<&str>) -> bool {
+        let Some(got) = header else { return false };
+        let (a, b) = (got.as_bytes(), self.bearer.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+
+    /// Queue `frame` on the sockets of `users`, here or on the nodes they belong on.
+    pub fn relay<'a>(&self, users: impl IntoIterator<Item = &'a str>, frame: &Utf8Bytes) {
+        let (local, remote) = self.cluster.partition(users);
+        for user in local {
+            self.hub.send_to_user(user, frame, None);
+        }
+        for (node, to) in remote {
+            let event = Event::Frame {
+                to: to.into_iter().map(str::to_owned).collect(),
+                frame: frame.to_string(),
+            };
+            self.send(&node, &event);
+        }
+    }
+
+    /// Queue `event` for `node_id`. Never waits: a full queue or an unknown peer drops it.
+    pub fn send(&self, node_id: &str, event: &Event) {
+        let Some(member) = self.cluster.peers().get(node_id).cloned() else {
+            self.metrics.link_events_dropped.inc();
+            return;
+        };
+        let json = match serde_json::to_string(event) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a link event");
+                return;
+            }
+        };
+        let tx = self.queue(&member);
+        if tx.try_send(json).is_ok() {
+            self.metrics.link_events_sent.inc();
+        } else {
+            self.metrics.link_events_dropped.inc();
+        }
+    }
+
+    fn queue(&self, member: &Member) -> mpsc::Sender<String> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = peers.get(&member.node_id)
+            && peer.url == member.advertise_url
+            && !peer.tx.is_closed()
+        {
+            return peer.tx.clone();
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let url = member.advertise_url.trim_end_matches('/').to_owned();
+        tokio::spawn(run_peer(
+            self.http.clone(),
+            format!("{url}/internal/v1/link"),
+            self.bearer.clone(),
+            self.cluster.node_id().to_owned(),
+            member.node_id.clone(),
+            rx,
+            self.metrics.clone(),
+        ));
+        peers.insert(
+            member.node_id.clone(),
+            Peer {
+                url: member.advertise_url.clone(),
+                tx: tx.clone(),
+            },
+        );
+        tx
+    }
+
+    /// Forget links to nodes that left (their tasks end once their queues drain).
+    pub fn retain_members(&self) {
+        let members = self.cluster.peers();
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| members.contains_key(id));
+    }
+
+    /// Ask `node_id` which of `users` are online there.
+    pub async fn status(&self, node_id: &str, users: &[&str]) -> Result<StatusAnswer, String> {
+        let member = self
+            .cluster
+            .peers()
+            .get(node_id)
+            .cloned()
+            .ok_or_else(|| format!("node {node_id} is not a live member"))?;
+        let url = format!(
+            "{}/internal/v1/status",
+            member.advertise_url.trim_end_matches('/')
+        );
+        let query = StatusQuery {
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+        };
+        let response = self
+            .http
+            .post(&url)
+            .header("authorization", &self.bearer)
+            .json(&query)
+            .send()
+            .await
+            .map_err(|e| format!("status from {node_id}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("status from {node_id}: HTTP {}", response.status()));
+        }
+        response
+            .json()
+            .await
+            .map_err(|e| format!("status from {node_id}: {e}"))
+    }
+}
+
+/// One peer's sender: take what is queued (up to a batch), post it, repeat. A batch is
+/// tried three times, then dropped.
+async fn run_peer(
+    http: reqwest::Client,
+    url: String,
+    bearer: String,
+    from: String,
+    peer: String,
+    mut rx: mpsc::Receiver<String>,
+    metrics: Arc<Metrics>,
+) {
+    let head = format!(
+        "{{\"from\":{},\"events\":[",
+        serde_json::Value::String(from)
+    );
+    while let Some(first) = rx.recv().await {
+        let mut body = String::with_capacity(head.len() + first.len() + 2);
+        body.push_str(&head);
+        body.push_str(&first);
+        let mut count = 1u64;
+        while body.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(event) => {
+                    body.push(',');
+                    body.push_str(&event);
+                    count += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        body.push_str("]}");
+        let mut delivered = false;
+        for (attempt, pause) in [0u64, 100, 500].into_iter().enumerate() {
+            if pause > 0 {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            let result = http
+                .post(&url)
+                .header("authorization", &bearer)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            match result {
+                Ok(r) if r.status().is_success() => {
+                    delivered = true;
+                    break;
+                }
+                Ok(r) => {
+                    tracing::warn!(peer = %peer, status = %r.status(), attempt, "link batch refused");
+                    if r.status().is_client_error() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::debug!(peer = %peer, error = %e, attempt, "link batch failed"),
+            }
+        }
+        if !delivered {
+            metrics.link_events_dropped.inc_by(count);
+            tracing::warn!(peer = %peer, events = count, "dropped a link batch; the recipients' devices get it with sync");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_as_json() {
+        let event = Event::Frame {
+            to: vec!["u".into()],
+            frame: "{\"type\":\"typing\"}".into(),
+        };
+        let json = serde_json::to_string(&Batch {
+            from: "n1".into(),
+            events: vec![event],
+        })
+        .unwrap();
+        let back: Batch = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.from, "n1");
+        assert!(matches!(&back.events[0], Event::Frame { to, .. } if to == &["u"]));
+    }
+
+    #[test]
+    fn the_link_key_depends_on_the_secret() {
+        assert_eq!(link_key(b"0123456789abcdef"), link_key(b"0123456789abcdef"));
+        assert_ne!(link_key(b"0123456789abcdef"), link_key(b"0123456789abcdeX"));
+    }
+}

@@ -1,0 +1,362 @@
+//! Membership in etcd: this node's registration under a lease, and the live view of the
+//! others.
+//!
+//! Keys (the contract with the operator, docs/operator.md):
+//! - `/parley/<cluster>/nodes/<node_id>`: a [`Member`] as JSON, under a lease of
+//!   [`LEASE_TTL`]; refreshed every [`REFRESH`] when the connection count or draining flag
+//!   changed.
+//! - `/parley/<cluster>/drain/<node_id>`: written by the operator; while it exists the node
+//!   drains (takes no new users and moves its users away).
+//!
+//! Losing etcd never stops a node from serving the sockets it has: the last known view is
+//! kept and the node keeps working while it reconnects (backing off), then re-registers
+//! under a new lease if the old one expired, and re-reads the view.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Cluster, Member};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Root of every membership key.
+pub const KEY_ROOT: &str = "/parley";
+/// Lease time-to-live: a node that stops refreshing leaves the view after this.
+pub const LEASE_TTL: i64 = 10;
+/// How often the lease is kept alive and the registration refreshed.
+pub const REFRESH: Duration = Duration::from_secs(2);
+/// Bound on connecting and on each request.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `/parley/<cluster>/`.
+pub fn cluster_prefix(cluster: &str) -> String {
+    format!("{KEY_ROOT}/{cluster}/")
+}
+
+/// `/parley/<cluster>/nodes/`.
+pub fn nodes_prefix(cluster: &str) -> String {
+    format!("{KEY_ROOT}/{cluster}/nodes/")
+}
+
+/// `/parley/<cluster>/drain/<node_id>`.
+pub fn drain_key(cluster: &str, node_id: &str) -> String {
+    format!("{KEY_ROOT}/{cluster}/drain/{node_id}")
+}
+
+/// The membership task's handle: leave the cluster at the end of shutdown.
+pub struct Membership {
+    leave: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Membership {
+    /// Start registering and watching. `shutdown` marks the node draining (SIGTERM); the
+    /// registration stays until [`Membership::leave`].
+    pub fn start(
+        cluster: Arc<Cluster>,
+        endpoints: Vec<String>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let leave = CancellationToken::new();
+        let task = Task {
+            cluster,
+            endpoints,
+            hub,
+            metrics,
+            shutdown,
+            leave: leave.clone(),
+        };
+        Self {
+            leave,
+            done: tokio::spawn(task.run()),
+        }
+    }
+
+    /// Revoke the lease (peers drop this node at once) and stop.
+    pub async fn leave(self) {
+        self.leave.cancel();
+        let _ = tokio::time::timeout(TIMEOUT, self.done).await;
+    }
+}
+
+struct Task {
+    cluster: Arc<Cluster>,
+    endpoints: Vec<String>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    leave: CancellationToken,
+}
+
+/// Why a membership session ended.
+enum End {
+    Left,
+    Failed(String),
+}
+
+async fn call<T, E: std::fmt::Display>(
+    what: &str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, End> {
+    match tokio::time::timeout(TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(End::Failed(format!("{what}: {e}"))),
+        Err(_) => Err(End::Failed(format!("{what}: no answer within {TIMEOUT:?}"))),
+    }
+}
+
+impl Task {
+    async fn run(self) {
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let started = Instant::now();
+            match self.session().await {
+                End::Left => return,
+                End::Failed(reason) => {
+                    self.metrics.etcd_up.set(0);
+                    tracing::warn!(
+                        endpoints = %self.endpoints.join(","),
+                        "etcd membership interrupted ({reason}); serving with the last known members and retrying"
+                    );
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(250);
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.leave.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn node_key(&self) -> String {
+        format!(
+            "{}{}",
+            nodes_prefix(self.cluster.name()),
+            self.cluster.node_id()
+        )
+    }
+
+    fn registration(&self) -> Member {
+        self.cluster.registration(self.hub.connection_count())
+    }
+
+    /// One connected stretch: register, list, watch and refresh until etcd fails or the
+    /// node leaves.
+    async fn session(&self) -> End {
+        match self.session_inner().await {
+            Ok(()) => End::Left,
+            Err(end) => end,
+        }
+    }
+
+    async fn session_inner(&self) -> Result<(), End> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(TIMEOUT)
+            .with_timeout(TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3));
+        let mut client = call(
+            "connect",
+            Client::connect(self.endpoints.clone(), Some(options)),
+        )
+        .await?;
+        let lease = call("grant a lease", client.lease_grant(LEASE_TTL, None))
+            .await?
+            .id();
+        let key = self.node_key();
+        let mut registered = self.registration();
+        self.put(&mut client, &key, &registered, lease).await?;
+        let (mut keeper, mut acks) =
+            call("keep the lease alive", client.lease_keep_alive(lease)).await?;
+
+        let prefix = cluster_prefix(self.cluster.name());
+        let listing = call(
+            "list members",
+            client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let revision = listing.header().map_or(0, |h| h.revision());
+        let mut view = View::default();
+        for kv in listing.kvs() {
+            view.apply(&prefix, kv.key(), Some(kv.value()), self.cluster.node_id());
+        }
+        self.publish(&view);
+        let mut watch = call(
+            "watch members",
+            client.watch(
+                prefix.as_str(),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            ),
+        )
+        .await?;
+        self.metrics.etcd_up.set(1);
+        tracing::info!(
+            node_id = %self.cluster.node_id(),
+            members = view.nodes.len() + 1,
+            "joined the cluster in etcd"
+        );
+
+        let mut tick = tokio::time::interval(REFRESH);
+        let mut last_ack = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.leave.cancelled() => {
+                    let _ = call("revoke the lease", client.lease_revoke(lease)).await;
+                    return Ok(());
+                }
+                () = self.shutdown.cancelled(), if !self.cluster.is_draining() => {
+                    self.cluster.set_draining(true);
+                }
+                _ = tick.tick() => {
+                    if last_ack.elapsed() > Duration::from_secs(LEASE_TTL as u64 - 2) {
+                        return Err(End::Failed("etcd stopped answering lease keep-alives".into()));
+                    }
+                    call("keep the lease alive", keeper.keep_alive()).await?;
+                    let now = self.registration();
+                    if now != registered {
+                        self.put(&mut client, &key, &now, lease).await?;
+                        registered = now;
+                    }
+                }
+                ack = acks.message() => match ack {
+                    Ok(Some(ack)) if ack.ttl() > 0 => last_ack = Instant::now(),
+                    Ok(Some(_)) => return Err(End::Failed("the lease expired".into())),
+                    Ok(None) => return Err(End::Failed("the keep-alive stream ended".into())),
+                    Err(e) => return Err(End::Failed(format!("keep-alive: {e}"))),
+                },
+                message = watch.message() => {
+                    let response = match message {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Err(End::Failed("the watch ended".into())),
+                        Err(e) => return Err(End::Failed(format!("watch: {e}"))),
+                    };
+                    if response.canceled() {
+                        return Err(End::Failed(format!("the watch was cancelled: {}", response.cancel_reason())));
+                    }
+                    for event in response.events() {
+                        let Some(kv) = event.kv() else { continue };
+                        let value = (event.event_type() == EventType::Put).then(|| kv.value());
+                        view.apply(&prefix, kv.key(), value, self.cluster.node_id());
+                    }
+                    self.publish(&view);
+                    // Our own key vanished (lease expired while we were away): re-register.
+                    if view.self_missing {
+                        view.self_missing = false;
+                        self.put(&mut client, &key, &registered, lease).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn put(
+        &self,
+        client: &mut Client,
+        key: &str,
+        member: &Member,
+        lease: i64,
+    ) -> Result<(), End> {
+        let value = serde_json::to_vec(member).unwrap_or_default();
+        call(
+            "register",
+            client.put(key, value, Some(PutOptions::new().with_lease(lease))),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn publish(&self, view: &View) {
+        self.cluster.set_peers(view.nodes.clone());
+        let draining = view.drain_requested || self.shutdown.is_cancelled();
+        if self.cluster.set_draining(draining) {
+            tracing::info!(draining, "drain state changed");
+        }
+        self.metrics
+            .cluster_members
+            .set(view.nodes.len() as i64 + 1);
+    }
+}
+
+/// What the watched prefix holds.
+#[derive(Default)]
+struct View {
+    nodes: HashMap<String, Member>,
+    drain_requested: bool,
+    self_missing: bool,
+}
+
+impl View {
+    /// Apply one key's new value (`None`: deleted).
+    fn apply(&mut self, prefix: &str, key: &[u8], value: Option<&[u8]>, me: &str) {
+        let Some(rest) = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix(prefix))
+        else {
+            return;
+        };
+        if let Some(id) = rest.strip_prefix("nodes/") {
+            if id == me {
+                self.self_missing = value.is_none();
+                return;
+            }
+            match value.map(serde_json::from_slice::<Member>) {
+                Some(Ok(member)) if member.node_id == id && !member.advertise_url.is_empty() => {
+                    self.nodes.insert(id.to_owned(), member);
+                }
+                Some(Ok(_)) | Some(Err(_)) => {
+                    tracing::warn!(node_id = id, "ignoring an unreadable member registration");
+                    self.nodes.remove(id);
+                }
+                None => {
+                    self.nodes.remove(id);
+                }
+            }
+        } else if rest.strip_prefix("drain/") == Some(me) {
+            self.drain_requested = value.is_some();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_view_follows_puts_and_deletes() {
+        let prefix = cluster_prefix("c");
+        let mut view = View::default();
+        let b = serde_json::to_vec(&Member {
+            node_id: "b".into(),
+            advertise_url: "http://b".into(),
+            ..Member::default()
+        })
+        .unwrap();
+        view.apply(&prefix, b"/parley/c/nodes/b", Some(&b), "a");
+        view.apply(&prefix, b"/parley/c/nodes/x", Some(b"not json"), "a");
+        assert_eq!(view.nodes.keys().collect::<Vec<_>>(), ["b"]);
+        view.apply(&prefix, b"/parley/c/drain/b", Some(b"{}"), "a");
+        assert!(!view.drain_requested, "another node's drain is not ours");
+        view.apply(&prefix, b"/parley/c/drain/a", Some(b"{}"), "a");
+        assert!(view.drain_requested);
+        view.apply(&prefix, b"/parley/c/drain/a", None, "a");
+        assert!(!view.drain_requested, "deleting the key cancels the drain");
+        view.apply(&prefix, b"/parley/c/nodes/b", None, "a");
+        assert!(view.nodes.is_empty());
+        view.apply(&prefix, b"/parley/c/nodes/a", None, "a");
+        assert!(view.self_missing);
+    }
+}
