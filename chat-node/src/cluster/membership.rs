@@ -210,6 +210,7 @@ impl Task {
             "joined the cluster in etcd"
         );
 
+        let mut changes = self.cluster.subscribe();
         let mut tick = tokio::time::interval(REFRESH);
         let mut last_ack = Instant::now();
         loop {
@@ -228,6 +229,17 @@ impl Task {
                     call("keep the lease alive", keeper.keep_alive()).await?;
                     let now = self.registration();
                     if now != registered {
+                        self.put(&mut client, &key, &now, lease).await?;
+                        registered = now;
+                    }
+                }
+                // A drain starts or ends: tell the peers now, not at the next refresh.
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    let now = self.registration();
+                    if now.draining != registered.draining {
                         self.put(&mut client, &key, &now, lease).await?;
                         registered = now;
                     }

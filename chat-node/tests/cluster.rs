@@ -1,0 +1,306 @@
+//! Cluster mode end to end: a real etcd and three real `chat-node` processes, driven by
+//! real WebSocket clients.
+
+mod common;
+#[path = "../../operator/tests/support/etcd.rs"]
+mod etcd;
+mod support {
+    pub async fn bounded<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(secs), fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
+    }
+}
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{Client, Node, User, dm};
+use serde_json::{Value, json};
+
+struct Cluster3 {
+    etcd: etcd::TestEtcd,
+    nodes: Vec<Node>,
+    name: String,
+    _secret: tempfile::NamedTempFile,
+}
+
+impl Cluster3 {
+    async fn start() -> Self {
+        let etcd = etcd::TestEtcd::start().await;
+        let name = format!("t{}", std::process::id());
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            nodes.push(Node::start(&[
+                "--etcd",
+                &etcd.endpoint,
+                "--cluster",
+                &name,
+                "--node-id",
+                &format!("n{i}"),
+                "--token-secret-file",
+                secret.path().to_str().unwrap(),
+                "--drain-seconds",
+                "2",
+            ]));
+        }
+        let c = Self {
+            etcd,
+            nodes,
+            name,
+            _secret: secret,
+        };
+        c.wait_for_members(3).await;
+        c
+    }
+
+    /// Wait until every live node sees `n` members.
+    async fn wait_for_members(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut all = true;
+            for node in &self.nodes {
+                let text = node
+                    .http
+                    .get(node.url("/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                all &= text.contains(&format!("parley_cluster_members {n}"));
+            }
+            if all {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the nodes did not all see {n} members within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node (index) `/v1/assign` names for `user`, asked of node `via`.
+    async fn assigned(&self, via: usize, user: &User) -> (String, String) {
+        let (status, body) = self.nodes[via]
+            .call("GET", "/v1/assign", Some(&user.token), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["node_id"].as_str().unwrap().to_owned(),
+            body["ws_url"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn index(&self, node_id: &str) -> usize {
+        node_id[1..].parse::<usize>().unwrap() - 1
+    }
+
+    /// Sign up users until one lands on each wanted node index (distinct names).
+    async fn users_on(&self, prefix: &str, wanted: &[usize]) -> Vec<User> {
+        let mut out: Vec<Option<User>> = vec![None; wanted.len()];
+        for k in 0..200 {
+            let u = self.nodes[0].user(&format!("{prefix}{k}"), "phone").await;
+            let at = self.index(&self.assigned(0, &u).await.0);
+            if let Some(slot) = wanted
+                .iter()
+                .zip(out.iter_mut())
+                .find(|(w, o)| **w == at && o.is_none())
+                .map(|(_, o)| o)
+            {
+                *slot = Some(u);
+            }
+            if out.iter().all(Option::is_some) {
+                return out.into_iter().map(Option::unwrap).collect();
+            }
+        }
+        panic!("could not place users on nodes {wanted:?}");
+    }
+
+    /// Connect `user` where `/v1/assign` says.
+    async fn connect(&self, user: &User) -> Client {
+        let (_, ws_url) = self.assigned(0, user).await;
+        Client::connect(&format!("{ws_url}?token={}", user.token)).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_spread_over_nodes_and_every_node_agrees_where() {
+    let c = Cluster3::start().await;
+    let mut placed = HashSet::new();
+    for k in 0..12 {
+        let u = c.nodes[k % 3].user(&format!("spread{k}"), "phone").await;
+        let answers = [
+            c.assigned(0, &u).await,
+            c.assigned(1, &u).await,
+            c.assigned(2, &u).await,
+        ];
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "nodes disagree on {}: {answers:?}",
+            u.username
+        );
+        placed.insert(answers[0].0.clone());
+    }
+    assert!(placed.len() >= 2, "12 users all landed on {placed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_on_the_wrong_node_is_told_where_to_go() {
+    let c = Cluster3::start().await;
+    let u = &c.users_on("wrong", &[0]).await[0];
+    let mut client =
+        Client::connect(&format!("ws://{}/v1/ws?token={}", c.nodes[1].addr, u.token)).await;
+    let frame = client.next().await;
+    assert_eq!(frame["type"], "reconnect", "{frame}");
+    assert_eq!(frame["ws_url"], format!("ws://{}/v1/ws", c.nodes[0].addr));
+    assert_eq!(client.closed_with().await, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_presence_and_typing_cross_nodes_live() {
+    let c = Cluster3::start().await;
+    let users = c.users_on("cross", &[0, 1, 2]).await;
+    let (a, b, d) = (&users[0], &users[1], &users[2]);
+    c.nodes[2].befriend(a, b).await;
+
+    let mut ca = c.connect(a).await;
+    let mut cb = c.connect(b).await;
+    // a hears b come online from b's node.
+    ca.until("b online at a", |v| {
+        v["type"] == "presence" && v["user"] == b.id.as_str() && v["status"] == "online"
+    })
+    .await;
+
+    // A one-on-one message from node 1 to node 2.
+    let ack = ca.say(("to", &b.id), "dm-1", "hello across nodes").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let m = cb
+        .until("the DM at b", |v| {
+            v["type"] == "message" && v["client_msg_id"] == "dm-1"
+        })
+        .await;
+    assert_eq!(m["text"], "hello across nodes");
+    assert_eq!(m["channel"], dm(&a.id, &b.id));
+
+    // A group message reaches members on all three nodes.
+    let (status, group) = c.nodes[1]
+        .call(
+            "POST",
+            "/v1/groups",
+            Some(&a.token),
+            Some(json!({"name": "three nodes", "members": [b.id, d.id]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let channel = format!("g:{}", group["group_id"].as_str().unwrap());
+    let mut cd = c.connect(d).await;
+    let ack = cb.say(("channel", &channel), "g-1", "hi all").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    for (who, client) in [("a", &mut ca), ("d", &mut cd)] {
+        let m = client
+            .until(&format!("the group message at {who}"), |v| {
+                v["type"] == "message" && v["client_msg_id"] == "g-1"
+            })
+            .await;
+        assert_eq!(m["channel"], channel.as_str());
+        assert!(m["inbox_id"].as_u64().unwrap() >= 1);
+    }
+
+    // Typing crosses too.
+    cd.send(json!({"type": "typing", "channel": channel})).await;
+    ca.until("d typing at a", |v| {
+        v["type"] == "typing" && v["user"] == d.id.as_str()
+    })
+    .await;
+
+    // b leaves: a hears it from b's node.
+    drop(cb);
+    ca.until("b offline at a", |v| {
+        v["type"] == "presence" && v["user"] == b.id.as_str() && v["status"] == "offline"
+    })
+    .await;
+    // The contact list, asked of a third node, says who is online where.
+    let (_, contacts) = c.nodes[2]
+        .call("GET", "/v1/contacts", Some(&b.token), None)
+        .await;
+    let entry = contacts["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["user_id"] == a.id.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(entry["status"], "online", "{contacts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_node_moves_its_users_and_empties() {
+    let c = Cluster3::start().await;
+    let users = c.users_on("drain", &[0, 0, 1]).await;
+    let mut on_first: Vec<Client> = Vec::new();
+    for u in &users[..2] {
+        on_first.push(c.connect(u).await);
+    }
+    // The operator's drain request.
+    let mut etcd = etcd_client::Client::connect([&c.etcd.endpoint], None)
+        .await
+        .unwrap();
+    etcd.put(
+        format!("/parley/{}/drain/n1", c.name),
+        r#"{"requested_at":0,"deadline":0}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    for (client, u) in on_first.iter_mut().zip(&users) {
+        let frame = client
+            .until("a reconnect frame", |v| v["type"] == "reconnect")
+            .await;
+        let url = frame["ws_url"].as_str().unwrap().to_owned();
+        assert!(
+            !url.contains(&c.nodes[0].addr),
+            "moved to the draining node itself: {frame}"
+        );
+        // The other nodes learn of the drain from etcd within moments.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let (node, ws_url) = c.assigned(2, u).await;
+            if node != "n1" {
+                assert_eq!(url, ws_url);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "n3 still assigns {} to n1",
+                u.username
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Its registration reports draining and no connections left.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = etcd
+            .get(format!("/parley/{}/nodes/n1", c.name), None)
+            .await
+            .unwrap();
+        let reg: Value = serde_json::from_slice(r.kvs()[0].value()).unwrap();
+        if reg["draining"] == true && reg["connections"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "n1 still reports {reg}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Keep the compiler quiet about helpers only some tests use.
+#[allow(dead_code)]
+fn _unused(_: HashMap<(), ()>) {}
