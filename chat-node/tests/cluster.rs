@@ -304,3 +304,161 @@ async fn a_drained_node_moves_its_users_and_empties() {
 /// Keep the compiler quiet about helpers only some tests use.
 #[allow(dead_code)]
 fn _unused(_: HashMap<(), ()>) {}
+
+/// Ask `/v1/assign` of a live node until it names a live node, then connect there.
+async fn reconnect_after_failure(c: &Cluster3, via: usize, user: &User, dead: &str) -> (String, Client) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (node, ws_url) = c.assigned(via, user).await;
+        if node != dead {
+            return (node, Client::connect(&format!("{ws_url}?token={}", user.token)).await);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/v1/assign still names the dead node {dead} for {} after 20 s",
+            user.username
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Pipeline `n` sends to `to` without waiting for their acks.
+async fn send_many(client: &mut Client, to: &str, prefix: &str, n: usize) {
+    for i in 0..n {
+        client
+            .send(json!({"type": "send", "to": to, "client_msg_id": format!("{prefix}-{i}"), "text": format!("{prefix} {i}")}))
+            .await;
+    }
+}
+
+/// Everything in `user`'s inbox, by paging `sync` from 0.
+async fn sync_all(client: &mut Client) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |m| m["inbox_id"].as_u64().unwrap());
+        client
+            .send(json!({"type": "sync", "after": after, "limit": 500, "req": "s"}))
+            .await;
+        let page = client
+            .until("a sync page", |v| v["type"] == "sync" && v["req"] == "s")
+            .await;
+        out.extend(page["items"].as_array().unwrap().iter().cloned());
+        if page["more"] != true {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_mid_flow_loses_no_acked_message() {
+    let mut c = Cluster3::start().await;
+    let users = c.users_on("kill", &[0, 0, 1, 2]).await;
+    let (victim, quiet, sender, watcher) = (&users[0], &users[1], &users[2], &users[3]);
+    c.nodes[1].befriend(watcher, quiet).await;
+    let mut cv = c.connect(victim).await;
+    let mut cq = c.connect(quiet).await;
+    let mut cs = c.connect(sender).await;
+    let mut cw = c.connect(watcher).await;
+    cw.until("quiet online", |v| v["type"] == "presence" && v["user"] == quiet.id.as_str() && v["status"] == "online")
+        .await;
+    cq.until("watcher online", |v| v["type"] == "presence" && v["user"] == watcher.id.as_str())
+        .await;
+
+    // Messages flow both ways through the victim's node; each side keeps 8 sends in flight.
+    let mut acked: Vec<(String, u64)> = Vec::new(); // (client_msg_id, seq)
+    send_many(&mut cs, &victim.id, "s", 40).await;
+    send_many(&mut cv, &sender.id, "v", 40).await;
+    // Collect the sender's acks (all 40: its node lives) and the victim's acks until the kill.
+    let mut victim_acks = 0;
+    while victim_acks < 20 {
+        let v = cv.next().await;
+        if v["type"] == "ack" {
+            acked.push((v["client_msg_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+            victim_acks += 1;
+        }
+    }
+    c.nodes[0].kill();
+    // Whatever else the victim's socket still delivered before the kill counts as acked.
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(200), futures_util::StreamExt::next(&mut cv.ws)).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "ack" {
+                acked.push((v["client_msg_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+            }
+        }
+    }
+    let mut sender_acks = 0;
+    while sender_acks < 40 {
+        let v = cs.until("the sender's acks", |v| v["type"] == "ack" || v["type"] == "error").await;
+        assert_eq!(v["type"], "ack", "a send on a live node failed: {v}");
+        acked.push((v["client_msg_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+        sender_acks += 1;
+    }
+    drop(cq);
+
+    // The victim lands on a live node and gets back everything that was acked.
+    let (node, mut cv) = reconnect_after_failure(&c, 1, victim, "n1").await;
+    assert_ne!(node, "n1");
+    let items = sync_all(&mut cv).await;
+    let ids: Vec<u64> = items.iter().map(|m| m["inbox_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "inbox ids are gapless");
+    let stored: HashMap<String, u64> = items
+        .iter()
+        .map(|m| (m["client_msg_id"].as_str().unwrap().to_owned(), m["seq"].as_u64().unwrap()))
+        .collect();
+    for (cmid, seq) in &acked {
+        assert_eq!(stored.get(cmid), Some(seq), "acked message {cmid} (seq {seq}) is missing after the kill");
+    }
+    let seqs: HashSet<u64> = stored.values().copied().collect();
+    assert_eq!(seqs.len(), stored.len(), "no message twice");
+
+    // The quiet user, who never came back, turns offline for the watcher.
+    cw.until("quiet offline after its node died", |v| {
+        v["type"] == "presence" && v["user"] == quiet.id.as_str() && v["status"] == "offline"
+    })
+    .await;
+    let _ = &mut c;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sockets_outlive_an_etcd_outage_and_membership_recovers() {
+    let mut c = Cluster3::start().await;
+    let users = c.users_on("outage", &[0, 1]).await;
+    let (a, b) = (&users[0], &users[1]);
+    let mut ca = c.connect(a).await;
+    let mut cb = c.connect(b).await;
+    let ack = ca.say(("to", &b.id), "before", "before the outage").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    cb.until("the first DM", |v| v["client_msg_id"] == "before").await;
+
+    c.etcd.stop().await;
+    // 15 s without etcd: the sockets stay open and answered (the store is etcd, so a send
+    // gets `unavailable` rather than an ack, and nothing is written).
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        for (who, client) in [("a", &mut ca), ("b", &mut cb)] {
+            client.send(json!({"type": "heartbeat"})).await;
+            client
+                .send(json!({"type": "sync", "after": 0, "req": format!("r{round}")}))
+                .await;
+            let answer = client
+                .until(&format!("{who}'s answer during the outage"), |v| {
+                    v["req"] == format!("r{round}").as_str()
+                })
+                .await;
+            assert!(
+                answer["type"] == "sync" || answer["code"] == "unavailable",
+                "{who} got {answer}"
+            );
+        }
+    }
+    c.etcd.restart().await;
+    c.wait_for_members(3).await;
+
+    // The same sockets carry messages across nodes again.
+    let ack = ca.say(("to", &b.id), "after", "after the outage").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    cb.until("the DM after the outage", |v| v["client_msg_id"] == "after").await;
+    let answers = [c.assigned(0, a).await, c.assigned(1, a).await, c.assigned(2, a).await];
+    assert!(answers.iter().all(|x| *x == answers[0]), "{answers:?}");
+}
