@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing Parley needs, on Debian/Ubuntu, if it is missing:
 #   protobuf-compiler  protoc, needed by etcd-client's build script
-#   etcd-server        a real etcd for the tests that need one (started by the tests themselves)
+#   etcd-server        (--test, --cluster) a real etcd for the tests and the local cluster script
 #   python3-venv       for the offline Kubernetes manifest checks
 #   nodejs, npm, chromium  for the web client's browser tests (Playwright drives Debian's Chromium)
 # On other systems it says what to install and stops.
@@ -9,8 +9,10 @@ set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
-if [ "${1:-}" = "--test" ]; then
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--cluster" ]; then
   command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+fi
+if [ "${1:-}" = "--test" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
   command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
   [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::auth::{TokenKeys, password};
-use crate::hub::Hub;
 use crate::now_ms;
+use crate::presence::Presence;
 use crate::protocol::types::{Device, Login, Profile, PushRegistration, Session, SignUp};
 use crate::protocol::{ApiError, validate};
 use crate::store::{ChatStore, UserRecord};
@@ -13,7 +13,7 @@ use crate::store::{ChatStore, UserRecord};
 pub struct Accounts {
     store: ChatStore,
     tokens: TokenKeys,
-    hub: Arc<Hub>,
+    presence: Arc<Presence>,
 }
 
 /// A fresh random id: 16 lowercase hex digits (64 bits), valid in paths and channel names.
@@ -22,8 +22,12 @@ pub fn new_id() -> String {
 }
 
 impl Accounts {
-    pub fn new(store: ChatStore, tokens: TokenKeys, hub: Arc<Hub>) -> Self {
-        Self { store, tokens, hub }
+    pub fn new(store: ChatStore, tokens: TokenKeys, presence: Arc<Presence>) -> Self {
+        Self {
+            store,
+            tokens,
+            presence,
+        }
     }
 
     pub fn tokens(&self) -> &TokenKeys {
@@ -118,7 +122,7 @@ impl Accounts {
     }
 
     pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, ApiError> {
-        let online = self.hub.online_devices(user_id);
+        let online = self.presence.online_devices(user_id).await;
         Ok(self
             .store
             .devices(user_id)

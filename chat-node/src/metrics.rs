@@ -27,6 +27,8 @@ pub struct Metrics {
     pub send_latency: Histogram,
     /// HTTP requests answered.
     pub http_requests: Counter,
+    /// Store commits that conflicted with another transaction and were retried.
+    pub store_conflicts: Counter,
     /// 1 while the node is registered in etcd (cluster mode), else 0.
     pub etcd_up: Gauge,
     /// Live members in this node's view, itself included.
@@ -57,6 +59,7 @@ impl Metrics {
         let slow_consumers = Counter::default();
         let http_requests = Counter::default();
         let etcd_up = Gauge::default();
+        let store_conflicts = Counter::default();
         let cluster_members = Gauge::default();
         let link_events_sent = Counter::default();
         let link_events_dropped = Counter::default();
@@ -108,6 +111,11 @@ impl Metrics {
             "Send arrival to durable ack",
             send_latency.clone(),
         );
+        registry.register(
+            "store_conflicts",
+            "Store commits that conflicted and were retried",
+            store_conflicts.clone(),
+        );
         registry.register("etcd_up", "1 while registered in etcd", etcd_up.clone());
         registry.register(
             "cluster_members",
@@ -132,6 +140,7 @@ impl Metrics {
         Self {
             registry,
             etcd_up,
+            store_conflicts,
             cluster_members,
             link_events_sent,
             link_events_dropped,

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::cluster::link::{Event, Links};
+use crate::cluster::Owner;
+use crate::cluster::link::{Event, Links, StatusAnswer};
 use crate::hub::{Conn, Hub};
 use crate::metrics::Metrics;
 use crate::protocol::ApiError;
@@ -166,13 +167,33 @@ impl Presence {
         Ok(out)
     }
 
-    /// Which of `users` are online on this node, with their last activity (a peer's
-    /// status question).
-    pub fn local_online(&self, users: &[String]) -> HashMap<String, i64> {
-        users
-            .iter()
-            .filter_map(|u| self.hub.last_active(u).map(|ts| (u.clone(), ts)))
-            .collect()
+    /// Which of `users` are online on this node, with their last activity and devices (a
+    /// peer's status question).
+    pub fn local_online(&self, users: &[String]) -> StatusAnswer {
+        let mut answer = StatusAnswer::default();
+        for user in users {
+            if let Some(ts) = self.hub.last_active(user) {
+                answer.online.insert(user.clone(), ts);
+                answer
+                    .devices
+                    .insert(user.clone(), self.hub.online_devices(user));
+            }
+        }
+        answer
+    }
+
+    /// The devices of `user_id` with an open socket, on whichever node holds them.
+    pub async fn online_devices(&self, user_id: &str) -> Vec<String> {
+        match self.links.cluster().owner(user_id) {
+            Owner::Here => self.hub.online_devices(user_id),
+            Owner::Peer(member) => match self.links.status(&member.node_id, &[user_id]).await {
+                Ok(mut answer) => answer.devices.remove(user_id).unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence: a node did not answer; its devices count as offline");
+                    Vec::new()
+                }
+            },
+        }
     }
 
     /// Tell `user_id`'s online mutual contacts of a status change, if there was one since

@@ -99,9 +99,14 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         }
     };
     let errors = metrics.store_errors.clone();
-    let store = ChatStore::new(kv).with_error_hook(move || {
-        errors.inc();
-    });
+    let conflicts = metrics.store_conflicts.clone();
+    let store = ChatStore::new(kv)
+        .with_error_hook(move || {
+            errors.inc();
+        })
+        .with_conflict_hook(move || {
+            conflicts.inc();
+        });
     let secret = match &config.token_secret_file {
         Some(path) => read_secret_file(path),
         None => load_or_create_secret(&config.data_dir),
@@ -153,7 +158,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         metrics.clone(),
         limits.clone(),
     );
-    let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), hub.clone());
+    let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), presence.clone());
     let state = Arc::new(AppState {
         config,
         limits,

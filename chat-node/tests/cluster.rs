@@ -306,12 +306,20 @@ async fn a_drained_node_moves_its_users_and_empties() {
 fn _unused(_: HashMap<(), ()>) {}
 
 /// Ask `/v1/assign` of a live node until it names a live node, then connect there.
-async fn reconnect_after_failure(c: &Cluster3, via: usize, user: &User, dead: &str) -> (String, Client) {
+async fn reconnect_after_failure(
+    c: &Cluster3,
+    via: usize,
+    user: &User,
+    dead: &str,
+) -> (String, Client) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (node, ws_url) = c.assigned(via, user).await;
         if node != dead {
-            return (node, Client::connect(&format!("{ws_url}?token={}", user.token)).await);
+            return (
+                node,
+                Client::connect(&format!("{ws_url}?token={}", user.token)).await,
+            );
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -359,10 +367,14 @@ async fn a_node_killed_mid_flow_loses_no_acked_message() {
     let mut cq = c.connect(quiet).await;
     let mut cs = c.connect(sender).await;
     let mut cw = c.connect(watcher).await;
-    cw.until("quiet online", |v| v["type"] == "presence" && v["user"] == quiet.id.as_str() && v["status"] == "online")
-        .await;
-    cq.until("watcher online", |v| v["type"] == "presence" && v["user"] == watcher.id.as_str())
-        .await;
+    cw.until("quiet online", |v| {
+        v["type"] == "presence" && v["user"] == quiet.id.as_str() && v["status"] == "online"
+    })
+    .await;
+    cq.until("watcher online", |v| {
+        v["type"] == "presence" && v["user"] == watcher.id.as_str()
+    })
+    .await;
 
     // Messages flow both ways through the victim's node; each side keeps 8 sends in flight.
     let mut acked: Vec<(String, u64)> = Vec::new(); // (client_msg_id, seq)
@@ -373,25 +385,43 @@ async fn a_node_killed_mid_flow_loses_no_acked_message() {
     while victim_acks < 20 {
         let v = cv.next().await;
         if v["type"] == "ack" {
-            acked.push((v["client_msg_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+            acked.push((
+                v["client_msg_id"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+            ));
             victim_acks += 1;
         }
     }
     c.nodes[0].kill();
     // Whatever else the victim's socket still delivered before the kill counts as acked.
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(200), futures_util::StreamExt::next(&mut cv.ws)).await {
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout(
+        Duration::from_millis(200),
+        futures_util::StreamExt::next(&mut cv.ws),
+    )
+    .await
+    {
         if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
             let v: Value = serde_json::from_str(&t).unwrap();
             if v["type"] == "ack" {
-                acked.push((v["client_msg_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+                acked.push((
+                    v["client_msg_id"].as_str().unwrap().to_owned(),
+                    v["seq"].as_u64().unwrap(),
+                ));
             }
         }
     }
     let mut sender_acks = 0;
     while sender_acks < 40 {
-        let v = cs.until("the sender's acks", |v| v["type"] == "ack" || v["type"] == "error").await;
+        let v = cs
+            .until("the sender's acks", |v| {
+                v["type"] == "ack" || v["type"] == "error"
+            })
+            .await;
         assert_eq!(v["type"], "ack", "a send on a live node failed: {v}");
-        acked.push((v["client_msg_id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap()));
+        acked.push((
+            v["client_msg_id"].as_str().unwrap().to_owned(),
+            v["seq"].as_u64().unwrap(),
+        ));
         sender_acks += 1;
     }
     drop(cq);
@@ -400,14 +430,30 @@ async fn a_node_killed_mid_flow_loses_no_acked_message() {
     let (node, mut cv) = reconnect_after_failure(&c, 1, victim, "n1").await;
     assert_ne!(node, "n1");
     let items = sync_all(&mut cv).await;
-    let ids: Vec<u64> = items.iter().map(|m| m["inbox_id"].as_u64().unwrap()).collect();
-    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "inbox ids are gapless");
+    let ids: Vec<u64> = items
+        .iter()
+        .map(|m| m["inbox_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as u64).collect::<Vec<_>>(),
+        "inbox ids are gapless"
+    );
     let stored: HashMap<String, u64> = items
         .iter()
-        .map(|m| (m["client_msg_id"].as_str().unwrap().to_owned(), m["seq"].as_u64().unwrap()))
+        .map(|m| {
+            (
+                m["client_msg_id"].as_str().unwrap().to_owned(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
         .collect();
     for (cmid, seq) in &acked {
-        assert_eq!(stored.get(cmid), Some(seq), "acked message {cmid} (seq {seq}) is missing after the kill");
+        assert_eq!(
+            stored.get(cmid),
+            Some(seq),
+            "acked message {cmid} (seq {seq}) is missing after the kill"
+        );
     }
     let seqs: HashSet<u64> = stored.values().copied().collect();
     assert_eq!(seqs.len(), stored.len(), "no message twice");
@@ -429,7 +475,8 @@ async fn sockets_outlive_an_etcd_outage_and_membership_recovers() {
     let mut cb = c.connect(b).await;
     let ack = ca.say(("to", &b.id), "before", "before the outage").await;
     assert_eq!(ack["type"], "ack", "{ack}");
-    cb.until("the first DM", |v| v["client_msg_id"] == "before").await;
+    cb.until("the first DM", |v| v["client_msg_id"] == "before")
+        .await;
 
     c.etcd.stop().await;
     // 15 s without etcd: the sockets stay open and answered (the store is etcd, so a send
@@ -458,7 +505,79 @@ async fn sockets_outlive_an_etcd_outage_and_membership_recovers() {
     // The same sockets carry messages across nodes again.
     let ack = ca.say(("to", &b.id), "after", "after the outage").await;
     assert_eq!(ack["type"], "ack", "{ack}");
-    cb.until("the DM after the outage", |v| v["client_msg_id"] == "after").await;
-    let answers = [c.assigned(0, a).await, c.assigned(1, a).await, c.assigned(2, a).await];
+    cb.until("the DM after the outage", |v| v["client_msg_id"] == "after")
+        .await;
+    let answers = [
+        c.assigned(0, a).await,
+        c.assigned(1, a).await,
+        c.assigned(2, a).await,
+    ];
     assert!(answers.iter().all(|x| *x == answers[0]), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_senders_on_three_nodes_get_gapless_seqs() {
+    let c = Cluster3::start().await;
+    let users = c.users_on("seq", &[0, 1, 2]).await;
+    let (status, group) = c.nodes[0]
+        .call(
+            "POST",
+            "/v1/groups",
+            Some(&users[0].token),
+            Some(json!({"name": "hot", "members": [users[1].id, users[2].id]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{group}");
+    let channel = format!("g:{}", group["group_id"].as_str().unwrap());
+    let mut clients = Vec::new();
+    for u in &users {
+        clients.push(c.connect(u).await);
+    }
+    // Every sender pipelines 30 sends into the same channel at once, from its own node.
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                for k in 0..30 {
+                    client
+                        .send(json!({"type": "send", "channel": channel, "client_msg_id": format!("c{i}-{k}"), "text": format!("{i}/{k}")}))
+                        .await;
+                }
+                let mut seqs = Vec::new();
+                while seqs.len() < 30 {
+                    let v = client
+                        .until("an ack", |v| v["type"] == "ack" || v["type"] == "error")
+                        .await;
+                    assert_eq!(v["type"], "ack", "{v}");
+                    seqs.push(v["seq"].as_u64().unwrap());
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=90).collect::<Vec<u64>>(),
+        "seqs are gapless and unique across nodes"
+    );
+    let (_, history) = c.nodes[2]
+        .call(
+            "GET",
+            &format!("/v1/channels/{channel}/messages?after_seq=0&limit=100"),
+            Some(&users[2].token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(90),
+        "{history}"
+    );
 }

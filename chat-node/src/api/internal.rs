@@ -46,9 +46,7 @@ where
         }
         "status" => {
             let query: StatusQuery = json_body(&bytes)?;
-            let answer = StatusAnswer {
-                online: state.presence.local_online(&query.users),
-            };
+            let answer: StatusAnswer = state.presence.local_online(&query.users);
             Ok(json(StatusCode::OK, &answer))
         }
         _ => Err(ApiError::not_found(format!(

@@ -71,10 +71,13 @@ pub struct StatusQuery {
     pub users: Vec<String>,
 }
 
-/// Its answer: the users online on the answering node, with their last activity.
+/// Its answer: the users online on the answering node, with their last activity and the
+/// devices they are online with.
 #[derive(Debug, Serialize, Deserialize, Default)]
 pub struct StatusAnswer {
     pub online: HashMap<String, i64>,
+    #[serde(default)]
+    pub devices: HashMap<String, Vec<String>>,
 }
 
 struct Peer {

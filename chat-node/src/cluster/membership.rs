@@ -212,6 +212,7 @@ impl Task {
 
         let mut changes = self.cluster.subscribe();
         let mut tick = tokio::time::interval(REFRESH);
+        let mut published = Instant::now();
         let mut last_ack = Instant::now();
         loop {
             tokio::select! {
@@ -228,9 +229,10 @@ impl Task {
                     }
                     call("keep the lease alive", keeper.keep_alive()).await?;
                     let now = self.registration();
-                    if now != registered {
+                    if worth_publishing(&registered, &now, published.elapsed()) {
                         self.put(&mut client, &key, &now, lease).await?;
                         registered = now;
+                        published = Instant::now();
                     }
                 }
                 // A drain starts or ends: tell the peers now, not at the next refresh.
@@ -303,6 +305,24 @@ impl Task {
     }
 }
 
+/// Whether a changed registration is worth a write that every node's watch will see. At
+/// a thousand nodes, publishing every change of the connection count every 2 s would be
+/// hundreds of thousands of watch events a second; so the count is published when it moved
+/// by 1% of capacity, reached zero, or is 30 s old, or the node is draining (the operator
+/// watches a draining node's count fall).
+fn worth_publishing(old: &Member, new: &Member, age: Duration) -> bool {
+    if old == new {
+        return false;
+    }
+    let step = (new.capacity / 100).max(1);
+    old.draining != new.draining
+        || new.draining
+        || old.advertise_url != new.advertise_url
+        || old.connections.abs_diff(new.connections) >= step
+        || (new.connections == 0) != (old.connections == 0)
+        || age >= Duration::from_secs(30)
+}
+
 /// What the watched prefix holds.
 #[derive(Default)]
 struct View {
@@ -346,6 +366,33 @@ impl View {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_load_changes_wait_but_drains_and_big_moves_do_not() {
+        let old = Member {
+            node_id: "a".into(),
+            capacity: 10_000,
+            connections: 500,
+            ..Member::default()
+        };
+        let with = |connections, draining| Member {
+            connections,
+            draining,
+            ..old.clone()
+        };
+        let fresh = Duration::from_secs(2);
+        assert!(!worth_publishing(&old, &old, Duration::from_secs(60)));
+        assert!(!worth_publishing(&old, &with(540, false), fresh));
+        assert!(worth_publishing(
+            &old,
+            &with(540, false),
+            Duration::from_secs(30)
+        ));
+        assert!(worth_publishing(&old, &with(600, false), fresh));
+        assert!(worth_publishing(&old, &with(0, false), fresh));
+        assert!(worth_publishing(&old, &with(500, true), fresh));
+        assert!(worth_publishing(&with(3, true), &with(2, true), fresh));
+    }
 
     #[test]
     fn the_view_follows_puts_and_deletes() {

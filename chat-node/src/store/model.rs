@@ -31,6 +31,8 @@ pub struct ChatStore {
     kv: Arc<dyn Kv>,
     /// Counts store failures for `/metrics`; set by the server.
     on_error: Arc<dyn Fn() + Send + Sync>,
+    /// Counts commits that conflicted and were retried; set by the server.
+    on_conflict: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl From<StoreError> for ApiError {
@@ -61,12 +63,19 @@ impl ChatStore {
         Self {
             kv,
             on_error: Arc::new(|| {}),
+            on_conflict: Arc::new(|| {}),
         }
     }
 
     /// Call `hook` on every store failure (for the `store_errors` metric).
     pub fn with_error_hook(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
         self.on_error = Arc::new(hook);
+        self
+    }
+
+    /// Call `hook` on every conflicting commit that is retried (the `store_conflicts` metric).
+    pub fn with_conflict_hook(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_conflict = Arc::new(hook);
         self
     }
 
@@ -96,6 +105,7 @@ impl ChatStore {
                     return Ok(value);
                 }
                 Err(Retry::Conflict) if attempt < MAX_ATTEMPTS => {
+                    (self.on_conflict)();
                     let pause = 50 * u64::from(attempt.min(20)) + rand::random_range(0..100);
                     tokio::time::sleep(Duration::from_micros(pause)).await;
                 }

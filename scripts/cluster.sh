@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run a local three-node Parley cluster: one etcd (membership and history, --store etcd)
+# and three chat nodes on http://127.0.0.1:8081, :8082 and :8083. Ctrl-C stops everything.
+#   PARLEY_NODES=N   how many nodes (default 3)
+#   PARLEY_BASE_PORT first node's port minus one (default 8080)
+# Extra arguments go to every chat-node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-deps.sh --cluster
+cargo build --release -p chat-node
+nodes="${PARLEY_NODES:-3}"
+base="${PARLEY_BASE_PORT:-8080}"
+work="$(mktemp -d /tmp/parley-cluster.XXXXXX)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+client_port="$(free_port)"; peer_port="$(free_port)"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; echo "stopped; data in $work"; }
+trap cleanup EXIT INT TERM
+
+etcd --name parley --data-dir "$work/etcd" \
+  --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
+  --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+  --initial-cluster "parley=http://127.0.0.1:$peer_port" \
+  --max-txn-ops 1024 --max-request-bytes 4194304 --quota-backend-bytes 8589934592 \
+  --auto-compaction-mode revision --auto-compaction-retention 100000 \
+  >"$work/etcd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$client_port/health', timeout=1)" 2>/dev/null && break
+  sleep 0.1
+done
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"
+for i in $(seq 1 "$nodes"); do
+  port=$((base + i))
+  ./target/release/chat-node --listen "127.0.0.1:$port" --node-id "n$i" --data-dir "$work/n$i" \
+    --etcd "http://127.0.0.1:$client_port" --store etcd --token-secret-file "$work/secret" "$@" \
+    > >(sed -u "s/^/[n$i] /") 2>&1 &
+  pids+=($!)
+done
+echo "etcd at http://127.0.0.1:$client_port; nodes at http://127.0.0.1:$((base + 1))..$((base + nodes)); logs and data in $work"
+wait
