@@ -129,11 +129,6 @@ impl Config {
         if self.store == StoreKind::Etcd && self.etcd.is_empty() {
             return bad("--store etcd needs --etcd with the etcd endpoints");
         }
-        if self.store != StoreKind::Embedded {
-            return bad(
-                "this build supports only --store embedded so far; etcd and tikv arrive with cluster mode",
-            );
-        }
         if self.is_clustered() {
             if self.token_secret_file.is_none() {
                 return bad(

@@ -23,6 +23,8 @@ use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::{ApiError, Limits};
 use crate::store::embedded::Embedded;
+use crate::store::etcd::EtcdKv;
+use crate::store::tikv::TikvKv;
 use crate::store::{ChatStore, Kv};
 
 /// Everything a request or a session needs, shared as `Arc<AppState>`.
@@ -85,17 +87,22 @@ pub struct Node {
     listener: TcpListener,
 }
 
+/// The key prefix of a cluster's history in a shared store (etcd, TiKV): `/parley-store/<cluster>/`.
+fn store_prefix(config: &Config) -> String {
+    format!("/parley-store/{}/", config.cluster)
+}
+
 /// Open the store, bind the port, and build the state. Serve with [`Node::serve`].
 pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let kv: Arc<dyn Kv> = match config.store {
         StoreKind::Embedded => Arc::new(Embedded::open(&config.data_dir)?),
-        // Refused by `validate` until cluster mode lands.
-        StoreKind::Etcd | StoreKind::Tikv => {
-            return Err(StartError::Config(crate::config::ConfigError(
-                "unsupported store".into(),
-            )));
+        // Both connect with bounded calls and check that the store answers; their errors
+        // name the endpoints.
+        StoreKind::Etcd => Arc::new(EtcdKv::connect(&config.etcd, &store_prefix(&config)).await?),
+        StoreKind::Tikv => {
+            Arc::new(TikvKv::connect(&config.tikv_pd, &store_prefix(&config)).await?)
         }
     };
     let errors = metrics.store_errors.clone();

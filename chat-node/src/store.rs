@@ -6,12 +6,26 @@
 //! commit fails with [`StoreError::Conflict`] when another transaction changed what this one
 //! read (the caller retries). [`Kv::sync`] makes everything committed before it durable; the
 //! embedded backend uses it for group commit, so many concurrent sends share one fsync.
+//!
+//! # Layout
+//!
+//! | module | role |
+//! | --- | --- |
+//! | [`embedded`] | fjall in the data dir: one node, nothing else to run |
+//! | [`etcd`] | the cluster's etcd: small clusters and tests (size-limited) |
+//! | [`tikv`] | a TiKV cluster through PD: production history |
+//! | `overlay` | the write buffer the remote backends lay over their snapshot reads |
+//! | [`conformance`] | the checks every backend passes |
+//! | [`keys`], `records`, `model` | the chat data model's key layout, values and operations |
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 pub mod keys;
 mod model;
+mod overlay;
 mod records;
+pub mod tikv;
 
 pub use model::{ChatStore, NewMessage, SendOutcome};
 pub use records::{DeviceRecord, GroupRecord, UserRecord};

@@ -10,10 +10,10 @@ use kube::runtime::controller::Action;
 use operator::controller::{Context, Error, error_policy, reconcile};
 use operator::crd::ChatCluster;
 use operator::metrics::Metrics;
+use parley_testkit::TestEtcd;
 use serde_json::{Value, json};
 use support::api::{ScriptedApi, World, scripted_api};
 use support::bounded;
-use support::etcd::TestEtcd;
 
 const STS: &str = "/apis/apps/v1/namespaces/chat/statefulsets/demo";
 const STATUS: &str = "/apis/parley.dev/v1alpha1/namespaces/chat/chatclusters/demo/status";
@@ -96,7 +96,9 @@ async fn first_reconcile_only_adds_the_finalizer_against_scripted_api() {
 #[tokio::test]
 async fn create_applies_every_child_with_server_side_apply_against_scripted_api() {
     let etcd = TestEtcd::start().await;
-    let cc = ChatCluster::test().with_finalizer().etcd(&[&etcd.endpoint]);
+    let cc = ChatCluster::test()
+        .with_finalizer()
+        .etcd(&[etcd.endpoint()]);
     let (res, api, _) = run(&cc, world(&cc)).await;
     assert_eq!(
         res.expect("reconcile"),
@@ -171,7 +173,7 @@ async fn spec_change_reapplies_children_and_reports_ready_against_scripted_api()
     }
     let old = ChatCluster::test()
         .with_finalizer()
-        .etcd(&[&etcd.endpoint])
+        .etcd(&[etcd.endpoint()])
         .token_secret("parley-token", "secret");
     let mut cc = old.clone().generation(2);
     cc.spec.limits.max_group_members = 50;
@@ -221,7 +223,7 @@ async fn missing_referenced_secret_is_reported_as_degraded_against_scripted_api(
     let etcd = TestEtcd::start().await;
     let cc = ChatCluster::test()
         .with_finalizer()
-        .etcd(&[&etcd.endpoint])
+        .etcd(&[etcd.endpoint()])
         .token_secret("parley-token", "secret")
         .push("https://push.example.com/hook", "parley-push", "hmac");
     let mut w = world(&cc);
@@ -259,7 +261,7 @@ async fn scale_up_is_immediate_and_cancels_stale_drains_against_scripted_api() {
     .await;
     let cc = ChatCluster::test()
         .with_finalizer()
-        .etcd(&[&etcd.endpoint])
+        .etcd(&[etcd.endpoint()])
         .replicas(5);
     let mut w = world(&cc);
     w.token_secret_exists = true;
@@ -297,7 +299,7 @@ async fn scale_down_drains_leaving_nodes_before_shrinking_against_scripted_api()
     register(&etcd, "demo-3", 0, false).await;
     let cc = ChatCluster::test()
         .with_finalizer()
-        .etcd(&[&etcd.endpoint])
+        .etcd(&[etcd.endpoint()])
         .replicas(2)
         .drain_timeout(600);
     let mut w = world(&cc);
@@ -377,7 +379,7 @@ async fn scale_down_shrinks_anyway_when_the_drain_timeout_passes_against_scripte
     register(&etcd, "demo-2", 9, false).await;
     let cc = ChatCluster::test()
         .with_finalizer()
-        .etcd(&[&etcd.endpoint])
+        .etcd(&[etcd.endpoint()])
         .replicas(2)
         .drain_timeout(0);
     let mut w = world(&cc);
@@ -465,7 +467,9 @@ async fn invalid_spec_sets_degraded_and_applies_nothing_against_scripted_api() {
 #[tokio::test]
 async fn transient_failures_back_off_against_scripted_api() {
     let etcd = TestEtcd::start().await;
-    let cc = ChatCluster::test().with_finalizer().etcd(&[&etcd.endpoint]);
+    let cc = ChatCluster::test()
+        .with_finalizer()
+        .etcd(&[etcd.endpoint()]);
     let (client, api) = scripted_api(World {
         fail_with: Some(503),
         ..World::default()
@@ -509,7 +513,7 @@ async fn delete_clears_the_clusters_etcd_keys_then_the_finalizer_against_scripte
     let cc = ChatCluster::test()
         .with_finalizer()
         .deleting()
-        .etcd(&[&etcd.endpoint]);
+        .etcd(&[etcd.endpoint()]);
     let (res, api, _) = run(&cc, world(&cc)).await;
     assert_eq!(res.expect("cleanup"), Action::await_change());
     assert!(

@@ -1,136 +1,16 @@
-//! Cluster mode end to end: a real etcd and three real `chat-node` processes, driven by
-//! real WebSocket clients.
-
-mod common;
-#[path = "../../operator/tests/support/etcd.rs"]
-mod etcd;
-mod support {
-    pub async fn bounded<T>(secs: u64, what: &str, fut: impl std::future::Future<Output = T>) -> T {
-        tokio::time::timeout(std::time::Duration::from_secs(secs), fut)
-            .await
-            .unwrap_or_else(|_| panic!("timed out after {secs}s: {what}"))
-    }
-}
+//! Cluster mode end to end: a real etcd and three real `chat-node` processes sharing it
+//! for membership and history (`--store etcd`), driven by real WebSocket clients over TCP.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Client, Node, User, dm};
+use parley_e2e::TestCluster;
+use parley_testkit::node::{Client, User, dm};
 use serde_json::{Value, json};
-
-struct Cluster3 {
-    etcd: etcd::TestEtcd,
-    nodes: Vec<Node>,
-    name: String,
-    _secret: tempfile::NamedTempFile,
-}
-
-impl Cluster3 {
-    async fn start() -> Self {
-        let etcd = etcd::TestEtcd::start().await;
-        let name = format!("t{}", std::process::id());
-        let secret = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=3 {
-            nodes.push(Node::start(&[
-                "--etcd",
-                &etcd.endpoint,
-                "--cluster",
-                &name,
-                "--node-id",
-                &format!("n{i}"),
-                "--token-secret-file",
-                secret.path().to_str().unwrap(),
-                "--drain-seconds",
-                "2",
-            ]));
-        }
-        let c = Self {
-            etcd,
-            nodes,
-            name,
-            _secret: secret,
-        };
-        c.wait_for_members(3).await;
-        c
-    }
-
-    /// Wait until every live node sees `n` members.
-    async fn wait_for_members(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut all = true;
-            for node in &self.nodes {
-                let text = node
-                    .http
-                    .get(node.url("/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-                all &= text.contains(&format!("parley_cluster_members {n}"));
-            }
-            if all {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the nodes did not all see {n} members within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The node (index) `/v1/assign` names for `user`, asked of node `via`.
-    async fn assigned(&self, via: usize, user: &User) -> (String, String) {
-        let (status, body) = self.nodes[via]
-            .call("GET", "/v1/assign", Some(&user.token), None)
-            .await;
-        assert_eq!(status, 200, "{body}");
-        (
-            body["node_id"].as_str().unwrap().to_owned(),
-            body["ws_url"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    fn index(&self, node_id: &str) -> usize {
-        node_id[1..].parse::<usize>().unwrap() - 1
-    }
-
-    /// Sign up users until one lands on each wanted node index (distinct names).
-    async fn users_on(&self, prefix: &str, wanted: &[usize]) -> Vec<User> {
-        let mut out: Vec<Option<User>> = vec![None; wanted.len()];
-        for k in 0..200 {
-            let u = self.nodes[0].user(&format!("{prefix}{k}"), "phone").await;
-            let at = self.index(&self.assigned(0, &u).await.0);
-            if let Some(slot) = wanted
-                .iter()
-                .zip(out.iter_mut())
-                .find(|(w, o)| **w == at && o.is_none())
-                .map(|(_, o)| o)
-            {
-                *slot = Some(u);
-            }
-            if out.iter().all(Option::is_some) {
-                return out.into_iter().map(Option::unwrap).collect();
-            }
-        }
-        panic!("could not place users on nodes {wanted:?}");
-    }
-
-    /// Connect `user` where `/v1/assign` says.
-    async fn connect(&self, user: &User) -> Client {
-        let (_, ws_url) = self.assigned(0, user).await;
-        Client::connect(&format!("{ws_url}?token={}", user.token)).await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn users_spread_over_nodes_and_every_node_agrees_where() {
-    let c = Cluster3::start().await;
+    let c = TestCluster::start().await;
     let mut placed = HashSet::new();
     for k in 0..12 {
         let u = c.nodes[k % 3].user(&format!("spread{k}"), "phone").await;
@@ -151,7 +31,7 @@ async fn users_spread_over_nodes_and_every_node_agrees_where() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_on_the_wrong_node_is_told_where_to_go() {
-    let c = Cluster3::start().await;
+    let c = TestCluster::start().await;
     let u = &c.users_on("wrong", &[0]).await[0];
     let mut client =
         Client::connect(&format!("ws://{}/v1/ws?token={}", c.nodes[1].addr, u.token)).await;
@@ -163,7 +43,7 @@ async fn a_client_on_the_wrong_node_is_told_where_to_go() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn messages_presence_and_typing_cross_nodes_live() {
-    let c = Cluster3::start().await;
+    let c = TestCluster::start().await;
     let users = c.users_on("cross", &[0, 1, 2]).await;
     let (a, b, d) = (&users[0], &users[1], &users[2]);
     c.nodes[2].befriend(a, b).await;
@@ -240,14 +120,14 @@ async fn messages_presence_and_typing_cross_nodes_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drained_node_moves_its_users_and_empties() {
-    let c = Cluster3::start().await;
+    let c = TestCluster::start().await;
     let users = c.users_on("drain", &[0, 0, 1]).await;
     let mut on_first: Vec<Client> = Vec::new();
     for u in &users[..2] {
         on_first.push(c.connect(u).await);
     }
     // The operator's drain request.
-    let mut etcd = etcd_client::Client::connect([&c.etcd.endpoint], None)
+    let mut etcd = etcd_client::Client::connect([&c.etcd.endpoint()], None)
         .await
         .unwrap();
     etcd.put(
@@ -301,13 +181,9 @@ async fn a_drained_node_moves_its_users_and_empties() {
     }
 }
 
-/// Keep the compiler quiet about helpers only some tests use.
-#[allow(dead_code)]
-fn _unused(_: HashMap<(), ()>) {}
-
 /// Ask `/v1/assign` of a live node until it names a live node, then connect there.
 async fn reconnect_after_failure(
-    c: &Cluster3,
+    c: &TestCluster,
     via: usize,
     user: &User,
     dead: &str,
@@ -359,7 +235,7 @@ async fn sync_all(client: &mut Client) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_mid_flow_loses_no_acked_message() {
-    let mut c = Cluster3::start().await;
+    let mut c = TestCluster::start().await;
     let users = c.users_on("kill", &[0, 0, 1, 2]).await;
     let (victim, quiet, sender, watcher) = (&users[0], &users[1], &users[2], &users[3]);
     c.nodes[1].befriend(watcher, quiet).await;
@@ -468,7 +344,7 @@ async fn a_node_killed_mid_flow_loses_no_acked_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sockets_outlive_an_etcd_outage_and_membership_recovers() {
-    let mut c = Cluster3::start().await;
+    let mut c = TestCluster::start().await;
     let users = c.users_on("outage", &[0, 1]).await;
     let (a, b) = (&users[0], &users[1]);
     let mut ca = c.connect(a).await;
@@ -517,7 +393,7 @@ async fn sockets_outlive_an_etcd_outage_and_membership_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_senders_on_three_nodes_get_gapless_seqs() {
-    let c = Cluster3::start().await;
+    let c = TestCluster::start().await;
     let users = c.users_on("seq", &[0, 1, 2]).await;
     let (status, group) = c.nodes[0]
         .call(

@@ -1,0 +1,468 @@
+//! The etcd backend: history in the cluster's etcd, under `/parley-store/<cluster>/`.
+//! Nothing more to run than the etcd a cluster already has, which makes it right for small
+//! clusters and tests; etcd's size limits (below) make it wrong for long-term history at scale.
+//!
+//! # How a transaction maps onto etcd
+//!
+//! etcd keeps every key's `mod_revision` (the revision of its last change) and answers reads
+//! at an old revision, so an optimistic transaction is a snapshot plus a checked commit:
+//!
+//! - **Snapshot**: the first read notes the store's revision; every later read asks for that
+//!   revision (`GetOptions::with_revision`). A transaction that never reads has no snapshot.
+//! - **Read set**: every key read, and every key a scan returned, with its `mod_revision`
+//!   (0 for an absent key). Every scanned range, cut at the last key returned when the limit
+//!   cut the scan short (a key beyond the cut does not change what was read).
+//! - **Commit**: one etcd `Txn`: `If` every read key still has the `mod_revision` seen (so a
+//!   change or delete conflicts) and no key in a scanned range has `mod_revision >
+//!   snapshot` (so an insert, a phantom, conflicts), `Then` the buffered puts and deletes.
+//!   A failed `If` is [`StoreError::Conflict`]. A transaction without writes commits as a
+//!   no-op. This is serializable: the transaction takes effect at the commit revision, and
+//!   everything it read was unchanged from its snapshot up to then.
+//! - A snapshot older than etcd's compaction is [`StoreError::Conflict`] too: retrying starts
+//!   on a fresh snapshot.
+//! - Durability: etcd acknowledges a `Txn` once a quorum has it in its raft log on disk, so
+//!   [`Kv::sync`] has nothing left to do.
+//!
+//! Descending scans: etcd sorts in descending order by reading the *whole* range and then
+//! cutting it, which for "the newest 50 of a channel of a million" would read a million. So a
+//! descending scan reads back from the end in growing windows (the first sized to `limit`
+//! by reading the keys' trailing bytes as a number, which is exact for the chat model's
+//! gapless big-endian sequence numbers), each window a bounded sort.
+//!
+//! # etcd's limits, and the flags Parley needs
+//!
+//! - `--max-txn-ops` (default 128) bounds the compares and the writes of one `Txn`. A send to
+//!   a group of 100 members reads ~103 keys and writes ~204, so run etcd with
+//!   `--max-txn-ops 1024` (enough for groups of ~500). A `Txn` over the limit fails with
+//!   [`StoreError::Unavailable`] naming the flag.
+//! - `--max-request-bytes` (default 1.5 MiB) bounds one request: a message of 100,000
+//!   characters can be 400 KB of UTF-8 and is stored once, plus ~100 bytes per member; run
+//!   etcd with `--max-request-bytes 4194304`.
+//! - `--quota-backend-bytes` (default 2 GiB, at most 8 GiB) bounds the whole database,
+//!   history included; past it etcd refuses every write (the `NOSPACE` alarm) until it is
+//!   compacted and defragmented. Run `--auto-compaction-mode revision
+//!   --auto-compaction-retention 10000` (or periodic) so old revisions do not fill it.
+//!   See `docs/storage.md` for how many messages fit.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, SortOrder, SortTarget, Txn,
+    TxnOp,
+};
+
+use super::overlay::WriteBuffer;
+use super::{Kv, KvTxn, Order, Pair, StoreError};
+
+/// Every etcd call gives up after this long with [`StoreError::Unavailable`].
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest answer the client accepts (tonic's default is 4 MiB); scans fetch in pages of
+/// [`PAGE_KEYS`] so a page of large messages stays well below it.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Keys per read request of a scan.
+const PAGE_KEYS: usize = 64;
+
+/// The etcd backend. Cheap to clone.
+#[derive(Clone)]
+pub struct EtcdKv {
+    kv: KvClient,
+    prefix: Vec<u8>,
+    /// The endpoints, comma-separated, for error messages.
+    endpoints: String,
+}
+
+impl EtcdKv {
+    /// Connect to etcd at `endpoints` (`host:port` or `http://host:port`) and check that it
+    /// answers. Every key is stored as `key_prefix ++ key`; the node passes
+    /// `/parley-store/<cluster>/`.
+    pub async fn connect(endpoints: &[String], key_prefix: &str) -> Result<Self, StoreError> {
+        let names = endpoints.join(",");
+        if endpoints.is_empty() {
+            return Err(StoreError::Unavailable(
+                "no etcd endpoints given: pass --etcd host:port[,host:port…]".into(),
+            ));
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT);
+        let client = bounded(&names, "connect", Client::connect(endpoints, Some(options)))
+            .await?
+            .map_err(|e| unavailable(&names, "cannot connect", e))?;
+        let kv = EtcdKv {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                .max_encoding_message_size(MAX_RESPONSE_BYTES),
+            prefix: key_prefix.as_bytes().to_vec(),
+            endpoints: names,
+        };
+        kv.ping().await?;
+        Ok(kv)
+    }
+}
+
+/// Await an etcd call for at most [`CALL_TIMEOUT`].
+async fn bounded<T>(
+    endpoints: &str,
+    what: &str,
+    call: impl Future<Output = T>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!(
+                "etcd at {endpoints} did not answer a {what} within {}s; check that it is running and reachable",
+                CALL_TIMEOUT.as_secs()
+            ))
+        })
+}
+
+fn unavailable(endpoints: &str, what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what} (etcd at {endpoints}): {e}"))
+}
+
+/// Map an etcd error: a compacted snapshot is a conflict (retry on a fresh one), the size
+/// limits name the flag to raise, the rest is unavailability.
+fn map_error(endpoints: &str, what: &str, e: etcd_client::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("required revision has been compacted") {
+        StoreError::Conflict
+    } else if text.contains("too many operations in txn request") {
+        StoreError::Unavailable(format!(
+            "{what} (etcd at {endpoints}): the transaction has more operations than etcd's \
+             --max-txn-ops allows; run etcd with --max-txn-ops 1024 (etcd said: {text})"
+        ))
+    } else if text.contains("request is too large") || text.contains("larger than max") {
+        StoreError::Unavailable(format!(
+            "{what} (etcd at {endpoints}): the transaction is larger than etcd's \
+             --max-request-bytes allows; run etcd with --max-request-bytes 4194304 (etcd said: {text})"
+        ))
+    } else if text.contains("database space exceeded") {
+        StoreError::Unavailable(format!(
+            "{what} (etcd at {endpoints}): etcd is full (--quota-backend-bytes reached, NOSPACE alarm); \
+             compact and defragment it and disarm the alarm, raise the quota (at most 8 GiB), \
+             or move history to TiKV (etcd said: {text})"
+        ))
+    } else {
+        unavailable(endpoints, what, text)
+    }
+}
+
+#[async_trait]
+impl Kv for EtcdKv {
+    async fn begin(&self) -> Result<Box<dyn KvTxn>, StoreError> {
+        Ok(Box::new(EtcdTxn {
+            db: self.clone(),
+            snapshot: None,
+            reads: Default::default(),
+            ranges: Vec::new(),
+            writes: WriteBuffer::default(),
+        }))
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // An acknowledged etcd write is already on a quorum's disks.
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut kv = self.kv.clone();
+        let key = self.full(b"\0ping");
+        bounded(
+            &self.endpoints,
+            "ping",
+            kv.get(key, Some(GetOptions::new().with_count_only())),
+        )
+        .await?
+        .map(|_| ())
+        .map_err(|e| map_error(&self.endpoints, "ping failed", e))
+    }
+
+    fn name(&self) -> &'static str {
+        "etcd"
+    }
+}
+
+impl EtcdKv {
+    fn full(&self, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.prefix.len() + key.len());
+        full.extend_from_slice(&self.prefix);
+        full.extend_from_slice(key);
+        full
+    }
+}
+
+struct EtcdTxn {
+    db: EtcdKv,
+    /// The revision every read sees, fixed by the first read.
+    snapshot: Option<i64>,
+    /// Full key -> its `mod_revision` at the snapshot (0: absent).
+    reads: std::collections::HashMap<Vec<u8>, i64>,
+    /// Scanned ranges `[start, end)` (full keys): no key in them may change after the snapshot.
+    ranges: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Buffered writes (keys without the prefix).
+    writes: WriteBuffer,
+}
+
+impl EtcdTxn {
+    /// One bounded range read at the snapshot (fixing it on the first read).
+    async fn range(
+        &mut self,
+        key: Vec<u8>,
+        options: GetOptions,
+    ) -> Result<Vec<etcd_client::KeyValue>, StoreError> {
+        let options = match self.snapshot {
+            Some(rev) => options.with_revision(rev),
+            None => options,
+        };
+        let mut kv = self.db.kv.clone();
+        let mut resp = bounded(&self.db.endpoints, "read", kv.get(key, Some(options)))
+            .await?
+            .map_err(|e| map_error(&self.db.endpoints, "read failed", e))?;
+        if self.snapshot.is_none() {
+            let rev = resp.header().map(|h| h.revision()).ok_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "etcd at {} answered a read without a revision",
+                    self.db.endpoints
+                ))
+            })?;
+            self.snapshot = Some(rev);
+        }
+        let kvs = resp.take_kvs();
+        for kv in &kvs {
+            self.reads
+                .entry(kv.key().to_vec())
+                .or_insert(kv.mod_revision());
+        }
+        Ok(kvs)
+    }
+
+    /// Up to `limit` pairs of `[start, end)` (full keys), ascending, reading pages of
+    /// [`PAGE_KEYS`]. Returns the pairs (full keys).
+    async fn fetch_ascending(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Pair>, StoreError> {
+        let mut out: Vec<Pair> = Vec::new();
+        let mut cursor = start.to_vec();
+        while out.len() < limit {
+            let page = (limit - out.len()).min(PAGE_KEYS);
+            let kvs = self
+                .range(
+                    cursor.clone(),
+                    GetOptions::new()
+                        .with_range(end.to_vec())
+                        .with_limit(page as i64),
+                )
+                .await?;
+            let got = kvs.len();
+            out.extend(kvs.into_iter().map(|kv| kv.into_key_value()));
+            if got < page {
+                break;
+            }
+            // The next page starts just after the last key.
+            cursor = out.last().map(|(k, _)| k.clone()).unwrap_or_default();
+            cursor.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` pairs of `[start, end)` (full keys), descending, reading back from
+    /// `end` in growing windows (see the module doc).
+    async fn fetch_descending(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Pair>, StoreError> {
+        let mut out: Vec<Pair> = Vec::new();
+        let mut upper = end.to_vec();
+        let mut width = limit as u128;
+        while out.len() < limit {
+            let lower = window_start(start, &upper, width);
+            // Within a window etcd sorts everything it holds; pages bound the answer.
+            let page = (limit - out.len()).min(PAGE_KEYS);
+            let kvs = self
+                .range(
+                    lower.clone(),
+                    GetOptions::new()
+                        .with_range(upper.clone())
+                        .with_sort(SortTarget::Key, SortOrder::Descend)
+                        .with_limit(page as i64),
+                )
+                .await?;
+            let got = kvs.len();
+            out.extend(kvs.into_iter().map(|kv| kv.into_key_value()));
+            if got == page {
+                // More may remain in this window: continue below the last key.
+                upper = out.last().map(|(k, _)| k.clone()).unwrap_or_default();
+                continue;
+            }
+            if lower.as_slice() <= start {
+                break;
+            }
+            upper = lower;
+            width = width.saturating_mul(16).max(1);
+        }
+        Ok(out)
+    }
+
+    fn strip(&self, pairs: Vec<Pair>) -> Vec<Pair> {
+        let n = self.db.prefix.len();
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k[n..].to_vec(), v))
+            .collect()
+    }
+}
+
+/// The start of a window of about `width` keys below `upper` and not below `start`: the
+/// bytes after the common prefix of `start` and `upper` read as a big-endian number (at most
+/// 16 bytes), minus `width`. Correctness does not depend on the estimate: every key below
+/// the window is below every key in it.
+fn window_start(start: &[u8], upper: &[u8], width: u128) -> Vec<u8> {
+    let common = start.iter().zip(upper).take_while(|(a, b)| a == b).count();
+    let n = (start.len().max(upper.len()) - common).min(16);
+    if n == 0 {
+        return start.to_vec();
+    }
+    let number = |key: &[u8]| {
+        let mut bytes = [0u8; 16];
+        for (i, b) in key[common..].iter().take(n).enumerate() {
+            bytes[16 - n + i] = *b;
+        }
+        u128::from_be_bytes(bytes)
+    };
+    let (lo, hi) = (number(start), number(upper));
+    let target = hi.saturating_sub(width.max(1));
+    if target <= lo {
+        return start.to_vec();
+    }
+    let mut key = upper[..common].to_vec();
+    key.extend_from_slice(&target.to_be_bytes()[16 - n..]);
+    key
+}
+
+#[async_trait]
+impl KvTxn for EtcdTxn {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(own) = self.writes.get(key) {
+            return Ok(own.map(<[u8]>::to_vec));
+        }
+        let full = self.db.full(key);
+        let kvs = self.range(full.clone(), GetOptions::new()).await?;
+        // An absent key is recorded too: creating it later is a conflict.
+        self.reads.entry(full).or_insert(0);
+        Ok(kvs.into_iter().next().map(|kv| kv.into_key_value().1))
+    }
+
+    async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Pair>, StoreError> {
+        if limit == 0 || start >= end {
+            return Ok(Vec::new());
+        }
+        let fetch = self.writes.fetch_limit(start, end, limit);
+        let (full_start, full_end) = (self.db.full(start), self.db.full(end));
+        let remote = match order {
+            Order::Ascending => self.fetch_ascending(&full_start, &full_end, fetch).await?,
+            Order::Descending => self.fetch_descending(&full_start, &full_end, fetch).await?,
+        };
+        let remote = self.strip(remote);
+        let out = self.writes.merge(start, end, remote, limit, order);
+        // The range read: all of it, or up to the last key returned when the limit cut it.
+        let covered = match (out.len() == limit, order, out.last()) {
+            (true, Order::Ascending, Some((last, _))) => {
+                let mut stop = self.db.full(last);
+                stop.push(0);
+                (full_start, stop)
+            }
+            (true, Order::Descending, Some((last, _))) => (self.db.full(last), full_end),
+            _ => (full_start, full_end),
+        };
+        self.ranges.push(covered);
+        Ok(out)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.writes.put(key, value);
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.writes.delete(key);
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let mut compares: Vec<Compare> = self
+            .reads
+            .iter()
+            .map(|(key, rev)| Compare::mod_revision(key.clone(), CompareOp::Equal, *rev))
+            .collect();
+        if let Some(snapshot) = self.snapshot {
+            // A range compare holds when every key in the range passes (and when none exists).
+            compares.extend(self.ranges.iter().map(|(start, end)| {
+                Compare::mod_revision(start.clone(), CompareOp::Less, snapshot + 1)
+                    .with_range(end.clone())
+            }));
+        }
+        let ops: Vec<TxnOp> = self
+            .writes
+            .iter()
+            .map(|(key, value)| match value {
+                Some(v) => TxnOp::put(self.db.full(key), v.to_vec(), None),
+                None => TxnOp::delete(self.db.full(key), None),
+            })
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let mut kv = self.db.kv.clone();
+        let resp = bounded(&self.db.endpoints, "commit", kv.txn(txn))
+            .await?
+            .map_err(|e| map_error(&self.db.endpoints, "commit failed", e))?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_start;
+
+    fn seq_key(n: u64) -> Vec<u8> {
+        let mut k = b"/p/m/dm:a:b/".to_vec();
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    }
+
+    #[test]
+    fn a_window_over_gapless_sequence_numbers_holds_exactly_width_keys() {
+        assert_eq!(
+            window_start(&seq_key(1), &seq_key(1001), 50),
+            seq_key(951),
+            "keys 951..=1000 are the newest 50"
+        );
+        assert_eq!(
+            window_start(&seq_key(1), &seq_key(20), 50),
+            seq_key(1),
+            "never below start"
+        );
+        assert_eq!(window_start(b"abc", b"abc", 5), b"abc".to_vec());
+        let w = window_start(b"a", b"b", 1);
+        assert!(w.as_slice() >= &b"a"[..] && w.as_slice() < &b"b"[..]);
+    }
+}

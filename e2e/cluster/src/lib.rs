@@ -1,0 +1,125 @@
+//! # Parley end-to-end tests
+//!
+//! The tests in `tests/` start real processes: an etcd (from the system's `etcd-server`
+//! package) and several `chat-node` binaries, and drive them with real WebSocket and HTTP
+//! clients. This library holds the cluster fixture they share; the single-process pieces
+//! (etcd, one node, clients) come from `parley-testkit`.
+
+use std::time::Duration;
+
+use parley_testkit::TestEtcd;
+use parley_testkit::node::{Client, Node, User};
+
+/// A real etcd and three real chat nodes sharing it (`--store etcd`), ids `n1`..`n3`.
+pub struct TestCluster {
+    pub etcd: TestEtcd,
+    pub nodes: Vec<Node>,
+    /// The `--cluster` name (its etcd keys live under `/parley/<name>/`).
+    pub name: String,
+    _secret: tempfile::NamedTempFile,
+}
+
+impl TestCluster {
+    pub async fn start() -> Self {
+        let etcd = TestEtcd::start().await;
+        let name = format!("t{}", std::process::id());
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            nodes.push(Node::start(&[
+                "--etcd",
+                etcd.endpoint(),
+                "--cluster",
+                &name,
+                "--node-id",
+                &format!("n{i}"),
+                "--token-secret-file",
+                secret.path().to_str().unwrap(),
+                "--store",
+                "etcd",
+                "--drain-seconds",
+                "2",
+            ]));
+        }
+        let c = Self {
+            etcd,
+            nodes,
+            name,
+            _secret: secret,
+        };
+        c.wait_for_members(3).await;
+        c
+    }
+
+    /// Wait until every live node sees `n` members.
+    pub async fn wait_for_members(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut all = true;
+            for node in &self.nodes {
+                let text = node
+                    .http
+                    .get(node.url("/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                all &= text.contains(&format!("parley_cluster_members {n}"));
+            }
+            if all {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the nodes did not all see {n} members within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node (index) `/v1/assign` names for `user`, asked of node `via`.
+    pub async fn assigned(&self, via: usize, user: &User) -> (String, String) {
+        let (status, body) = self.nodes[via]
+            .call("GET", "/v1/assign", Some(&user.token), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["node_id"].as_str().unwrap().to_owned(),
+            body["ws_url"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub fn index(&self, node_id: &str) -> usize {
+        node_id[1..].parse::<usize>().unwrap() - 1
+    }
+
+    /// Sign up users until one lands on each wanted node index (distinct names).
+    pub async fn users_on(&self, prefix: &str, wanted: &[usize]) -> Vec<User> {
+        let mut out: Vec<Option<User>> = vec![None; wanted.len()];
+        for k in 0..200 {
+            let u = self.nodes[0].user(&format!("{prefix}{k}"), "phone").await;
+            let at = self.index(&self.assigned(0, &u).await.0);
+            if let Some(slot) = wanted
+                .iter()
+                .zip(out.iter_mut())
+                .find(|(w, o)| **w == at && o.is_none())
+                .map(|(_, o)| o)
+            {
+                *slot = Some(u);
+            }
+            if out.iter().all(Option::is_some) {
+                return out.into_iter().map(Option::unwrap).collect();
+            }
+        }
+        panic!("could not place users on nodes {wanted:?}");
+    }
+
+    /// Connect `user` where `/v1/assign` says.
+    pub async fn connect(&self, user: &User) -> Client {
+        let (_, ws_url) = self.assigned(0, user).await;
+        Client::connect(&format!("{ws_url}?token={}", user.token)).await
+    }
+}
