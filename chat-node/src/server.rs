@@ -19,6 +19,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::{ApiError, Limits};
+use crate::push::{LocalAudience, Push};
 use crate::store::embedded::Embedded;
 use crate::store::{ChatStore, Kv};
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub accounts: Accounts,
     pub metrics: Arc<Metrics>,
     pub cluster: Cluster,
+    /// Push notifications; `None` when no provider is configured.
+    pub push: Option<Arc<Push>>,
     /// Cancelled when the node starts draining.
     pub shutdown: CancellationToken,
     /// Every WebSocket session, so shutdown can wait for them.
@@ -66,6 +69,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Secret(String),
+    #[error(transparent)]
+    Push(#[from] crate::push::PushError),
     #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
     Listen {
         addr: SocketAddr,
@@ -103,11 +108,6 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         None => load_or_create_secret(&config.data_dir),
     }
     .map_err(StartError::Secret)?;
-    if config.push_webhook.is_some() {
-        tracing::warn!(
-            "--push-webhook is set, but this build does not send push notifications yet"
-        );
-    }
 
     let listener = bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -121,13 +121,20 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     let limits = config.limits();
     let hub = Arc::new(Hub::new());
     let presence = Arc::new(Presence::new(store.clone(), hub.clone(), metrics.clone()));
+    let push = Push::from_config(
+        &config.push,
+        store.clone(),
+        Arc::new(LocalAudience::new(hub.clone())),
+        metrics.clone(),
+    )?;
     let chat = Chat::new(
         store.clone(),
         hub.clone(),
         presence.clone(),
         metrics.clone(),
         limits.clone(),
-    );
+    )
+    .with_push(push.clone());
     let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), hub.clone());
     let cluster = Cluster::single(config.node_id(), config.advertise_url.clone(), addr);
     let state = Arc::new(AppState {
@@ -140,6 +147,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         accounts,
         metrics,
         cluster,
+        push,
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         ready: AtomicBool::new(false),
@@ -176,6 +184,7 @@ impl Node {
             tracing::info!("shutdown requested: draining");
             trigger.cancel();
         });
+        let push_worker = state.push.as_ref().map(|p| p.spawn(shutdown.clone()));
         let routes = crate::api::filter(state.clone());
         let server = warp::serve(routes)
             .incoming(self.listener)
@@ -192,6 +201,11 @@ impl Node {
             .is_err()
         {
             tracing::warn!("some sessions did not close within {grace:?}; exiting anyway");
+        }
+        if let Some(worker) = push_worker {
+            // Ends after its current round (bounded by the push timeout); what it has not
+            // sent stays in the store for the next start.
+            let _ = worker.await;
         }
         if let Err(e) = state.store.kv().sync().await {
             tracing::error!(error = %e, "final store sync failed");

@@ -13,7 +13,10 @@ pub mod keys;
 mod model;
 mod records;
 
-pub use model::{ChatStore, NewMessage, SendOutcome};
+pub use model::{
+    ChatStore, NewMessage, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, SendOutcome,
+    preview,
+};
 pub use records::{DeviceRecord, GroupRecord, UserRecord};
 
 use async_trait::async_trait;
