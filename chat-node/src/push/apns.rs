@@ -15,6 +15,13 @@ use tokio::sync::Mutex;
 use super::{Notification, Outcome, Provider, PushError};
 use crate::protocol::types::PushProvider;
 
+/// What to escape in a path segment: everything but RFC 3986's unreserved characters.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// How long one provider token is used.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(50 * 60);
 
@@ -124,9 +131,9 @@ impl Provider for Apns {
             Ok(t) => t,
             Err(outcome) => return outcome,
         };
+        // Device tokens are hex; anything else is escaped so it stays one path segment.
         let token: String =
-            percent_encoding::utf8_percent_encode(&n.token, percent_encoding::NON_ALPHANUMERIC)
-                .to_string();
+            percent_encoding::utf8_percent_encode(&n.token, PATH_SEGMENT).to_string();
         let url = format!("{}/3/device/{token}", self.settings.base_url);
         let response = self
             .http
