@@ -615,3 +615,89 @@ async fn a_burst_of_20_to_an_offline_user_coalesces_into_a_few_pushes_standin_we
     );
     assert_eq!(last["preview"], "burst 19", "the newest message's preview");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_pushes_each_offline_member_once_standin_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = StandIn::start(|_| (200, "{}".into())).await;
+    let mut args = webhook_args(dir.path(), &hook);
+    args.extend(["--push-coalesce-ms", "100"].map(String::from));
+    let node = start(&dir.path().join("data"), &args);
+    let alice = node.user("alice", "phone").await;
+    let bob = node.user("bob", "phone").await;
+    let carol = node.user("carol", "phone").await;
+    let dave = node.user("dave", "phone").await;
+    for u in [&alice, &bob, &carol, &dave] {
+        register(
+            &node,
+            u,
+            "phone",
+            "webhook",
+            &format!("{}-phone", u.username),
+        )
+        .await;
+    }
+    let (status, group) = node
+        .call(
+            "POST",
+            "/v1/groups",
+            Some(&alice.token),
+            Some(json!({"name": "team", "members": [bob.id, carol.id, dave.id]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let mut dave_ws = node.ws(&dave).await; // online: not pushed
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = node
+        .call(
+            "POST",
+            "/v1/messages",
+            Some(&alice.token),
+            Some(json!({"channel": group["channel"], "client_msg_id": "g1", "text": "hi team"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    dave_ws
+        .until("dave's live message", |v| v["type"] == "message")
+        .await;
+    hook.wait_for("bob's and carol's pushes", |r| r.len() >= 2)
+        .await;
+    wait_metric(&node, "parley_push_outbox_depth", 0.0).await;
+    let mut users: Vec<String> = hook
+        .requests()
+        .iter()
+        .map(|r| {
+            verify_signature(r);
+            assert_eq!(r.json()["channel"], group["channel"]);
+            r.json()["user_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    users.sort();
+    let mut want = vec![bob.id.clone(), carol.id.clone()];
+    want.sort();
+    assert_eq!(
+        users, want,
+        "each offline member once; not the sender, not online dave"
+    );
+}
+
+#[test]
+fn an_incomplete_apns_setup_stops_the_node_naming_the_missing_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chat-node"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .arg("--push-apns-key")
+        .arg(fixture("test-only-apns-AuthKey.p8"))
+        .args([
+            "--push-apns-key-id",
+            APNS_KEY_ID,
+            "--push-apns-team-id",
+            APNS_TEAM,
+        ])
+        .output()
+        .expect("run chat-node");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--push-apns-topic"), "{stderr}");
+}

@@ -246,6 +246,145 @@ impl ChatStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::types::PushRegistration;
+    use crate::protocol::validate::Channel;
+    use crate::store::records::UserRecord;
+    use crate::store::{NewMessage, embedded::Embedded};
+
+    fn user(id: &str) -> UserRecord {
+        UserRecord {
+            user_id: id.into(),
+            username: format!("name-{id}"),
+            display_name: id.into(),
+            password_hash: String::new(),
+            created_at: 0,
+        }
+    }
+
+    fn job(n: u64) -> PushJob {
+        PushJob {
+            notification: PushNotification {
+                user_id: "b".into(),
+                device_id: "phone".into(),
+                provider: PushProvider::Webhook,
+                token: "tok".into(),
+                channel: "dm:a:b".into(),
+                seq: n,
+                inbox_id: n,
+                from: "a".into(),
+                preview: "hi".into(),
+                ts: 0,
+                count: 1,
+                unread: n,
+            },
+            attempt: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_send_writes_one_outbox_entry_that_expands_retries_and_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChatStore::new(std::sync::Arc::new(Embedded::open(dir.path()).unwrap()));
+        for id in ["a", "b"] {
+            store.create_user(&user(id)).await.unwrap();
+        }
+        let channel = Channel::direct("a", "b");
+        let text = "x".repeat(500);
+        let new = |cmid: &'static str, push_due| NewMessage {
+            sender: "a",
+            device: "phone",
+            channel: &channel,
+            client_msg_id: cmid,
+            text: &text,
+            ts: 1_000,
+            push_due,
+        };
+        store.send(&new("no-push", None)).await.unwrap();
+        assert_eq!(
+            store.push_depth(100).await.unwrap(),
+            0,
+            "no providers: no outbox"
+        );
+        store.send(&new("push", Some(2_000))).await.unwrap();
+        assert_eq!(store.push_next_due().await.unwrap(), Some(2_000));
+        assert!(
+            store
+                .push_outbox_due(None, 1_999, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let due = store.push_outbox_due(None, 2_000, 10).await.unwrap();
+        assert_eq!(due.len(), 1);
+        let (key, entry) = &due[0];
+        assert_eq!((entry.seq, entry.from.as_str()), (2, "a"));
+        assert_eq!(
+            entry.recipients,
+            vec![("b".to_owned(), 2)],
+            "the sender is not a recipient"
+        );
+        assert_eq!(entry.preview.chars().count(), PREVIEW_CHARS);
+
+        assert!(
+            store
+                .push_expand(std::slice::from_ref(key), &[job(2)], 2_000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .push_expand(std::slice::from_ref(key), &[job(2)], 2_000)
+                .await
+                .unwrap(),
+            "an entry expands once"
+        );
+        let jobs = store.push_jobs_due(None, 2_000, 10).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        let mut retry = jobs[0].1.clone();
+        retry.attempt = 1;
+        store
+            .push_job_retry(&jobs[0].0, &retry, 3_000)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .push_jobs_due(None, 2_999, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let again = store.push_jobs_due(None, 3_000, 10).await.unwrap();
+        assert_eq!(again[0].1.attempt, 1);
+        store.push_job_done(&again[0].0).await.unwrap();
+        assert_eq!(store.push_depth(100).await.unwrap(), 0);
+        assert_eq!(store.push_next_due().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_gone_token_clears_only_the_registration_that_still_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChatStore::new(std::sync::Arc::new(Embedded::open(dir.path()).unwrap()));
+        store.touch_device("b", "phone", 0).await.unwrap();
+        let reg = |token: &str| PushRegistration {
+            provider: PushProvider::Fcm,
+            token: token.into(),
+        };
+        store.set_push("b", "phone", reg("new")).await.unwrap();
+        assert!(
+            !store
+                .push_registration_gone("b", "phone", "old")
+                .await
+                .unwrap()
+        );
+        assert!(store.devices("b").await.unwrap()[0].push.is_some());
+        assert!(
+            store
+                .push_registration_gone("b", "phone", "new")
+                .await
+                .unwrap()
+        );
+        assert!(store.devices("b").await.unwrap()[0].push.is_none());
+    }
 
     #[test]
     fn preview_counts_characters_not_bytes() {
