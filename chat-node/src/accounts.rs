@@ -133,6 +133,7 @@ impl Accounts {
                 device_id: d.device_id,
                 cursor: d.cursor,
                 last_seen: d.last_seen,
+                push: d.push,
             })
             .collect())
     }

@@ -18,6 +18,7 @@ use crate::protocol::frames::{SendRequest, SendTarget, ServerFrame};
 use crate::protocol::types::{Ack, Contact, Group, Message};
 use crate::protocol::validate::{self, Channel};
 use crate::protocol::{ApiError, Limits};
+use crate::push::Push;
 use crate::store::NewMessage;
 use crate::store::{ChatStore, GroupRecord};
 
@@ -29,6 +30,8 @@ pub struct Chat {
     presence: Arc<Presence>,
     metrics: Arc<Metrics>,
     limits: Limits,
+    /// Push notifications; when set, each send also writes a push outbox entry.
+    push: Option<Arc<Push>>,
 }
 
 impl Chat {
@@ -47,7 +50,14 @@ impl Chat {
             presence,
             metrics,
             limits,
+            push: None,
         }
+    }
+
+    /// Notify offline recipients through `push` (none: no pushes).
+    pub fn with_push(mut self, push: Option<Arc<Push>>) -> Self {
+        self.push = push;
+        self
     }
 
     pub fn limits(&self) -> &Limits {
@@ -235,15 +245,20 @@ impl Chat {
             }
             SendTarget::Channel(name) => Channel::parse(name)?,
         };
+        let ts = now_ms();
         let new = NewMessage {
             sender,
             device,
             channel: &channel,
             client_msg_id: &req.client_msg_id,
             text: &req.text,
-            ts: now_ms(),
+            ts,
+            push_due: self.push.as_ref().map(|p| p.due_at(ts)),
         };
         let outcome = self.store.send(&new).await?;
+        if let Some(push) = &self.push {
+            push.wake();
+        }
         if outcome.duplicate {
             self.metrics.duplicate_sends.inc();
             return Ok(outcome.ack);

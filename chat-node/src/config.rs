@@ -66,13 +66,10 @@ pub struct Config {
     #[arg(long, env = "PARLEY_TOKEN_SECRET_FILE")]
     pub token_secret_file: Option<PathBuf>,
 
-    /// Where offline pushes go.
-    #[arg(long, env = "PARLEY_PUSH_WEBHOOK")]
-    pub push_webhook: Option<String>,
-
-    /// A file holding the HMAC key that signs pushes (one trailing newline ignored).
-    #[arg(long, env = "PARLEY_PUSH_SECRET_FILE")]
-    pub push_secret_file: Option<PathBuf>,
+    /// Push notifications: `--push-webhook`, `--push-secret-file`, FCM, APNs, timing
+    /// (see `crate::push::config` and docs/push.md).
+    #[command(flatten)]
+    pub push: crate::push::PushConfig,
 
     /// Seconds of silence after which a device is offline and its socket closed.
     #[arg(long, env = "PARLEY_HEARTBEAT_TIMEOUT", default_value_t = 30)]
@@ -146,9 +143,7 @@ impl Config {
         {
             return bad("--advertise-url must start with http:// or https://");
         }
-        if self.push_webhook.is_some() != self.push_secret_file.is_some() {
-            return bad("--push-webhook and --push-secret-file go together: give both or neither");
-        }
+        self.push.validate().map_err(|e| ConfigError(e.0))?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 //! | layer | modules | role |
 //! | --- | --- | --- |
 //! | edge | [`api`], [`gateway`] | HTTP routes and WebSocket sessions: parse, authorise, call a service, encode |
-//! | services | [`chat`], [`presence`], [`hub`], [`cluster`] | the behaviour: sending and delivering, who is online, which node serves whom |
+//! | services | [`chat`], [`presence`], [`hub`], [`cluster`], [`push`] | the behaviour: sending and delivering, who is online, which node serves whom, notifying offline devices |
 //! | storage | [`store`] | the ordered-KV trait, its backends, and the chat data model on top |
 //!
 //! Beside them: [`protocol`] (the wire types and limits of PROTOCOL.md), [`auth`] (password
@@ -28,6 +28,7 @@ pub mod hub;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
+pub mod push;
 pub mod server;
 pub mod store;
 

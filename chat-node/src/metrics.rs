@@ -1,10 +1,33 @@
 //! Prometheus metrics, served as text at `/metrics`.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// The label of the push metrics: which provider (`webhook`, `fcm`, `apns`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    pub provider: &'static str,
+}
+
+/// Push notification metrics (see docs/push.md for what each counts).
+#[derive(Default)]
+pub struct PushMetrics {
+    /// Pushes the provider accepted.
+    pub sent: Family<ProviderLabel, Counter>,
+    /// Tries that did not deliver, whatever happened next.
+    pub failed: Family<ProviderLabel, Counter>,
+    /// Failed tries scheduled to be tried again.
+    pub retried: Family<ProviderLabel, Counter>,
+    /// Pushes given up: refused (4xx), registration gone, tries exhausted, provider not set up.
+    pub dropped: Family<ProviderLabel, Counter>,
+    /// Outbox entries plus push jobs in the store (counted up to 10,000 each).
+    pub outbox_depth: Gauge,
+}
 
 /// The node's metrics. Cheap to share (every metric is an `Arc` inside).
 pub struct Metrics {
@@ -39,6 +62,8 @@ pub struct Metrics {
     pub link_events_dropped: Counter,
     /// Users told to reconnect elsewhere because membership changed.
     pub users_moved: Counter,
+    /// Push notifications.
+    pub push: PushMetrics,
 }
 
 impl Default for Metrics {
@@ -137,6 +162,32 @@ impl Metrics {
             "Users told to reconnect elsewhere after a membership change",
             users_moved.clone(),
         );
+        let push = PushMetrics::default();
+        registry.register(
+            "push_sent",
+            "Push notifications the provider accepted",
+            push.sent.clone(),
+        );
+        registry.register(
+            "push_failed",
+            "Push tries that did not deliver",
+            push.failed.clone(),
+        );
+        registry.register(
+            "push_retried",
+            "Failed push tries scheduled again",
+            push.retried.clone(),
+        );
+        registry.register(
+            "push_dropped",
+            "Push notifications given up (refused, gone, tries exhausted, unconfigured)",
+            push.dropped.clone(),
+        );
+        registry.register(
+            "push_outbox_depth",
+            "Push outbox entries and jobs waiting in the store",
+            push.outbox_depth.clone(),
+        );
         Self {
             registry,
             etcd_up,
@@ -154,6 +205,7 @@ impl Metrics {
             slow_consumers,
             send_latency,
             http_requests,
+            push,
         }
     }
 

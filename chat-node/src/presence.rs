@@ -121,9 +121,42 @@ impl Presence {
     /// The status of each of `users`, asking the nodes they belong on. A node that does
     /// not answer counts its users offline (with their stored last activity).
     pub async fn statuses(&self, users: &[String]) -> Result<Vec<Seen>, ApiError> {
+        let online = self.online_map(users).await;
+        let mut out = Vec::with_capacity(users.len());
+        for user in users {
+            out.push(match online.get(user.as_str()) {
+                Some((ts, node)) => Seen {
+                    user: user.clone(),
+                    status: Status::Online,
+                    last_seen: Some(*ts),
+                    node: node.clone(),
+                },
+                None => Seen {
+                    user: user.clone(),
+                    status: Status::Offline,
+                    last_seen: self.store.last_seen(user).await?,
+                    node: None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Which of `users` are online anywhere (push notifications skip them).
+    pub async fn online_among(&self, users: &[String]) -> HashSet<String> {
+        self.online_map(users)
+            .await
+            .into_keys()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Which of `users` are online, with their last activity and the other node they are
+    /// on (absent: here), asking each node for its users.
+    async fn online_map<'u>(&self, users: &'u [String]) -> HashMap<&'u str, (i64, Option<String>)> {
         let cluster = self.links.cluster();
         let (local, remote) = cluster.partition(users.iter().map(String::as_str));
-        let mut online: HashMap<&str, (i64, Option<String>)> = HashMap::new();
+        let mut online = HashMap::new();
         for user in local {
             if let Some(ts) = self.hub.last_active(user) {
                 online.insert(user, (ts, None));
@@ -147,24 +180,7 @@ impl Presence {
                 }
             }
         }
-        let mut out = Vec::with_capacity(users.len());
-        for user in users {
-            out.push(match online.get(user.as_str()) {
-                Some((ts, node)) => Seen {
-                    user: user.clone(),
-                    status: Status::Online,
-                    last_seen: Some(*ts),
-                    node: node.clone(),
-                },
-                None => Seen {
-                    user: user.clone(),
-                    status: Status::Offline,
-                    last_seen: self.store.last_seen(user).await?,
-                    node: None,
-                },
-            });
-        }
-        Ok(out)
+        online
     }
 
     /// Which of `users` are online on this node, with their last activity and devices (a

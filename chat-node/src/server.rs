@@ -22,6 +22,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::{ApiError, Limits};
+use crate::push::{NodeAudience, Push};
 use crate::store::embedded::Embedded;
 use crate::store::etcd::EtcdKv;
 use crate::store::tikv::TikvKv;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub cluster: Arc<Cluster>,
     pub links: Arc<Links>,
+    /// Push notifications; `None` when no provider is configured.
+    pub push: Option<Arc<Push>>,
     /// Cancelled when the node starts draining.
     pub shutdown: CancellationToken,
     /// Every WebSocket session, so shutdown can wait for them.
@@ -72,6 +75,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Secret(String),
+    #[error(transparent)]
+    Push(#[from] crate::push::PushError),
     #[error("cannot listen on {addr}: {source}; pick a free address with --listen")]
     Listen {
         addr: SocketAddr,
@@ -119,11 +124,6 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         None => load_or_create_secret(&config.data_dir),
     }
     .map_err(StartError::Secret)?;
-    if config.push_webhook.is_some() {
-        tracing::warn!(
-            "--push-webhook is set, but this build does not send push notifications yet"
-        );
-    }
 
     let listener = bind(config.listen).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -157,6 +157,12 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         links.clone(),
         metrics.clone(),
     ));
+    let push = Push::from_config(
+        &config.push,
+        store.clone(),
+        Arc::new(NodeAudience::new(presence.clone(), cluster.clone())),
+        metrics.clone(),
+    )?;
     let chat = Chat::new(
         store.clone(),
         hub.clone(),
@@ -164,7 +170,8 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         presence.clone(),
         metrics.clone(),
         limits.clone(),
-    );
+    )
+    .with_push(push.clone());
     let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), presence.clone());
     let state = Arc::new(AppState {
         config,
@@ -177,6 +184,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         metrics,
         cluster,
         links,
+        push,
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         ready: AtomicBool::new(false),
@@ -213,6 +221,7 @@ impl Node {
             tracing::info!("shutdown requested: draining");
             trigger.cancel();
         });
+        let push_worker = state.push.as_ref().map(|p| p.spawn(shutdown.clone()));
         let routes = crate::api::filter(state.clone());
         let server = warp::serve(routes)
             .incoming(self.listener)
@@ -250,6 +259,11 @@ impl Node {
             .is_err()
         {
             tracing::warn!("some sessions did not close within {grace:?}; exiting anyway");
+        }
+        if let Some(worker) = push_worker {
+            // Ends after its current round (bounded by the push timeout); what it has not
+            // sent stays in the store for the next start.
+            let _ = worker.await;
         }
         if let Some(membership) = membership {
             membership.leave().await;

@@ -27,7 +27,10 @@ mod overlay;
 mod records;
 pub mod tikv;
 
-pub use model::{ChatStore, NewMessage, SendOutcome};
+pub use model::{
+    ChatStore, NewMessage, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, SendOutcome,
+    preview,
+};
 pub use records::{DeviceRecord, GroupRecord, UserRecord};
 
 use async_trait::async_trait;

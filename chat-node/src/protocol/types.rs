@@ -124,6 +124,9 @@ pub struct Device {
     pub online: bool,
     pub cursor: u64,
     pub last_seen: Option<i64>,
+    /// Where this device is pushed while offline (null: nowhere). Cleared by the server when
+    /// the provider says the token is gone.
+    pub push: Option<PushRegistration>,
 }
 
 #[derive(Debug, Serialize)]

@@ -15,7 +15,14 @@
 //! d/{user_id}/{client_msg_id}   -> Ack (JSON)                    durable send dedupe
 //! dv/{user_id}/{device_id}      -> DeviceRecord (JSON)           cursor, last seen, push
 //! ls/{user_id}                  -> last seen ts (be64)
+//! po/{due_ms:be64}/{channel}/{seq:be64}
+//!                               -> OutboxEntry (JSON)            push outbox: one per message
+//! pq/{due_ms:be64}/{user_id}/{device_id}/{inbox_id:be64}
+//!                               -> PushJob (JSON)                one device's push, to (re)try
 //! ```
+//!
+//! The two push tables sort by due time first, so the push worker reads what is due with one
+//! range scan from the start of the table (see `store/model/push.rs` and docs/push.md).
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
@@ -89,6 +96,40 @@ pub fn last_seen(user_id: &str) -> Vec<u8> {
     join(&[b"ls", user_id.as_bytes()])
 }
 
+/// `po/`: the push outbox, ordered by due time.
+pub const PUSH_OUTBOX: &[u8] = b"po/";
+/// `pq/`: the per-device push jobs, ordered by due time.
+pub const PUSH_JOBS: &[u8] = b"pq/";
+
+fn due_prefix(table: &[u8], due_ms: i64) -> Vec<u8> {
+    with_number(table.to_vec(), due_ms.max(0) as u64)
+}
+/// The first key of `table` (`po/` or `pq/`) that is due after `due_ms`: scanning
+/// `[table, due_end(table, now))` yields everything due at or before `now`.
+pub fn due_end(table: &[u8], due_ms: i64) -> Vec<u8> {
+    due_prefix(table, due_ms.saturating_add(1))
+}
+pub fn push_outbox(due_ms: i64, channel: &str, seq: u64) -> Vec<u8> {
+    let mut key = due_prefix(PUSH_OUTBOX, due_ms);
+    key.push(b'/');
+    key.extend_from_slice(&with_number(join(&[channel.as_bytes(), b""]), seq));
+    key
+}
+pub fn push_job(due_ms: i64, user_id: &str, device_id: &str, inbox_id: u64) -> Vec<u8> {
+    let mut key = due_prefix(PUSH_JOBS, due_ms);
+    key.push(b'/');
+    key.extend_from_slice(&with_number(
+        join(&[user_id.as_bytes(), device_id.as_bytes(), b""]),
+        inbox_id,
+    ));
+    key
+}
+/// The due time of a `po/` or `pq/` key.
+pub fn due_of(key: &[u8]) -> Option<i64> {
+    let bytes = key.get(3..11)?;
+    Some(u64::from_be_bytes(bytes.try_into().ok()?) as i64)
+}
+
 /// The number at the end of a `m/…/{seq}` or `i/…/{id}` key.
 pub fn trailing_number(key: &[u8]) -> Option<u64> {
     let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
@@ -105,5 +146,19 @@ mod tests {
         assert!(message("dm:a:b", 1).starts_with(&messages_of("dm:a:b")));
         assert!(!message("dm:a:bc", 1).starts_with(&messages_of("dm:a:b")));
         assert_eq!(trailing_number(&inbox("u1", 42)), Some(42));
+    }
+
+    #[test]
+    fn push_keys_sort_by_due_time_and_carry_it() {
+        let early = push_outbox(1_000, "dm:b:c", 9);
+        let late = push_outbox(256_000, "dm:a:b", 1);
+        assert!(early < late);
+        assert!(late < due_end(PUSH_OUTBOX, 256_000));
+        assert!(late >= due_end(PUSH_OUTBOX, 255_999));
+        assert_eq!(due_of(&late), Some(256_000));
+        assert_eq!(trailing_number(&early), Some(9));
+        let job = push_job(5, "u1", "phone", 7);
+        assert!(job.starts_with(PUSH_JOBS));
+        assert_eq!((due_of(&job), trailing_number(&job)), (Some(5), Some(7)));
     }
 }

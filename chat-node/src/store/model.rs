@@ -10,6 +10,7 @@ mod contacts;
 mod devices;
 mod groups;
 mod messages;
+mod push;
 mod users;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 pub use messages::{NewMessage, SendOutcome};
+pub use push::{OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, preview};
 
 use super::{Kv, KvTxn, StoreError};
 use crate::protocol::{ApiError, ErrorCode};

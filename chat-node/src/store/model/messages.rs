@@ -1,6 +1,7 @@
 //! Messages: the send transaction (dedupe, gapless `seq`, one stored copy, an inbox pointer
 //! with a gapless `inbox_id` per member), channel history and inbox sync.
 
+use super::push::{OutboxEntry, preview};
 use super::{ChatStore, get_json, get_u64};
 use crate::protocol::ApiError;
 use crate::protocol::types::{Ack, Message};
@@ -34,6 +35,9 @@ pub struct NewMessage<'a> {
     pub client_msg_id: &'a str,
     pub text: &'a str,
     pub ts: i64,
+    /// When pushes are configured: the time the message's push falls due (its `ts` plus the
+    /// coalescing window). The send transaction then also writes one push outbox entry.
+    pub push_due: Option<i64>,
 }
 
 /// The members of `channel`, checking that `caller` is one of them.
@@ -117,6 +121,24 @@ impl ChatStore {
                         sender_inbox_id = inbox_id;
                     }
                     recipients.push((member, inbox_id));
+                }
+                if let Some(due) = new.push_due {
+                    let others: Vec<(String, u64)> = recipients
+                        .iter()
+                        .filter(|(member, _)| member != new.sender)
+                        .cloned()
+                        .collect();
+                    if !others.is_empty() {
+                        let entry = OutboxEntry {
+                            channel: channel_name.to_owned(),
+                            seq,
+                            from: new.sender.to_owned(),
+                            preview: preview(new.text),
+                            ts: new.ts,
+                            recipients: others,
+                        };
+                        txn.put(&keys::push_outbox(due, channel_name, seq), &encode(&entry));
+                    }
                 }
                 let ack = Ack {
                     client_msg_id: new.client_msg_id.to_owned(),
