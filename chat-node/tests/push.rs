@@ -4,7 +4,7 @@
 //! here; test names say "standin" for that. Keys under tests/fixtures/ are test-only.
 
 mod common;
-mod standin;
+use parley_testkit::standin;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -21,26 +21,37 @@ pub struct TestCluster {
 
 impl TestCluster {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Start with `extra` flags for every node.
+    pub async fn start_with(extra: &[&str]) -> Self {
         let etcd = TestEtcd::start().await;
         let name = format!("t{}", std::process::id());
         let secret = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
         let mut nodes = Vec::new();
         for i in 1..=3 {
-            nodes.push(Node::start(&[
-                "--etcd",
-                etcd.endpoint(),
-                "--cluster",
-                &name,
-                "--node-id",
-                &format!("n{i}"),
-                "--token-secret-file",
-                secret.path().to_str().unwrap(),
-                "--store",
-                "etcd",
-                "--drain-seconds",
-                "2",
-            ]));
+            nodes.push(Node::start(
+                &[
+                    "--etcd",
+                    etcd.endpoint(),
+                    "--cluster",
+                    &name,
+                    "--node-id",
+                    &format!("n{i}"),
+                    "--token-secret-file",
+                    secret.path().to_str().unwrap(),
+                    "--store",
+                    "etcd",
+                    "--drain-seconds",
+                    "2",
+                ]
+                .iter()
+                .chain(extra)
+                .copied()
+                .collect::<Vec<_>>(),
+            ));
         }
         let c = Self {
             etcd,

@@ -10,12 +10,14 @@
 //! | --- | --- |
 //! | [`etcd`] ([`TestEtcd`]) | start, stop, restart a real etcd; read and write its keys |
 //! | [`node`] | a real `chat-node` process, its HTTP API, and real WebSocket clients |
+//! | [`standin`] | a recording HTTP/1.1 + h2c server standing in for push providers (FCM, APNs and webhooks cannot be reached here) |
 //! | [`bounded`] | await with a timeout that fails the test naming what did not happen |
 //!
 //! No etcd on the machine is a loud failure naming the package to install, never a pass.
 
 pub mod etcd;
 pub mod node;
+pub mod standin;
 
 pub use etcd::TestEtcd;
 

@@ -4,8 +4,6 @@
 //! the test to inspect. FCM and APNs cannot be reached from here; the tests that use these
 //! say "standin" in their names.
 
-#![allow(dead_code)]
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
