@@ -102,7 +102,14 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
     let kv: Arc<dyn Kv> = match config.store {
-        StoreKind::Embedded => Arc::new(Embedded::open(&config.data_dir)?),
+        StoreKind::Embedded => {
+            if config.is_clustered() {
+                tracing::warn!(
+                    "--store embedded with --etcd: this node keeps its own history, so run a single node (use --store etcd or tikv for several)"
+                );
+            }
+            Arc::new(Embedded::open(&config.data_dir)?)
+        }
         // Both connect with bounded calls and check that the store answers; their errors
         // name the endpoints.
         StoreKind::Etcd => Arc::new(EtcdKv::connect(&config.etcd, &store_prefix(&config)).await?),
