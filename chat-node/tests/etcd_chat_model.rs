@@ -51,8 +51,8 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
     // 4 senders x 5 messages at once: every send reads and writes 101 counters, so they
     // conflict with each other and retry.
     let mut tasks = Vec::new();
-    for from in members.iter().take(4).cloned() {
-        let (store, channel) = (store.clone(), channel.clone());
+    for from in &members[..4] {
+        let (store, channel, from) = (store.clone(), channel.clone(), from.clone());
         tasks.push(tokio::spawn(async move {
             for n in 0..5 {
                 let id = format!("{from}-{n}");
