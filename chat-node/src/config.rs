@@ -173,3 +173,24 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::try_parse_from(std::iter::once("chat-node").chain(args.iter().copied()))
+            .expect("flags parse")
+    }
+
+    #[test]
+    fn shared_stores_are_accepted_with_their_endpoints() {
+        parse(&["--store", "tikv", "--tikv-pd", "127.0.0.1:2379"])
+            .validate()
+            .expect("--store tikv with PD endpoints is valid");
+        let err = parse(&["--store", "tikv"]).validate().unwrap_err();
+        assert!(err.0.contains("--tikv-pd"), "{}", err.0);
+        let err = parse(&["--store", "etcd"]).validate().unwrap_err();
+        assert!(err.0.contains("--etcd"), "{}", err.0);
+    }
+}

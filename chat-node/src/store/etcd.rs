@@ -34,7 +34,9 @@
 //! - `--max-txn-ops` (default 128) bounds the compares and the writes of one `Txn`. A send to
 //!   a group of 100 members reads ~103 keys and writes ~204, so run etcd with
 //!   `--max-txn-ops 1024` (enough for groups of ~500). A `Txn` over the limit fails with
-//!   [`StoreError::Unavailable`] naming the flag.
+//!   [`StoreError::Unavailable`] naming the flag. Compares count: one per key read, including
+//!   each key a scan returned (a deleted key is invisible to a range compare, so each needs
+//!   its own), so a write transaction that scans thousands of keys needs a larger limit.
 //! - `--max-request-bytes` (default 1.5 MiB) bounds one request: a message of 100,000
 //!   characters can be 400 KB of UTF-8 and is stored once, plus ~100 bytes per member; run
 //!   etcd with `--max-request-bytes 4194304`.
