@@ -112,7 +112,16 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         }
         // Both connect with bounded calls and check that the store answers; their errors
         // name the endpoints.
-        StoreKind::Etcd => Arc::new(EtcdKv::connect(&config.etcd, &store_prefix(&config)).await?),
+        StoreKind::Etcd => {
+            if config.max_group_members > 500 {
+                tracing::warn!(
+                    max_group_members = config.max_group_members,
+                    "a send to a group this large is a transaction of about 2 operations per member: give etcd a --max-txn-ops of at least {}",
+                    3 * config.max_group_members + 16
+                );
+            }
+            Arc::new(EtcdKv::connect(&config.etcd, &store_prefix(&config)).await?)
+        }
         StoreKind::Tikv => {
             Arc::new(TikvKv::connect(&config.tikv_pd, &store_prefix(&config)).await?)
         }
