@@ -118,6 +118,12 @@ impl Conn {
         self.close(close);
     }
 
+    /// Whether the socket was closed to send its client to another node (moved, draining).
+    pub fn was_redirected(&self) -> bool {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(&q.close, Some(r) if *r == CloseReason::MOVED || *r == CloseReason::DRAINING)
+    }
+
     /// Wait until there is something to write or a close was asked for.
     pub async fn ready(&self) {
         self.ready.notified().await;

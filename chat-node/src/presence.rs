@@ -24,6 +24,9 @@ use crate::store::ChatStore;
 
 const STRIPES: usize = 64;
 
+/// How long after moving a user elsewhere this node waits before deciding they went offline.
+pub const MOVE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A user online on another node, as this node's users were told.
 struct Remote {
     node: String,
@@ -100,13 +103,63 @@ impl Presence {
     }
 
     /// A socket closed: unregister it, remember when the device was last active, and
-    /// announce the user offline if it was their last socket.
-    pub async fn disconnected(&self, conn: &Conn) -> Result<(), ApiError> {
+    /// announce the user offline if it was their last socket. A socket this node sent
+    /// elsewhere (a move or a drain) is not an offline: its user is on the way to their new
+    /// node, which announces nothing new to contacts who already see them online; the
+    /// offline waits [`MOVE_GRACE`] and is announced only if the user is online nowhere.
+    pub async fn disconnected(self: &Arc<Self>, conn: &Conn) -> Result<(), ApiError> {
         self.hub.unregister(conn);
         self.store
             .set_last_seen(&conn.user_id, &conn.device_id, conn.last_active())
             .await?;
+        if conn.was_redirected() && !self.hub.is_online(&conn.user_id) {
+            self.hand_over(&conn.user_id).await?;
+            let this = self.clone();
+            let user = conn.user_id.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(MOVE_GRACE).await;
+                if let Err(e) = this.after_move(&user).await {
+                    tracing::warn!(user_id = %user, error = %e.message, "presence after a move");
+                }
+            });
+            return Ok(());
+        }
         self.announce(&conn.user_id).await
+    }
+
+    /// Remember that this node's viewers of `user_id` were told "online", so that the
+    /// user's next node announcing "online" does not tell them twice.
+    async fn hand_over(&self, user_id: &str) -> Result<(), ApiError> {
+        if !self.lock_announced().contains(user_id) {
+            return Ok(());
+        }
+        let contacts = self.store.mutual_contacts(user_id).await?;
+        let (local, _) = self
+            .links
+            .cluster()
+            .partition(contacts.iter().map(String::as_str));
+        self.track(user_id, "", local);
+        Ok(())
+    }
+
+    /// [`MOVE_GRACE`] after a user was sent elsewhere: if they are back here, or online on
+    /// another node, nothing changed for their contacts; otherwise announce them offline.
+    async fn after_move(&self, user_id: &str) -> Result<(), ApiError> {
+        if self.hub.is_online(user_id) {
+            return Ok(());
+        }
+        if self
+            .online_among(&[user_id.to_owned()])
+            .await
+            .contains(user_id)
+        {
+            let mut announced = self.lock_announced();
+            announced.remove(user_id);
+            self.metrics.online_users.set(announced.len() as i64);
+            return Ok(());
+        }
+        self.lock_remote().remove(user_id);
+        self.announce(user_id).await
     }
 
     /// A user's status and last activity, as contacts see it.
@@ -242,7 +295,17 @@ impl Presence {
             .cluster()
             .partition(contacts.iter().map(String::as_str));
         let frame = seen.frame();
-        for contact in local {
+        // Contacts here who were told "online" while the user was on another node (a move)
+        // heard nothing new.
+        let told = if online {
+            self.lock_remote()
+                .remove(user_id)
+                .map(|r| r.viewers)
+                .unwrap_or_default()
+        } else {
+            HashSet::new()
+        };
+        for contact in local.into_iter().filter(|c| !told.contains(*c)) {
             self.hub.send_to_user(contact, &frame, None);
         }
         for (node, to) in remote {
@@ -281,7 +344,15 @@ impl Presence {
             node: None,
         };
         let frame = seen.frame();
-        for viewer in &to {
+        let told = match status {
+            Status::Online => self
+                .lock_remote()
+                .get(&seen.user)
+                .map(|r| r.viewers.clone())
+                .unwrap_or_default(),
+            Status::Offline => HashSet::new(),
+        };
+        for viewer in to.iter().filter(|v| !told.contains(*v)) {
             self.hub.send_to_user(viewer, &frame, None);
         }
         match status {
@@ -301,10 +372,8 @@ impl Presence {
             node: node.to_owned(),
             viewers: HashSet::new(),
         });
-        if entry.node != node {
-            entry.node = node.to_owned();
-            entry.viewers.clear();
-        }
+        // The user moved: everyone told "online" so far still believes it.
+        entry.node = node.to_owned();
         entry.viewers.extend(viewers.into_iter().map(str::to_owned));
     }
 

@@ -122,10 +122,20 @@ async fn messages_presence_and_typing_cross_nodes_live() {
 async fn a_drained_node_moves_its_users_and_empties() {
     let c = TestCluster::start().await;
     let users = c.users_on("drain", &[0, 0, 1]).await;
+    let watcher = &users[2];
+    c.nodes[1].befriend(&users[0], watcher).await;
+    let mut cw = c.connect(watcher).await;
     let mut on_first: Vec<Client> = Vec::new();
     for u in &users[..2] {
         on_first.push(c.connect(u).await);
     }
+    cw.until("the first user online", |v| {
+        v["type"] == "presence" && v["user"] == users[0].id.as_str() && v["status"] == "online"
+    })
+    .await;
+    // The watcher's connect-time snapshot and the user's announcement may both say
+    // "online" when the two connect at once: settle before the drain.
+    cw.drain(Duration::from_millis(500)).await;
     // The operator's drain request.
     let mut etcd = etcd_client::Client::connect([&c.etcd.endpoint()], None)
         .await
@@ -137,11 +147,13 @@ async fn a_drained_node_moves_its_users_and_empties() {
     )
     .await
     .unwrap();
+    let mut moved = Vec::new();
     for (client, u) in on_first.iter_mut().zip(&users) {
         let frame = client
             .until("a reconnect frame", |v| v["type"] == "reconnect")
             .await;
         let url = frame["ws_url"].as_str().unwrap().to_owned();
+        moved.push(Client::connect(&format!("{url}?token={}", u.token)).await);
         assert!(
             !url.contains(&c.nodes[0].addr),
             "moved to the draining node itself: {frame}"
@@ -179,6 +191,18 @@ async fn a_drained_node_moves_its_users_and_empties() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The move was not an offline: the watcher heard nothing of the moved user.
+    let heard: Vec<Value> = cw
+        .drain(Duration::from_secs(2))
+        .await
+        .into_iter()
+        .filter(|v| v["type"] == "presence" && v["user"] == users[0].id.as_str())
+        .collect();
+    assert!(
+        heard.is_empty(),
+        "a move showed up as presence changes: {heard:?}"
+    );
+    drop(moved);
 }
 
 /// Ask `/v1/assign` of a live node until it names a live node, then connect there.
