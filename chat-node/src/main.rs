@@ -1,5 +1,7 @@
 //! `chat-node`: run one Parley chat node. See `chat-node --help`.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +13,8 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        // Colours only for a person at a terminal, never in log files or `kubectl logs`.
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let config = Config::parse();
     let node = match chat_node::server::start(config).await {
