@@ -13,8 +13,14 @@ base="${PARLEY_BASE_PORT:-8080}"
 work="$(mktemp -d /tmp/parley-cluster.XXXXXX)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 client_port="$(free_port)"; peer_port="$(free_port)"
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; echo "stopped; data in $work"; }
+# Every process started here has $work in its command line: stop them by it (the PIDs of
+# jobs whose output goes through a process substitution are not reliably in $!).
+cleanup() {
+  trap - EXIT INT TERM
+  pkill -TERM -f -- "$work" 2>/dev/null || true
+  wait 2>/dev/null || true
+  echo "stopped; data in $work"
+}
 trap cleanup EXIT INT TERM
 
 etcd --name parley --data-dir "$work/etcd" \
@@ -24,7 +30,6 @@ etcd --name parley --data-dir "$work/etcd" \
   --max-txn-ops 1024 --max-request-bytes 4194304 --quota-backend-bytes 8589934592 \
   --auto-compaction-mode revision --auto-compaction-retention 100000 \
   >"$work/etcd.log" 2>&1 &
-pids+=($!)
 for _ in $(seq 1 100); do
   python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$client_port/health', timeout=1)" 2>/dev/null && break
   sleep 0.1
@@ -35,7 +40,6 @@ for i in $(seq 1 "$nodes"); do
   ./target/release/chat-node --listen "127.0.0.1:$port" --node-id "n$i" --data-dir "$work/n$i" \
     --etcd "http://127.0.0.1:$client_port" --store etcd --token-secret-file "$work/secret" "$@" \
     > >(sed -u "s/^/[n$i] /") 2>&1 &
-  pids+=($!)
 done
 echo "etcd at http://127.0.0.1:$client_port; nodes at http://127.0.0.1:$((base + 1))..$((base + nodes)); logs and data in $work"
 wait
