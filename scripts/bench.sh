@@ -10,7 +10,8 @@
 # runs so that the cached benchmark users stay valid; --fresh wipes it), waits for /readyz,
 # runs the scenario, stops the node with SIGTERM. The JSON line is appended to
 # target/bench-results.jsonl. With PARLEY_BENCH_PERF=FILE the node runs under
-# `perf record -g` and the profile is written to FILE.
+# `perf record` (flags from PARLEY_BENCH_PERF_ARGS, default "-F 499 -g") and the profile is
+# written to FILE.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +40,9 @@ ulimit -n "$(ulimit -Hn)"
 NODE=("$CARGO_TARGET_DIR/release/chat-node" --listen "127.0.0.1:$PORT" --data-dir "$DATA")
 LOG="$DATA.node.log"
 if [ -n "${PARLEY_BENCH_PERF:-}" ]; then
-  perf record -F 499 -g -o "$PARLEY_BENCH_PERF" -- "${NODE[@]}" >"$LOG" 2>&1 &
+  # shellcheck disable=SC2086 # the flags are meant to split
+  RUST_LOG="${RUST_LOG:-warn}" perf record ${PARLEY_BENCH_PERF_ARGS:--F 499 -g} -o "$PARLEY_BENCH_PERF" \
+    -- "${NODE[@]}" >"$LOG" 2>&1 &
 else
   RUST_LOG="${RUST_LOG:-warn}" "${NODE[@]}" >"$LOG" 2>&1 &
 fi

@@ -286,7 +286,8 @@ async fn step(
     );
     let offered = rate as f64 * secs as f64;
     let deliver = Latency::of(&deliver);
-    let held = acked as f64 >= 0.95 * offered
+    let held = acked as f64 / elapsed >= 0.95 * rate as f64
+        && acked as f64 >= 0.95 * offered
         && deliver.p99_ms <= spec.p99_limit_ms
         && (errors + lost) as f64 <= 0.001 * sent as f64;
     StepResult {

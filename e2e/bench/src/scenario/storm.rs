@@ -159,17 +159,18 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> Result<Value> {
                 deadline,
             )
             .await;
-            let _ = done.send(match r {
+            match r {
                 Ok((ws, _)) => {
-                    let took = start.elapsed();
+                    let _ = done.send(Ok(start.elapsed()));
                     // Hold the socket until every client is back, so the node carries
                     // the full count at the end.
                     let _ = storm.changed().await;
                     drop(ws);
-                    Ok(took)
                 }
-                Err(e) => Err(format!("{e:#}")),
-            });
+                Err(e) => {
+                    let _ = done.send(Err(format!("{e:#}")));
+                }
+            }
         }));
     }
     drop(done_tx);
