@@ -32,6 +32,7 @@ async fn main() -> Result<()> {
         api,
         probe: NodeProbe { pids: pids.clone() },
         global: cli.global.clone(),
+        created: Default::default(),
     };
     let facts = Facts::gather(&cli.global.url, &pids, &cli.global.label);
     eprintln!(

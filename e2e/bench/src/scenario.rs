@@ -8,6 +8,8 @@ pub mod group;
 pub mod idle;
 pub mod storm;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use anyhow::{Result, bail};
 
 use crate::api::Api;
@@ -21,18 +23,22 @@ pub struct Ctx {
     pub api: Api,
     pub dialer: Dialer,
     pub probe: NodeProbe,
+    /// Users this run had to create (the node ran argon2 for them).
+    pub created: AtomicUsize,
 }
 
 impl Ctx {
     /// Users `0..n` of the cached pool (created if missing).
     pub async fn users(&self, n: usize) -> Result<Vec<crate::api::User>> {
-        crate::users::ensure(
+        let (users, created) = crate::users::ensure(
             &self.api,
             &self.global.users_file,
             n,
             self.global.setup_concurrency,
         )
-        .await
+        .await?;
+        self.created.fetch_add(created, Ordering::Relaxed);
+        Ok(users)
     }
 }
 

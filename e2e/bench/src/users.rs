@@ -80,10 +80,16 @@ async fn current_pool(api: &Api, file: &mut CacheFile) -> Result<Pool> {
 }
 
 /// Users `0..n` of the pool, creating (sign-up + login, `concurrency` at once) what is
-/// missing and caching it in `path`.
-pub async fn ensure(api: &Api, path: &Path, n: usize, concurrency: usize) -> Result<Vec<User>> {
+/// missing and caching it in `path`; also returns how many it had to create.
+pub async fn ensure(
+    api: &Api,
+    path: &Path,
+    n: usize,
+    concurrency: usize,
+) -> Result<(Vec<User>, usize)> {
     let mut file = load(path);
     let mut pool = current_pool(api, &mut file).await?;
+    let created = n.saturating_sub(pool.users.len());
     if pool.users.len() < n {
         let missing = n - pool.users.len();
         eprintln!(
@@ -116,7 +122,7 @@ pub async fn ensure(api: &Api, path: &Path, n: usize, concurrency: usize) -> Res
             );
         }
     }
-    Ok(pool.users[..n].to_vec())
+    Ok((pool.users[..n].to_vec(), created))
 }
 
 /// The channels of `groups` groups of `members` users each (group g = pool users

@@ -20,6 +20,14 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Value> {
     let n = args.connections;
     let users = ctx.users(n).await?;
     super::check_open_files(n)?;
+    let distorted = ctx.created.load(Relaxed) > 0;
+    if distorted {
+        eprintln!(
+            "idle: NOTE this node process just ran argon2 for the new users: its allocator holds \
+             freed memory that sockets will reuse, so RSS per connection reads LOW. Rerun with \
+             a fresh node (the users are cached now) for the figure."
+        );
+    }
     if ctx.probe.pids.is_empty() {
         eprintln!(
             "idle: NOTE no node process to read memory from (give --node-pid); reporting connections only"
@@ -140,6 +148,7 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Value> {
     );
     Ok(json!({
         "connections": n,
+        "rss_distorted_by_setup": distorted,
         "opened": open,
         "held": still_open,
         "failed": failed.load(Relaxed),
