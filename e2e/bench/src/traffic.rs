@@ -1,7 +1,7 @@
 //! The paced traffic engine behind `dm` and `group`: one task per socket that sends at its
-//! share of the offered rate (open loop, each message stamped with the time it was *due*,
-//! so a slow node cannot hide its queueing: no coordinated omission) and reads acks and
-//! deliveries. The controller steps the rate, drains between steps, and collects each
+//! share of the offered rate (open loop; a message held back more than 2 ms past the time
+//! it was *due* is stamped with its due time, so a slow node cannot hide its queueing: no
+//! coordinated omission) and reads acks and deliveries. The controller steps the rate, drains between steps, and collects each
 //! step's HDR histograms from the sockets at the step boundary.
 //!
 //! A socket that gets `reconnect` (or loses its connection) dials again (the given
@@ -327,7 +327,11 @@ async fn collect(shared: &Shared, n: usize) -> (Histogram<u64>, Histogram<u64>) 
 
 /// The shortest sleep of a sender between batches: at high rates it sends what fell due
 /// in that time in one write.
-const MIN_TICK: Duration = Duration::from_millis(2);
+const MIN_TICK: Duration = Duration::from_millis(1);
+/// How late a send may go out, against its due time, and still be stamped with the time it
+/// was written (the tool's timers have millisecond granularity); a later one is stamped
+/// with its due time, so the wait that held it back counts against the node.
+const SLACK_NS: u64 = 2_000_000;
 /// The longest, so a socket notices a new step or epoch quickly.
 const MAX_TICK: Duration = Duration::from_millis(20);
 
@@ -432,8 +436,11 @@ async fn participant(
                 let mut batch = 0;
                 while due <= now && unacked.load(Relaxed) < spec.max_unacked && batch < 256 {
                     counter += 1;
-                    let cmid = ws::stamped_cmid(idx, counter, due);
-                    let text = ws::stamped_text(due, spec.text_chars);
+                    // Up to SLACK late is the tool's timer, not the node: stamp the send
+                    // time. Later than that the socket was held back: stamp the due time.
+                    let stamp = if now - due > SLACK_NS { due } else { now };
+                    let cmid = ws::stamped_cmid(idx, counter, stamp);
+                    let text = ws::stamped_text(stamp, spec.text_chars);
                     if sink
                         .feed(Message::Text(to_json(&cmid, &text).into()))
                         .await
