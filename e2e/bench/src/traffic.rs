@@ -426,7 +426,10 @@ async fn participant(
                 }
                 let interval = (1e12 / rate_milli as f64) as u64;
                 let now = clock::now_ns();
-                let mut due = due_ns.unwrap_or(now);
+                // A new rate starts each socket at its own phase within one interval, so
+                // the sockets do not send in lockstep bursts (the offered load is smooth).
+                let phase = (idx as f64 * 0.618_033_988_75).fract();
+                let mut due = due_ns.unwrap_or(now + (phase * interval as f64) as u64);
                 // More than a second behind: those sends are not offered at all.
                 if due + 1_000_000_000 < now {
                     let skip = (now - 1_000_000_000 - due) / interval;
