@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Run one parley-bench scenario against a single release chat-node started here.
+#
+#   scripts/bench.sh [--fresh] SCENARIO [SCENARIO FLAGS...]
+#   e.g. scripts/bench.sh dm --pairs 200 --step-secs 5
+#        scripts/bench.sh idle --connections 10000
+#
+# Builds chat-node and parley-bench in release, starts the node on 127.0.0.1:$PARLEY_BENCH_PORT
+# (default 8090) with its data in $PARLEY_BENCH_DATA (default target/bench-data, kept between
+# runs so that the cached benchmark users stay valid; --fresh wipes it), waits for /readyz,
+# runs the scenario, stops the node with SIGTERM. The JSON line is appended to
+# target/bench-results.jsonl. With PARLEY_BENCH_PERF=FILE the node runs under
+# `perf record` (flags from PARLEY_BENCH_PERF_ARGS, default "-F 499 -g") and the profile is
+# written to FILE.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+PORT="${PARLEY_BENCH_PORT:-8090}"
+DATA="${PARLEY_BENCH_DATA:-$CARGO_TARGET_DIR/bench-data}"
+USERS="$DATA.users.json"
+
+if [ "${1:-}" = "--fresh" ]; then
+  shift
+  rm -rf "$DATA" "$USERS"
+fi
+if [ $# -lt 1 ]; then
+  echo "usage: scripts/bench.sh [--fresh] idle|dm|group|storm|catchup [flags]" >&2
+  exit 2
+fi
+
+./scripts/install-deps.sh >/dev/null
+cargo build --release --quiet -p chat-node -p parley-bench
+mkdir -p "$DATA"
+
+# Both ends may hold ~10,000+ sockets: take the hard open-file limit.
+ulimit -n "$(ulimit -Hn)"
+
+NODE=("$CARGO_TARGET_DIR/release/chat-node" --listen "127.0.0.1:$PORT" --data-dir "$DATA")
+LOG="$DATA.node.log"
+if [ -n "${PARLEY_BENCH_PERF:-}" ]; then
+  # shellcheck disable=SC2086 # the flags are meant to split
+  RUST_LOG="${RUST_LOG:-warn}" perf record ${PARLEY_BENCH_PERF_ARGS:--F 499 -g} -o "$PARLEY_BENCH_PERF" \
+    -- "${NODE[@]}" >"$LOG" 2>&1 &
+else
+  RUST_LOG="${RUST_LOG:-warn}" "${NODE[@]}" >"$LOG" 2>&1 &
+fi
+LAUNCHED=$!
+stop_node() {
+  # perf passes SIGINT on to the node and then writes its profile.
+  if [ -n "${PARLEY_BENCH_PERF:-}" ]; then kill -INT "$LAUNCHED" 2>/dev/null || true
+  else kill -TERM "$LAUNCHED" 2>/dev/null || true; fi
+  wait "$LAUNCHED" 2>/dev/null || true
+}
+trap stop_node EXIT
+
+for _ in $(seq 1 300); do
+  if curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$LAUNCHED" 2>/dev/null; then
+    echo "chat-node exited before it was ready; its log ($LOG):" >&2
+    tail -20 "$LOG" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "chat-node not ready within 30 s" >&2; exit 1; }
+
+"$CARGO_TARGET_DIR/release/parley-bench" --url "http://127.0.0.1:$PORT" --users-file "$USERS" \
+  --json-out "$CARGO_TARGET_DIR/bench-results.jsonl" "$@"
