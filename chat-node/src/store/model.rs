@@ -91,6 +91,19 @@ impl ChatStore {
     where
         F: for<'a> Fn(&'a mut dyn KvTxn, Scope<'a, 'c>) -> TxnBody<'a, T>,
     {
+        let value = self.write_unsynced(body).await?;
+        self.kv.sync().await.map_err(|e| self.failed(e))?;
+        Ok(value)
+    }
+
+    /// [`ChatStore::write`] without waiting for durability: for bookkeeping whose loss in a
+    /// machine crash costs nothing (a `last_seen` a few seconds old), so that it never waits
+    /// for an fsync. The commit is still atomic and visible at once, and survives a crash of
+    /// the process; the next durable write (or the group commit) makes it durable.
+    pub(crate) async fn write_unsynced<'c, T, F>(&self, body: F) -> Result<T, ApiError>
+    where
+        F: for<'a> Fn(&'a mut dyn KvTxn, Scope<'a, 'c>) -> TxnBody<'a, T>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -102,10 +115,7 @@ impl ChatStore {
             }
             .await;
             match result {
-                Ok(value) => {
-                    self.kv.sync().await.map_err(|e| self.failed(e))?;
-                    return Ok(value);
-                }
+                Ok(value) => return Ok(value),
                 Err(Retry::Conflict) if attempt < MAX_ATTEMPTS => {
                     (self.on_conflict)();
                     let pause = 50 * u64::from(attempt.min(20)) + rand::random_range(0..100);

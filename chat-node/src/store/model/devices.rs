@@ -102,7 +102,8 @@ impl ChatStore {
         device_id: &str,
         ts: i64,
     ) -> Result<(), ApiError> {
-        self.write(|txn, _| {
+        // Bookkeeping: a connect or disconnect never waits for an fsync.
+        self.write_unsynced(|txn, _| {
             Box::pin(async move {
                 // Last seen only moves forward: sockets may close out of activity order.
                 let user_key = keys::last_seen(user_id);
