@@ -212,7 +212,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     })
 }
 
-/// Listen with a deep accept backlog, so a reconnect storm is queued, not refused.
+/// Listen with a deep accept backlog, so a reconnect storm is queued, not refused. The kernel
+/// caps it at `net.core.somaxconn` (4096 on many systems): raise that on chat-node machines
+/// (docs/operations.md), or connects past it wait for a SYN retry (1 s, then 3 s, 7 s).
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -222,7 +224,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
-    socket.listen(8192)
+    socket.listen(65_535)
 }
 
 impl Node {
