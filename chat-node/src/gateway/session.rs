@@ -117,6 +117,11 @@ impl Session {
         let mut draining = false;
 
         loop {
+            // While the socket is not read (its in-flight work is full: the node, not the
+            // client, is slow), silence is not the client's: hold the heartbeat deadline.
+            if work.len() >= MAX_IN_FLIGHT {
+                deadline = Instant::now() + heartbeat;
+            }
             if draining && work.is_empty() {
                 // Everything this socket asked for is answered: now point it elsewhere.
                 let ws_url = match self.state.cluster.owner(&self.claims.sub) {
