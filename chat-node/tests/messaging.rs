@@ -412,3 +412,42 @@ async fn history_pages_by_seq_in_both_directions() {
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn a_sync_page_of_long_messages_stops_after_a_few_mib_and_the_next_page_goes_on() {
+    let node = Node::start(&[]);
+    let alice = node.user("alice", "phone").await;
+    let bob = node.user("bob", "phone").await;
+    let mut a = node.ws(&alice).await;
+    // 14 messages of 100,000 four-byte characters: 5.6 MB, more than one page holds.
+    let long = "😀".repeat(100_000);
+    for i in 0..14 {
+        let ack = a.say(("to", &bob.id), &format!("l{i}"), &long).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let mut b = node.ws(&bob).await;
+    let mut after = 0;
+    let mut pages = Vec::new();
+    loop {
+        b.send(json!({"type": "sync", "after": after, "limit": 1000, "req": "p"}))
+            .await;
+        let page = b.until("a sync page", |v| v["type"] == "sync").await;
+        let items = page["items"].as_array().unwrap();
+        assert!(!items.is_empty(), "a page with `more` is never empty");
+        after = items.last().unwrap()["inbox_id"].as_u64().unwrap();
+        pages.push(items.len());
+        if page["more"] == false {
+            break;
+        }
+    }
+    assert!(
+        pages.len() >= 2,
+        "14 long messages did not fit one page: {pages:?}"
+    );
+    assert!(
+        pages[0] <= 11,
+        "the first page stopped after about 4 MiB: {pages:?}"
+    );
+    assert_eq!(pages.iter().sum::<usize>(), 14);
+    assert_eq!(after, 14, "every inbox id, in order");
+}

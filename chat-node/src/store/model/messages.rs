@@ -75,6 +75,58 @@ async fn members(
     }
 }
 
+/// The messages `entries` point at, in order. Pointers into one channel whose seqs are
+/// dense are read with one range scan (a catch-up is mostly runs of one channel); the rest
+/// one by one.
+async fn read_messages(
+    txn: &mut dyn KvTxn,
+    entries: &[(u64, InboxEntry)],
+) -> Result<Vec<MessageRecord>, ApiError> {
+    let mut ranges: std::collections::HashMap<&str, (u64, u64, usize)> =
+        std::collections::HashMap::new();
+    for (_, e) in entries {
+        let r = ranges
+            .entry(e.channel.as_str())
+            .or_insert((e.seq, e.seq, 0));
+        r.0 = r.0.min(e.seq);
+        r.1 = r.1.max(e.seq);
+        r.2 += 1;
+    }
+    let mut found: std::collections::HashMap<(&str, u64), MessageRecord> =
+        std::collections::HashMap::new();
+    for (channel, (lo, hi, count)) in ranges {
+        let span = (hi - lo + 1) as usize;
+        if count > 1 && span <= 2 * count {
+            let pairs = txn
+                .scan(
+                    &keys::message(channel, lo),
+                    &keys::message(channel, hi + 1),
+                    span,
+                    Order::Ascending,
+                )
+                .await?;
+            for (key, value) in pairs {
+                let seq = keys::trailing_number(&key).unwrap_or_default();
+                found.insert((channel, seq), decode(&key, &value)?);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (inbox_id, e) in entries {
+        let record = match found.remove(&(e.channel.as_str(), e.seq)) {
+            Some(r) => Some(r),
+            None => get_json(txn, &keys::message(&e.channel, e.seq)).await?,
+        };
+        out.push(record.ok_or_else(|| {
+            ApiError::internal(format!(
+                "inbox entry {inbox_id} points at a missing message {}#{}; report this to the operator",
+                e.channel, e.seq
+            ))
+        })?);
+    }
+    Ok(out)
+}
+
 impl ChatStore {
     /// Store a message in one transaction and return once it is durable.
     pub async fn send(&self, new: &NewMessage<'_>) -> Result<SendOutcome, ApiError> {
@@ -242,24 +294,35 @@ impl ChatStore {
                 let end = crate::store::prefix_end(&keys::inbox_of(user_id));
                 let pairs = txn.scan(&start, &end, limit + 1, Order::Ascending).await?;
                 let mut more = pairs.len() > limit;
-                let mut items = Vec::with_capacity(pairs.len().min(limit));
-                let mut bytes = 0;
+                let mut entries = Vec::with_capacity(pairs.len().min(limit));
                 for (key, value) in pairs.into_iter().take(limit) {
+                    let inbox_id = keys::trailing_number(&key).unwrap_or_default();
+                    entries.push((inbox_id, decode::<InboxEntry>(&key, &value)?));
+                }
+                // The messages are read in chunks that double while the page stays small: a
+                // catch-up of small messages takes few, large range reads, and a page of
+                // 100,000-character messages stops after a few MiB as before.
+                let mut items = Vec::with_capacity(entries.len());
+                let mut bytes = 0;
+                let mut chunk = 16;
+                let mut rest = entries.as_slice();
+                while !rest.is_empty() {
                     if bytes > PAGE_BYTES {
                         more = true;
                         break;
                     }
-                    let inbox_id = keys::trailing_number(&key).unwrap_or_default();
-                    let entry: InboxEntry = decode(&key, &value)?;
-                    let message_key = keys::message(&entry.channel, entry.seq);
-                    let record: MessageRecord = get_json(txn, &message_key).await?.ok_or_else(|| {
-                        ApiError::internal(format!(
-                            "inbox entry {inbox_id} points at a missing message {}#{}; report this to the operator",
-                            entry.channel, entry.seq
-                        ))
-                    })?;
-                    bytes += record.text.len();
-                    items.push(record.into_wire(&entry.channel, entry.seq, Some(inbox_id)));
+                    let (now, later) = rest.split_at(chunk.min(rest.len()));
+                    rest = later;
+                    chunk *= 2;
+                    let records = read_messages(txn, now).await?;
+                    for ((inbox_id, entry), record) in now.iter().zip(records) {
+                        if bytes > PAGE_BYTES {
+                            more = true;
+                            break;
+                        }
+                        bytes += record.text.len();
+                        items.push(record.into_wire(&entry.channel, entry.seq, Some(*inbox_id)));
+                    }
                 }
                 Ok((items, more))
             })
