@@ -9,8 +9,8 @@
 //!
 //! | layer | modules | role |
 //! | --- | --- | --- |
-//! | edge | [`api`], [`gateway`] | HTTP routes and WebSocket sessions: parse, authorise, call a service, encode |
-//! | services | [`chat`], [`presence`], [`hub`], [`cluster`], [`push`] | the behaviour: sending and delivering, who is online, which node serves whom, notifying offline devices |
+//! | edge | [`api`], [`gateway`] | HTTP routes (the client API, and the node-to-node link routes) and WebSocket sessions: parse, authorise, call a service, encode |
+//! | services | [`chat`], [`presence`], [`hub`], [`cluster`], [`push`] | the behaviour: sending and delivering, who is online, which node serves whom (etcd membership, rendezvous assignment) and the links between nodes, notifying offline devices |
 //! | storage | [`store`] | the ordered-KV trait, its backends, and the chat data model on top |
 //!
 //! Beside them: [`protocol`] (the wire types and limits of PROTOCOL.md), [`auth`] (password
