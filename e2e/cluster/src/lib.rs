@@ -10,12 +10,14 @@ use std::time::Duration;
 use parley_testkit::TestEtcd;
 use parley_testkit::node::{Client, Node, User};
 
-/// A real etcd and three real chat nodes sharing it (`--store etcd`), ids `n1`..`n3`.
+/// A real etcd and three (or more) real chat nodes sharing it (`--store etcd`), ids `n1`, `n2`, ….
 pub struct TestCluster {
     pub etcd: TestEtcd,
     pub nodes: Vec<Node>,
     /// The `--cluster` name (its etcd keys live under `/parley/<name>/`).
     pub name: String,
+    /// Flags every node gets beyond the cluster's own.
+    extra: Vec<String>,
     _secret: tempfile::NamedTempFile,
 }
 
@@ -27,40 +29,48 @@ impl TestCluster {
     /// Start with `extra` flags for every node.
     pub async fn start_with(extra: &[&str]) -> Self {
         let etcd = TestEtcd::start().await;
-        let name = format!("t{}", std::process::id());
         let secret = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
-        let mut nodes = Vec::new();
-        for i in 1..=3 {
-            nodes.push(Node::start(
-                &[
-                    "--etcd",
-                    etcd.endpoint(),
-                    "--cluster",
-                    &name,
-                    "--node-id",
-                    &format!("n{i}"),
-                    "--token-secret-file",
-                    secret.path().to_str().unwrap(),
-                    "--store",
-                    "etcd",
-                    "--drain-seconds",
-                    "2",
-                ]
-                .iter()
-                .chain(extra)
-                .copied()
-                .collect::<Vec<_>>(),
-            ));
-        }
-        let c = Self {
+        let mut c = Self {
             etcd,
-            nodes,
-            name,
+            nodes: Vec::new(),
+            name: format!("t{}", std::process::id()),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _secret: secret,
         };
+        for _ in 0..3 {
+            c.spawn_node();
+        }
         c.wait_for_members(3).await;
         c
+    }
+
+    /// Start one more node (`n<count+1>`) and wait until every node sees it.
+    pub async fn add_node(&mut self) {
+        self.spawn_node();
+        self.wait_for_members(self.nodes.len()).await;
+    }
+
+    fn spawn_node(&mut self) {
+        let id = format!("n{}", self.nodes.len() + 1);
+        let secret = self._secret.path().to_str().unwrap().to_owned();
+        let mut args: Vec<&str> = vec![
+            "--etcd",
+            self.etcd.endpoint(),
+            "--cluster",
+            &self.name,
+            "--node-id",
+            &id,
+            "--token-secret-file",
+            &secret,
+            "--store",
+            "etcd",
+            "--drain-seconds",
+            "2",
+        ];
+        args.extend(self.extra.iter().map(String::as_str));
+        let node = Node::start(&args);
+        self.nodes.push(node);
     }
 
     /// Wait until every live node sees `n` members.

@@ -481,3 +481,40 @@ async fn concurrent_senders_on_three_nodes_get_gapless_seqs() {
         "{history}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_joining_takes_over_its_users_gently() {
+    let mut c = TestCluster::start().await;
+    let mut clients = Vec::new();
+    let mut users = Vec::new();
+    for k in 0..40 {
+        let u = c.nodes[k % 3].user(&format!("join{k}"), "phone").await;
+        clients.push(c.connect(&u).await);
+        users.push(u);
+    }
+    c.add_node().await;
+    // Users whose node is now n4 are told to move there; the others stay where they are.
+    let mut moved = 0;
+    for (client, u) in clients.iter_mut().zip(&users) {
+        let (node, ws_url) = c.assigned(3, u).await;
+        if node == "n4" {
+            let frame = client
+                .until("a move to the new node", |v| v["type"] == "reconnect")
+                .await;
+            assert_eq!(frame["reason"], "moved", "{frame}");
+            assert_eq!(frame["ws_url"], ws_url.as_str());
+            moved += 1;
+        } else {
+            let quiet = client.drain(Duration::from_millis(100)).await;
+            assert!(
+                quiet.iter().all(|v| v["type"] != "reconnect"),
+                "{} stays on {node} but was moved: {quiet:?}",
+                u.username
+            );
+        }
+    }
+    assert!(
+        moved >= 1,
+        "rendezvous gives a fourth node about a quarter of 40 users"
+    );
+}
