@@ -21,6 +21,7 @@ const typing = new Map();     // channel -> Map user -> expiry ts
 let outbox = [];              // [{client_msg_id, channel, text, ts, sentAt}]
 let current = null;           // open channel
 let ws = null, wsOpen = false, nextWsUrl = null, attempt = 0, reconnectTimer = null, hbTimer = null;
+let lastRedirect = 0; // when the last `reconnect` frame came: two within a second means the nodes disagree for now
 let cursor = 0;               // cur_max_message_id: largest inbox_id with nothing missing below
 const above = new Set();      // inbox ids seen above the cursor (a gap below them)
 let syncing = false, gapTimer = null, ticks = 0, reqNo = 0, lastTyping = 0, cursorTimer = null, lastCursorSent = 0;
@@ -223,12 +224,17 @@ function onFrame(f) {
     case 'ack': onAck(f); break;
     case 'presence': onPresence(f); break;
     case 'typing': onTyping(f); break;
-    case 'reconnect':
-      nextWsUrl = f.ws_url || null;
+    case 'reconnect': {
+      // Go where the node says at once, unless we were just sent here: then ask /v1/assign
+      // again, with backoff, until the nodes' views of the cluster agree (docs/protocol.md).
+      const bounced = Date.now() - lastRedirect < 1000;
+      lastRedirect = Date.now();
+      nextWsUrl = bounced ? null : (f.ws_url || null);
       if (ws) { const w = ws; ws = null; wsOpen = false; w.onclose = null; w.close(); }
       clearInterval(hbTimer);
-      scheduleReconnect(true);
+      scheduleReconnect(!bounced);
       break;
+    }
     case 'error': onError(f); break;
   }
 }
