@@ -8,7 +8,6 @@ use std::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::accounts::new_id;
-use crate::cluster::Owner;
 use crate::cluster::link::{Event, Links};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -276,15 +275,10 @@ impl Chat {
     /// Hand a stored message to the nodes of its recipients (`(user, inbox_id)`), this one
     /// included, one event per node. Best effort: the inbox is the truth.
     fn deliver(&self, message: Message, recipients: &[(String, u64)], sending_device: &str) {
-        let cluster = self.links.cluster();
-        let mut local = Vec::new();
-        let mut remote: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-        for r in recipients {
-            match cluster.owner(&r.0) {
-                Owner::Here => local.push(r.clone()),
-                Owner::Peer(m) => remote.entry(m.node_id).or_default().push(r.clone()),
-            }
-        }
+        let (local, remote) = self
+            .links
+            .cluster()
+            .partition_by(recipients.iter().cloned(), |r| r.0.as_str());
         for (node, recipients) in remote {
             let event = Event::Deliver {
                 message: message.clone(),

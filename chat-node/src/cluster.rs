@@ -170,8 +170,17 @@ impl Cluster {
     /// members (this one included unless draining). When every member drains, over all.
     pub fn owner(&self, user_id: &str) -> Owner {
         let peers = self.peers();
+        match self.peer_for(&peers, user_id) {
+            Some(id) => Owner::Peer(peers[id].clone()),
+            None => Owner::Here,
+        }
+    }
+
+    /// The id of the peer `user_id` belongs on among `peers` (one snapshot of the view, so a
+    /// batch of users is routed against one membership), or `None` for this node.
+    fn peer_for<'p>(&self, peers: &'p HashMap<String, Member>, user_id: &str) -> Option<&'p str> {
         if peers.is_empty() {
-            return Owner::Here;
+            return None;
         }
         let me_draining = self.is_draining();
         let takers = peers.values().filter(|m| !m.draining).count() + usize::from(!me_draining);
@@ -181,14 +190,14 @@ impl Cluster {
             .map(|m| (m.node_id.as_str(), m.capacity))
             .chain((takers == 0 || !me_draining).then_some((self.node_id.as_str(), self.capacity)));
         match rendezvous::owner(user_id, candidates) {
-            Some(id) if id != self.node_id => Owner::Peer(peers[id].clone()),
-            _ => Owner::Here,
+            Some(id) if id != self.node_id => peers.get_key_value(id).map(|(k, _)| k.as_str()),
+            _ => None,
         }
     }
 
     /// Whether `user_id` belongs on this node.
     pub fn is_here(&self, user_id: &str) -> bool {
-        self.owner(user_id) == Owner::Here
+        self.peer_for(&self.peers(), user_id).is_none()
     }
 
     /// Split `users` by the node they belong on: this node's, and each peer's.
@@ -196,12 +205,23 @@ impl Cluster {
         &self,
         users: impl IntoIterator<Item = &'a str>,
     ) -> (Vec<&'a str>, HashMap<String, Vec<&'a str>>) {
+        self.partition_by(users, |user| user)
+    }
+
+    /// Split `items` by the node the user `user_of` names belongs on, against one snapshot
+    /// of the membership.
+    pub fn partition_by<T>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        user_of: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, HashMap<String, Vec<T>>) {
+        let peers = self.peers();
         let mut local = Vec::new();
-        let mut remote: HashMap<String, Vec<&'a str>> = HashMap::new();
-        for user in users {
-            match self.owner(user) {
-                Owner::Here => local.push(user),
-                Owner::Peer(m) => remote.entry(m.node_id).or_default().push(user),
+        let mut remote: HashMap<String, Vec<T>> = HashMap::new();
+        for item in items {
+            match self.peer_for(&peers, user_of(&item)) {
+                None => local.push(item),
+                Some(id) => remote.entry(id.to_owned()).or_default().push(item),
             }
         }
         (local, remote)

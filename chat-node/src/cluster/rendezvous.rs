@@ -4,32 +4,30 @@
 //!
 //! Each member scores `-weight / ln(h)`, where `h` is a stable hash of (key, member) mapped
 //! into (0, 1); the highest score wins (Schindelhauer and Schomaker's weighted variant: a
-//! member's share of keys is its weight over the total). The hash is XXH3 with a fixed seed,
-//! so every build and every architecture agrees.
+//! member's share of keys is its weight over the total). The hash is XXH3 of the member id
+//! seeded with XXH3 of the key (fixed seed), so every build and every architecture agrees.
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Fixed so that nodes of different builds agree on every owner.
 const SEED: u64 = 0x7061_726c_6579_0001;
 
-/// The score of `member` (with `weight` > 0) for `key`.
-pub fn score(key: &str, member: &str, weight: u64) -> f64 {
-    let mut buf = Vec::with_capacity(key.len() + member.len() + 1);
-    buf.extend_from_slice(key.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(member.as_bytes());
-    let h = xxh3_64_with_seed(&buf, SEED);
+/// The score of `member` (with `weight` > 0) for a key whose hash is `key_hash`.
+fn score(key_hash: u64, member: &str, weight: u64) -> f64 {
+    let h = xxh3_64_with_seed(member.as_bytes(), key_hash);
     // The top 53 bits as a float strictly inside (0, 1).
     let unit = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -(weight.max(1) as f64) / unit.ln()
 }
 
-/// The index of the member that owns `key`, among `(id, weight)` pairs; `None` if empty.
+/// The id of the member that owns `key`, among `(id, weight)` pairs; `None` if empty.
 /// Ties (practically impossible) go to the smaller id, so the choice is total.
 pub fn owner<'a>(key: &str, members: impl IntoIterator<Item = (&'a str, u64)>) -> Option<&'a str> {
+    // The key is hashed once; each member's hash is seeded with it (no buffer to build).
+    let key_hash = xxh3_64_with_seed(key.as_bytes(), SEED);
     let mut best: Option<(&str, f64)> = None;
     for (id, weight) in members {
-        let s = score(key, id, weight);
+        let s = score(key_hash, id, weight);
         best = match best {
             Some((bid, bs)) if bs > s || (bs == s && bid < id) => Some((bid, bs)),
             _ => Some((id, s)),
