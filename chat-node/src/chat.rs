@@ -1,7 +1,6 @@
 //! The chat service: contacts, groups, sending with live delivery, history, sync, cursors
 //! and typing. Everything a client can do, whether it arrived over HTTP or a WebSocket.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +11,7 @@ use crate::cluster::link::{Event, Links};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::now_ms;
-use crate::presence::{Presence, Seen};
+use crate::presence::Presence;
 use crate::protocol::frames::{SendRequest, SendTarget, ServerFrame};
 use crate::protocol::types::{Ack, Contact, Group, Message};
 use crate::protocol::validate::{self, Channel};
@@ -115,18 +114,17 @@ impl Chat {
             .filter(|c| c.mutual)
             .map(|c| c.user.user_id.clone())
             .collect();
-        let seen: HashMap<String, Seen> = self
-            .presence
-            .statuses(&mutual)
-            .await?
-            .into_iter()
-            .map(|s| (s.user.clone(), s))
-            .collect();
+        // Who is online comes from their nodes; an offline contact's last activity is
+        // already in the contact record.
+        let online = self.presence.online_map(&mutual).await;
         let mut out = Vec::new();
         for c in contacts {
-            let (status, last_seen) = match seen.get(&c.user.user_id) {
-                Some(s) => (Some(s.status.as_str()), s.last_seen),
-                None => (None, None),
+            let (status, last_seen) = if !c.mutual {
+                (None, None)
+            } else if let Some((ts, _)) = online.get(c.user.user_id.as_str()) {
+                (Some("online"), Some(*ts))
+            } else {
+                (Some("offline"), c.last_seen)
             };
             out.push(Contact {
                 user_id: c.user.user_id,

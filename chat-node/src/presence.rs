@@ -206,7 +206,10 @@ impl Presence {
 
     /// Which of `users` are online, with their last activity and the other node they are
     /// on (absent: here), asking each node for its users.
-    async fn online_map<'u>(&self, users: &'u [String]) -> HashMap<&'u str, (i64, Option<String>)> {
+    pub async fn online_map<'u>(
+        &self,
+        users: &'u [String],
+    ) -> HashMap<&'u str, (i64, Option<String>)> {
         let cluster = self.links.cluster();
         let (local, remote) = cluster.partition(users.iter().map(String::as_str));
         let mut online = HashMap::new();
