@@ -134,10 +134,7 @@ async fn typing_is_relayed_to_the_other_members_online() {
     let bob = node.user("bob", "phone").await;
     let mut a = node.ws(&alice).await;
     let mut b = node.ws(&bob).await;
-    // The upgrade answers before the session registers the socket; an answered frame
-    // means bob's socket is registered and can be typed to.
-    b.send(json!({"type": "sync", "after": 0, "req": "ready"})).await;
-    b.until("bob's session", |v| v["req"] == "ready").await;
+    b.ready().await;
     let channel = dm(&alice.id, &bob.id);
     a.send(json!({"type": "typing", "channel": channel})).await;
     let t = b.until("typing", |v| v["type"] == "typing").await;

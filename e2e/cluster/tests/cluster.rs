@@ -79,6 +79,7 @@ async fn messages_presence_and_typing_cross_nodes_live() {
     assert_eq!(status, 201, "{group}");
     let channel = format!("g:{}", group["group_id"].as_str().unwrap());
     let mut cd = c.connect(d).await;
+    cd.ready().await;
     let ack = cb.say(("channel", &channel), "g-1", "hi all").await;
     assert_eq!(ack["type"], "ack", "{ack}");
     for (who, client) in [("a", &mut ca), ("d", &mut cd)] {

@@ -37,7 +37,8 @@ async fn an_offline_user_gets_each_push_once_from_a_three_node_cluster_standin_w
         assert_eq!(status, 204, "{body}");
     }
     let mut cs = c.connect(sender).await;
-    let _co = c.connect(online).await;
+    let mut co = c.connect(online).await;
+    co.ready().await;
     let (status, group) = c.nodes[0]
         .call(
             "POST",

@@ -247,6 +247,16 @@ impl Client {
         Self { ws }
     }
 
+    /// Wait until the node has registered this socket: the upgrade is answered before the
+    /// session registers it, and a frame's answer comes only after. Deliveries, typing and
+    /// presence reach the socket from then on.
+    pub async fn ready(&mut self) {
+        self.send(json!({"type": "sync", "after": 0, "limit": 1, "req": "ready"}))
+            .await;
+        self.until("the session's first answer", |v| v["req"] == "ready")
+            .await;
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::Text(frame.to_string().into()))
