@@ -23,7 +23,7 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::Claims;
 use crate::protocol::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The node's whole HTTP surface as one warp filter.
 pub fn filter(
@@ -106,20 +106,7 @@ impl Request {
 
     /// The bearer token from `Authorization`, checked; 401 if absent or invalid.
     pub fn auth(&self, state: &AppState) -> Result<Claims, ApiError> {
-        let header = self.headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthorized("this call needs `Authorization: Bearer <token>`; get a token with POST /v1/sessions")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
-            })?;
-        state.accounts.tokens().verify(token.trim())
+        state.authenticate(&self.headers)
     }
 }
 

@@ -8,25 +8,31 @@ mod session;
 
 use std::sync::Arc;
 
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::{Reply, Response};
 
-use crate::api::Request;
 use crate::protocol::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Bytes tungstenite reads at a time (and keeps allocated) per socket.
 const READ_BUFFER: usize = 4 * 1024;
 
-/// Check the upgrade request and the token, then switch protocols and start the session.
-/// A bad token is refused with 401 before the upgrade, as the contract says.
-pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+/// Check the upgrade request and the token (`?token=`, else `Authorization`), then switch
+/// protocols and start the session. A bad token is refused with 401 before the upgrade, as
+/// the contract says.
+pub async fn upgrade(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    token: Option<String>,
+    upgrade: Option<OnUpgrade>,
+) -> Result<Response, ApiError> {
     let header = |name: &str| {
-        req.headers
+        headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
@@ -41,9 +47,9 @@ pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, Ap
             "GET /v1/ws needs a WebSocket upgrade (Upgrade: websocket, Sec-WebSocket-Version: 13)",
         ));
     }
-    let claims = match req.query("token") {
+    let claims = match token {
         Some(token) => state.accounts.tokens().verify(&token)?,
-        None => req.auth(state)?,
+        None => state.authenticate(headers)?,
     };
     let state = state.clone();
     if state.is_draining() {
@@ -56,7 +62,7 @@ pub async fn upgrade(state: &Arc<AppState>, req: Request) -> Result<Response, Ap
             "this node is at its connection limit; retry shortly",
         ));
     }
-    let on_upgrade = req.upgrade.ok_or_else(|| {
+    let on_upgrade = upgrade.ok_or_else(|| {
         ApiError::bad_request("this connection cannot be upgraded (use HTTP/1.1)")
     })?;
 

@@ -14,32 +14,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Why the server closes a socket, and the close code it sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub reason: &'static str,
-}
-
-impl CloseReason {
-    /// 1008: the client did not read its frames fast enough.
-    pub const SLOW_CONSUMER: Self = Self {
-        code: 1008,
-        reason: "slow consumer: frames were not read in time; reconnect and sync",
-    };
-
-    /// 1000 after a `reconnect` frame: the user now belongs on another node.
-    pub const MOVED: Self = Self {
-        code: 1000,
-        reason: "moved: reconnect where the reconnect frame says",
-    };
-
-    /// 1001 after a `reconnect` frame: the node is draining.
-    pub const DRAINING: Self = Self {
-        code: 1001,
-        reason: "node is draining; reconnect where the reconnect frame says or via GET /v1/assign",
-    };
-}
+use crate::protocol::CloseReason;
 
 struct Queue {
     frames: VecDeque<Utf8Bytes>,

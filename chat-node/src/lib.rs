@@ -15,7 +15,8 @@
 //!
 //! Beside them: [`protocol`] (the wire types and limits of PROTOCOL.md), [`auth`] (password
 //! hashes and signed tokens), [`config`] (flags and `PARLEY_*` variables), [`metrics`]
-//! (Prometheus), and [`server`] (start-up, the shared [`server::AppState`], shutdown).
+//! (Prometheus), [`state`] (the shared [`state::AppState`] every request and session holds),
+//! and [`server`] (start-up and shutdown).
 
 pub mod accounts;
 pub mod api;
@@ -30,6 +31,7 @@ pub mod presence;
 pub mod protocol;
 pub mod push;
 pub mod server;
+pub mod state;
 pub mod store;
 
 /// Milliseconds since the Unix epoch: the protocol's `ts`.

@@ -4,11 +4,13 @@
 //! parse into these types and encode out of them. Unknown frame types decode to a normal value
 //! ([`frames::ClientFrame::Unknown`]), never a crash.
 
+pub mod close;
 pub mod error;
 pub mod frames;
 pub mod limits;
 pub mod types;
 pub mod validate;
 
+pub use close::CloseReason;
 pub use error::{ApiError, ErrorCode};
 pub use limits::Limits;

@@ -1,9 +1,8 @@
-//! Start-up, the shared [`AppState`], and graceful shutdown.
+//! Start-up (build the [`AppState`] from the configuration) and graceful shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -21,50 +20,12 @@ use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::protocol::{ApiError, Limits};
 use crate::push::{NodeAudience, Push};
+use crate::state::AppState;
 use crate::store::embedded::Embedded;
 use crate::store::etcd::EtcdKv;
 use crate::store::tikv::TikvKv;
 use crate::store::{ChatStore, Kv};
-
-/// Everything a request or a session needs, shared as `Arc<AppState>`.
-pub struct AppState {
-    pub config: Config,
-    pub limits: Limits,
-    pub store: ChatStore,
-    pub hub: Arc<Hub>,
-    pub presence: Arc<Presence>,
-    pub chat: Chat,
-    pub accounts: Accounts,
-    pub metrics: Arc<Metrics>,
-    pub cluster: Arc<Cluster>,
-    pub links: Arc<Links>,
-    /// Push notifications; `None` when no provider is configured.
-    pub push: Option<Arc<Push>>,
-    /// Cancelled when the node starts draining.
-    pub shutdown: CancellationToken,
-    /// Every WebSocket session, so shutdown can wait for them.
-    pub sessions: TaskTracker,
-    ready: AtomicBool,
-}
-
-impl AppState {
-    pub fn is_draining(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    /// `/readyz`: serving, not draining, and the store answers.
-    pub async fn readiness(&self) -> Result<(), ApiError> {
-        if !self.ready.load(Ordering::Relaxed) || self.is_draining() || self.cluster.is_draining() {
-            return Err(ApiError::unavailable("the node is starting or draining"));
-        }
-        tokio::time::timeout(Duration::from_secs(2), self.store.kv().ping())
-            .await
-            .map_err(|_| ApiError::unavailable("the store did not answer within 2 s"))?
-            .map_err(ApiError::from)
-    }
-}
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +164,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         push,
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
-        ready: AtomicBool::new(false),
+        ready: Default::default(),
     });
     Ok(Node {
         addr,
@@ -266,7 +227,7 @@ impl Node {
                 shutdown.clone(),
             )
         });
-        state.ready.store(true, Ordering::Relaxed);
+        state.mark_ready();
         tracing::info!(node_id = %state.cluster.node_id(), store = state.store.kv().name(), cluster = state.config.is_clustered(), "listening on http://{}", self.addr);
         server.await;
 

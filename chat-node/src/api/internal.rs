@@ -9,7 +9,7 @@ use warp::reply::Response;
 use super::{Request, json, json_body, no_content, read_body};
 use crate::cluster::link::{Batch, Event, MAX_BODY, StatusAnswer, StatusQuery};
 use crate::protocol::ApiError;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// `POST /internal/v1/link` (a batch of events) and `POST /internal/v1/status`.
 pub async fn route<S, B>(

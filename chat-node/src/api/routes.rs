@@ -13,7 +13,7 @@ use crate::protocol::types::{
     Assignment, Contacts, Devices, Groups, History, Login, NewGroup, NewMember, ProfilePatch,
     PushRegistration, SignUp, SyncPage,
 };
-use crate::server::AppState;
+use crate::state::AppState;
 
 fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
     ApiError::new(
@@ -61,7 +61,10 @@ where
         .into_response()),
         ["internal", "v1", what] => super::internal::route(state, req, what, body).await,
         ["v1", "ws"] => match m {
-            Method::GET => crate::gateway::upgrade(state, req).await,
+            Method::GET => {
+                let token = req.query("token");
+                crate::gateway::upgrade(state, &req.headers, token, req.upgrade).await
+            }
             _ => Err(method_not_allowed(&req, "GET")),
         },
         ["v1", "users"] => match m {

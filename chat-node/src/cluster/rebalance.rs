@@ -11,9 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::Links;
 use super::{Cluster, Owner};
-use crate::hub::{CloseReason, Conn, Hub};
+use crate::hub::{Conn, Hub};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
+use crate::protocol::CloseReason;
 
 /// The rebalancer's parts.
 pub struct Rebalancer {

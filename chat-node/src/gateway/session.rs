@@ -16,10 +16,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use super::{Socket, State};
 use crate::auth::Claims;
 use crate::cluster::Owner;
-use crate::hub::{CloseReason, Conn};
+use crate::hub::Conn;
 use crate::now_ms;
-use crate::protocol::ApiError;
 use crate::protocol::frames::{ClientFrame, Inbound, ServerFrame};
+use crate::protocol::{ApiError, CloseReason};
 
 /// Frames of one socket being worked on at once; past this the session stops reading (the
 /// client's pipelining is held back by TCP, not buffered here).
@@ -52,7 +52,7 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims) {
             reason: "wrong_node".into(),
         };
         let _ = ws.send(Message::Text(frame.to_json().into())).await;
-        close(&mut ws, CloseReason::MOVED.code, CloseReason::MOVED.reason).await;
+        close(&mut ws, &CloseReason::MOVED).await;
         return;
     }
     state.metrics.connections.inc();
@@ -71,12 +71,7 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims) {
         Err(e) => {
             let frame = ServerFrame::error(e, None, None).to_json();
             let _ = ws.send(Message::Text(frame.into())).await;
-            close(
-                &mut ws,
-                1011,
-                "the node could not register this connection; reconnect shortly",
-            )
-            .await;
+            close(&mut ws, &CloseReason::NOT_REGISTERED).await;
         }
     }
 
@@ -90,7 +85,12 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims) {
 /// Send a close frame and wait (bounded) for it to go out. The wait is long enough for a
 /// slow consumer that resumes reading to reach the close frame behind what it had queued;
 /// meanwhile the socket holds at most tungstenite's small write buffer.
-async fn close(ws: &mut Socket, code: u16, reason: &str) {
+async fn close(ws: &mut Socket, reason: &CloseReason) {
+    close_with(ws, reason.code, reason.reason).await;
+}
+
+/// [`close`] with a reason text made for the occasion.
+async fn close_with(ws: &mut Socket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: Utf8Bytes::from(reason),
@@ -167,7 +167,7 @@ impl Session {
                         if reason == CloseReason::SLOW_CONSUMER {
                             self.state.metrics.slow_consumers.inc();
                         }
-                        close(ws, reason.code, reason.reason).await;
+                        close(ws, &reason).await;
                         return;
                     }
                 }
@@ -194,7 +194,7 @@ impl Session {
                             }
                         }
                         Message::Binary(_) => {
-                            close(ws, 1003, "binary frames are not supported: send JSON text frames").await;
+                            close(ws, &CloseReason::BINARY).await;
                             return;
                         }
                         // tungstenite queued the pong (or the close reply): write it out.
@@ -207,7 +207,7 @@ impl Session {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => {
-                    close(ws, 1000, "heartbeat timeout: nothing received for the heartbeat interval").await;
+                    close(ws, &CloseReason::HEARTBEAT_TIMEOUT).await;
                     return;
                 }
             }
@@ -282,16 +282,23 @@ impl Session {
 /// Close the socket with the code the contract gives for a read error.
 async fn read_error(ws: &mut Socket, error: WsError, max_frame: usize) {
     match error {
-        WsError::Utf8(_) => close(ws, 1007, "text frames must be valid UTF-8").await,
+        WsError::Utf8(_) => close(ws, &CloseReason::INVALID_UTF8).await,
         WsError::Capacity(_) => {
-            close(
+            close_with(
                 ws,
-                1009,
+                CloseReason::TOO_LARGE,
                 &format!("frame too large: the limit is {max_frame} bytes"),
             )
             .await;
         }
-        WsError::Protocol(e) => close(ws, 1002, &format!("websocket protocol error: {e}")).await,
+        WsError::Protocol(e) => {
+            close_with(
+                ws,
+                CloseReason::PROTOCOL_ERROR,
+                &format!("websocket protocol error: {e}"),
+            )
+            .await;
+        }
         WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => {}
         other => tracing::debug!(error = %other, "websocket read failed"),
     }
