@@ -59,6 +59,60 @@ pub enum Order {
 /// One key and its value.
 pub type Pair = (Vec<u8>, Vec<u8>);
 
+/// Blind writes applied together by [`Kv::apply`]: the write path's unit of commit (many
+/// sends in one batch, one commit, one fsync). In order; a later write to a key wins.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    bytes: usize,
+}
+
+impl Batch {
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.bytes += key.len() + value.len();
+        self.ops.push((key, Some(value)));
+    }
+
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.bytes += key.len();
+        self.ops.push((key, None));
+    }
+
+    /// Writes queued (puts and deletes).
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Bytes of keys and values queued.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The writes in order: `Some(value)` for a put, `None` for a delete.
+    pub fn ops(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))
+    }
+
+    /// The writes, taken.
+    pub fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.ops
+    }
+}
+
+/// A condition [`Kv::apply`] checks atomically with its batch: `key` holds exactly
+/// `expected` (`None`: the key is absent). The write path's fence: a writer applies its
+/// batches under a guard on its fence key, so a writer whose ownership was taken over (the
+/// key changed) writes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub key: Vec<u8>,
+    pub expected: Option<Vec<u8>>,
+}
+
 /// An ordered key-value store with optimistic transactions.
 #[async_trait]
 pub trait Kv: Send + Sync + 'static {
@@ -69,6 +123,43 @@ pub trait Kv: Send + Sync + 'static {
     /// the process and of the machine). Backends whose commits are already durable return
     /// at once; the embedded one batches concurrent callers into one fsync.
     async fn sync(&self) -> Result<(), StoreError>;
+
+    /// Read many keys at the latest committed state, in one round trip where the backend
+    /// allows (a group's records, a contact list): the answer is in the order of `keys`.
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// Apply `batch` atomically, if `guard` (when given) holds; a guard that does not hold is
+    /// [`StoreError::Conflict`] and nothing is written. Like a commit, the writes are
+    /// visible at once and durable after [`Kv::sync`]. The write path's single writer uses
+    /// this instead of a transaction: it owns the keys it writes, so it has nothing to
+    /// detect conflicts on.
+    ///
+    /// The default is one transaction that reads the guard key (so a concurrent change of
+    /// it conflicts) and writes the batch.
+    async fn apply(&self, batch: Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.begin().await?;
+        if let Some(guard) = guard
+            && txn.get(&guard.key).await? != guard.expected
+        {
+            return Err(StoreError::Conflict);
+        }
+        for (key, value) in batch.ops() {
+            match value {
+                Some(v) => txn.put(key, v),
+                None => txn.delete(key),
+            }
+        }
+        txn.commit().await
+    }
+
+    /// Most writes one [`Kv::apply`] may carry (etcd's `--max-txn-ops`); the write path
+    /// bounds its batches by it.
+    fn max_batch_ops(&self) -> usize {
+        usize::MAX
+    }
 
     /// Check that the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -82,6 +173,16 @@ pub trait Kv: Send + Sync + 'static {
 #[async_trait]
 pub trait KvTxn: Send {
     async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// [`KvTxn::get`] of many keys, in one round trip where the backend allows; the answer
+    /// is in the order of `keys`. Every key counts as read (for conflicts).
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
 
     /// Up to `limit` pairs with `start <= key < end`, in `order`.
     async fn scan(

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+mod batch;
+
 use super::{Kv, Order, StoreError, prefix_end};
 
 fn k(prefix: &str, key: &str) -> Vec<u8> {
@@ -34,6 +36,7 @@ pub async fn run_without_phantom_check(kv: Arc<dyn Kv>, prefix: &str) {
     read_only_commit_is_a_no_op(kv.as_ref(), prefix).await;
     rollback_on_drop(kv.as_ref(), prefix).await;
     concurrent_counter_is_gapless(kv.clone(), prefix).await;
+    batch::run(kv.as_ref(), prefix).await;
     kv.sync()
         .await
         .expect("sync must succeed on a healthy store");

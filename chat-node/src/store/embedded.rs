@@ -20,7 +20,7 @@ use fjall::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Kv, KvTxn, Order, Pair, StoreError};
+use super::{Batch, Guard, Kv, KvTxn, Order, Pair, StoreError};
 
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
@@ -114,6 +114,60 @@ impl Kv for Embedded {
         rx.await
             .map_err(|_| StoreError::Unavailable("the group-commit task has stopped".into()))?
             .map_err(|e| StoreError::Unavailable(format!("fsync failed: {e}")))
+    }
+
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter()
+            .map(|key| {
+                self.inner
+                    .data
+                    .get(key)
+                    .map(|v| v.map(|v| v.to_vec()))
+                    .map_err(|e| unavailable("read failed", e))
+            })
+            .collect()
+    }
+
+    async fn apply(&self, batch: Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match guard {
+            // The single writer's batches: a plain write batch, past the optimistic
+            // transactions' conflict oracle (nothing else writes the keys it writes; see
+            // `store::writer`). Flushed to the OS like a commit, durable after `sync`.
+            None => {
+                let mut b = self
+                    .inner
+                    .db
+                    .inner()
+                    .batch()
+                    .durability(Some(PersistMode::Buffer));
+                let data = self.inner.data.inner();
+                for (key, value) in batch.into_ops() {
+                    match value {
+                        Some(v) => b.insert(data, key, v),
+                        None => b.remove(data, key),
+                    }
+                }
+                b.commit().map_err(|e| unavailable("write failed", e))
+            }
+            // A guarded batch is an optimistic transaction that reads the guard key, so a
+            // concurrent change of the guard is a conflict.
+            Some(guard) => {
+                let mut txn = self.begin().await?;
+                if txn.get(&guard.key).await? != guard.expected {
+                    return Err(StoreError::Conflict);
+                }
+                for (key, value) in batch.ops() {
+                    match value {
+                        Some(v) => txn.put(key, v),
+                        None => txn.delete(key),
+                    }
+                }
+                txn.commit().await
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

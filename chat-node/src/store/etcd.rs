@@ -51,11 +51,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, KvClient, SortOrder, SortTarget, Txn,
-    TxnOp,
+    TxnOp, TxnOpResponse,
 };
 
 use super::overlay::WriteBuffer;
-use super::{Kv, KvTxn, Order, Pair, StoreError};
+use super::{Batch, Guard, Kv, KvTxn, Order, Pair, StoreError};
 
 /// Every etcd call gives up after this long with [`StoreError::Unavailable`].
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -64,8 +64,12 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`PAGE_KEYS`] so a page of large messages stays well below it.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Keys per read request of a scan.
+/// Keys per read request of a scan, and per transaction of a batched read.
 const PAGE_KEYS: usize = 64;
+
+/// Operations of one write transaction the write path may use: etcd's `--max-txn-ops`, which
+/// Parley asks operators to set to 1024 (docs/storage.md), less room for the guard.
+pub const MAX_TXN_OPS: usize = 1000;
 
 /// The etcd backend. Cheap to clone.
 #[derive(Clone)]
@@ -169,6 +173,93 @@ impl Kv for EtcdKv {
     async fn sync(&self) -> Result<(), StoreError> {
         // An acknowledged etcd write is already on a quorum's disks.
         Ok(())
+    }
+
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // One transaction of reads per page of keys (a transaction is one round trip and
+        // one consistent revision); the pages go out together.
+        let pages = keys.chunks(PAGE_KEYS).map(|page| {
+            let ops: Vec<TxnOp> = page
+                .iter()
+                .map(|key| TxnOp::get(self.full(key), None))
+                .collect();
+            let mut kv = self.kv.clone();
+            async move {
+                let resp = bounded(&self.endpoints, "read", kv.txn(Txn::new().and_then(ops)))
+                    .await?
+                    .map_err(|e| map_error(&self.endpoints, "read failed", e))?;
+                Ok::<_, StoreError>(
+                    resp.op_responses()
+                        .into_iter()
+                        .map(|op| match op {
+                            TxnOpResponse::Get(mut get) => get
+                                .take_kvs()
+                                .into_iter()
+                                .next()
+                                .map(|kv| kv.into_key_value().1),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+            }
+        });
+        let mut out = Vec::with_capacity(keys.len());
+        for page in futures_util::future::try_join_all(pages).await? {
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    async fn apply(&self, batch: Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // etcd refuses a transaction that writes one key twice: the last write wins.
+        let mut last: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> =
+            std::collections::HashMap::with_capacity(batch.len());
+        for (key, value) in batch.into_ops() {
+            last.insert(key, value);
+        }
+        let ops: Vec<TxnOp> = last
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(v) => TxnOp::put(self.full(&key), v, None),
+                None => TxnOp::delete(self.full(&key), None),
+            })
+            .collect();
+        let compares: Vec<Compare> = match guard {
+            None => Vec::new(),
+            Some(Guard {
+                key,
+                expected: None,
+            }) => vec![Compare::create_revision(
+                self.full(key),
+                CompareOp::Equal,
+                0,
+            )],
+            Some(Guard {
+                key,
+                expected: Some(value),
+            }) => vec![Compare::value(
+                self.full(key),
+                CompareOp::Equal,
+                value.clone(),
+            )],
+        };
+        let txn = Txn::new().when(compares).and_then(ops);
+        let mut kv = self.kv.clone();
+        let resp = bounded(&self.endpoints, "write", kv.txn(txn))
+            .await?
+            .map_err(|e| map_error(&self.endpoints, "write failed", e))?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    fn max_batch_ops(&self) -> usize {
+        MAX_TXN_OPS
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -362,6 +453,55 @@ impl KvTxn for EtcdTxn {
         // An absent key is recorded too: creating it later is a conflict.
         self.reads.entry(full).or_insert(0);
         Ok(kvs.into_iter().next().map(|kv| kv.into_key_value().1))
+    }
+
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut found: std::collections::HashMap<Vec<u8>, Vec<u8>> = Default::default();
+        let remote: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| self.writes.get(k).is_none())
+            .map(|k| self.db.full(k))
+            .collect();
+        for page in remote.chunks(PAGE_KEYS) {
+            // One transaction of reads per page, at the snapshot (the first read fixes it).
+            let options = || match self.snapshot {
+                Some(rev) => GetOptions::new().with_revision(rev),
+                None => GetOptions::new(),
+            };
+            let ops: Vec<TxnOp> = page
+                .iter()
+                .map(|key| TxnOp::get(key.clone(), Some(options())))
+                .collect();
+            let mut kv = self.db.kv.clone();
+            let resp = bounded(&self.db.endpoints, "read", kv.txn(Txn::new().and_then(ops)))
+                .await?
+                .map_err(|e| map_error(&self.db.endpoints, "read failed", e))?;
+            if self.snapshot.is_none() {
+                self.snapshot = resp.header().map(|h| h.revision());
+            }
+            for op in resp.op_responses() {
+                if let TxnOpResponse::Get(mut get) = op {
+                    for kv in get.take_kvs() {
+                        self.reads
+                            .entry(kv.key().to_vec())
+                            .or_insert(kv.mod_revision());
+                        let (k, v) = kv.into_key_value();
+                        found.insert(k, v);
+                    }
+                }
+            }
+            // An absent key is recorded too: creating it later is a conflict.
+            for key in page {
+                self.reads.entry(key.clone()).or_insert(0);
+            }
+        }
+        Ok(keys
+            .iter()
+            .map(|k| match self.writes.get(k) {
+                Some(own) => own.map(<[u8]>::to_vec),
+                None => found.get(&self.db.full(k)).cloned(),
+            })
+            .collect())
     }
 
     async fn scan(

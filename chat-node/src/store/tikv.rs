@@ -166,6 +166,11 @@ impl Kv for TikvKv {
         Ok(())
     }
 
+    async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut txn = self.begin().await?;
+        txn.get_many(keys).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // A timestamp from PD and a read from TiKV: both halves answer.
         let mut txn = self.start().await?;
@@ -202,6 +207,37 @@ impl KvTxn for TikvTxn {
             .map_err(|e| map_error(&self.db.endpoints, "read failed", e))?;
         self.reads.insert(full);
         Ok(value)
+    }
+
+    async fn get_many(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // Keys this transaction wrote are answered from its buffer; the rest in one
+        // batched read at the start timestamp.
+        let remote: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| self.writes.get(k).is_none())
+            .map(|k| self.db.full(k))
+            .collect();
+        let endpoints = self.db.endpoints.clone();
+        let found: std::collections::HashMap<Vec<u8>, Vec<u8>> = if remote.is_empty() {
+            Default::default()
+        } else {
+            bounded(&endpoints, "read", self.txn.batch_get(remote.clone()))
+                .await?
+                .map_err(|e| map_error(&endpoints, "read failed", e))?
+                .map(|pair| {
+                    let (key, value): (tikv_client::Key, tikv_client::Value) = pair.into();
+                    (key.into(), value)
+                })
+                .collect()
+        };
+        self.reads.extend(remote);
+        Ok(keys
+            .iter()
+            .map(|k| match self.writes.get(k) {
+                Some(own) => own.map(<[u8]>::to_vec),
+                None => found.get(&self.db.full(k)).cloned(),
+            })
+            .collect())
     }
 
     async fn scan(
