@@ -12,17 +12,21 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::presence::Presence;
-use crate::protocol::frames::{SendRequest, SendTarget, ServerFrame};
+use crate::protocol::frames::{MessageFrame, SendRequest, SendTarget, ServerFrame};
 use crate::protocol::types::{Ack, Contact, Group, Message};
 use crate::protocol::validate::{self, Channel};
 use crate::protocol::{ApiError, Limits};
 use crate::push::Push;
-use crate::store::NewMessage;
+use crate::store::writer::{Op, SendOp, Writer};
 use crate::store::{ChatStore, GroupRecord};
 
 /// The chat service.
 pub struct Chat {
     store: ChatStore,
+    /// The write path for sends and group changes: the single writer on one node; in
+    /// cluster mode, until counters have owner nodes there, one optimistic transaction per
+    /// operation (`None`).
+    writer: Option<Writer>,
     hub: Arc<Hub>,
     links: Arc<Links>,
     presence: Arc<Presence>,
@@ -35,6 +39,7 @@ pub struct Chat {
 impl Chat {
     pub fn new(
         store: ChatStore,
+        writer: Option<Writer>,
         hub: Arc<Hub>,
         links: Arc<Links>,
         presence: Arc<Presence>,
@@ -43,6 +48,7 @@ impl Chat {
     ) -> Self {
         Self {
             store,
+            writer,
             hub,
             links,
             presence,
@@ -200,10 +206,24 @@ impl Chat {
         user_id: &str,
     ) -> Result<Group, ApiError> {
         group_and_user_ids(group_id, user_id)?;
-        let group = self
-            .store
-            .add_member(caller, group_id, user_id, self.limits.max_group_members)
-            .await?;
+        let max = self.limits.max_group_members;
+        let group = match &self.writer {
+            Some(writer) => {
+                writer
+                    .group_change(Op::AddMember {
+                        caller: caller.to_owned(),
+                        group_id: group_id.to_owned(),
+                        user: user_id.to_owned(),
+                        max_members: max,
+                    })
+                    .await?
+            }
+            None => {
+                self.store
+                    .add_member_transactional(caller, group_id, user_id, max)
+                    .await?
+            }
+        };
         Ok(group.to_wire())
     }
 
@@ -214,10 +234,21 @@ impl Chat {
         user_id: &str,
     ) -> Result<(), ApiError> {
         group_and_user_ids(group_id, user_id)?;
-        self.store
-            .remove_member(caller, group_id, user_id)
-            .await
-            .map(|_| ())
+        match &self.writer {
+            Some(writer) => writer
+                .group_change(Op::RemoveMember {
+                    caller: caller.to_owned(),
+                    group_id: group_id.to_owned(),
+                    user: user_id.to_owned(),
+                })
+                .await
+                .map(|_| ()),
+            None => self
+                .store
+                .remove_member_transactional(caller, group_id, user_id)
+                .await
+                .map(|_| ()),
+        }
     }
 
     // --- messages -------------------------------------------------------------------------
@@ -228,7 +259,7 @@ impl Chat {
         &self,
         sender: &str,
         device: &str,
-        req: &SendRequest,
+        req: SendRequest,
     ) -> Result<Ack, ApiError> {
         let started = Instant::now();
         validate::client_msg_id(&req.client_msg_id)?;
@@ -243,16 +274,19 @@ impl Chat {
             SendTarget::Channel(name) => Channel::parse(name)?,
         };
         let ts = now_ms();
-        let new = NewMessage {
-            sender,
-            device,
-            channel: &channel,
-            client_msg_id: &req.client_msg_id,
-            text: &req.text,
+        let op = SendOp {
+            sender: sender.to_owned(),
+            device: device.to_owned(),
+            channel,
+            client_msg_id: req.client_msg_id,
+            text: req.text,
             ts,
             push_due: self.push.as_ref().map(|p| p.due_at(ts)),
         };
-        let outcome = self.store.send(&new).await?;
+        let outcome = match &self.writer {
+            Some(writer) => writer.send(op).await?,
+            None => self.store.send_transactional(&op).await?,
+        };
         if let Some(push) = &self.push {
             push.wake();
         }
@@ -265,18 +299,21 @@ impl Chat {
             .send_latency
             .observe(started.elapsed().as_secs_f64());
         if let Some(message) = outcome.message {
-            self.deliver(message, &outcome.recipients, device);
+            self.deliver(message, outcome.recipients, device);
         }
         Ok(outcome.ack)
     }
 
     /// Hand a stored message to the nodes of its recipients (`(user, inbox_id)`), this one
     /// included, one event per node. Best effort: the inbox is the truth.
-    fn deliver(&self, message: Message, recipients: &[(String, u64)], sending_device: &str) {
+    fn deliver(&self, message: Message, recipients: Vec<(String, u64)>, sending_device: &str) {
         let (local, remote) = self
             .links
             .cluster()
-            .partition_by(recipients.iter().cloned(), |r| r.0.as_str());
+            .partition_by(recipients, |r| r.0.as_str());
+        if !local.is_empty() {
+            self.deliver_local(&message, &local, sending_device);
+        }
         for (node, recipients) in remote {
             let event = Event::Deliver {
                 message: message.clone(),
@@ -285,28 +322,27 @@ impl Chat {
             };
             self.links.send(&node, &event);
         }
-        if !local.is_empty() {
-            self.deliver_local(message, &local, sending_device);
-        }
     }
 
     /// Push a stored message to the online devices here of `recipients`, except the
-    /// sender's sending device.
+    /// sender's sending device. The frame is encoded once; each recipient's copy only
+    /// gets its `inbox_id` spliced in.
     pub fn deliver_local(
         &self,
-        mut message: Message,
+        message: &Message,
         recipients: &[(String, u64)],
         sending_device: &str,
     ) {
+        let frame = MessageFrame::new(message);
         let mut delivered = 0;
         for (user_id, inbox_id) in recipients {
             if !self.hub.is_online(user_id) {
                 continue;
             }
-            message.inbox_id = Some(*inbox_id);
-            let frame = Utf8Bytes::from(ServerFrame::Message(message.clone()).to_json());
             let except = (*user_id == message.from).then_some(sending_device);
-            delivered += self.hub.send_to_user(user_id, &frame, except);
+            delivered += self
+                .hub
+                .send_to_user(user_id, &frame.with_inbox_id(*inbox_id), except);
         }
         self.metrics.messages_delivered.inc_by(delivered as u64);
     }

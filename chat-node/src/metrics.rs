@@ -29,6 +29,31 @@ pub struct PushMetrics {
     pub outbox_depth: Gauge,
 }
 
+/// Write path metrics (docs/operations.md, "Metrics").
+pub struct WriteMetrics {
+    /// Batches applied and made durable.
+    pub batches: Counter,
+    /// Operations per batch.
+    pub batch_ops: Histogram,
+    /// From a batch's start to its durability, in seconds.
+    pub batch_seconds: Histogram,
+    /// Operations refused `unavailable` because the node was overloaded.
+    pub shed: Counter,
+}
+
+impl Default for WriteMetrics {
+    fn default() -> Self {
+        Self {
+            batches: Counter::default(),
+            // 1 .. 4096 operations
+            batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            // 50 µs .. ~1.6 s
+            batch_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            shed: Counter::default(),
+        }
+    }
+}
+
 /// The node's metrics. Cheap to share (every metric is an `Arc` inside).
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +89,8 @@ pub struct Metrics {
     pub users_moved: Counter,
     /// Push notifications.
     pub push: PushMetrics,
+    /// The write path.
+    pub write: WriteMetrics,
 }
 
 impl Default for Metrics {
@@ -188,8 +215,30 @@ impl Metrics {
             "Push outbox entries and jobs waiting in the store",
             push.outbox_depth.clone(),
         );
+        let write = WriteMetrics::default();
+        registry.register(
+            "write_batches",
+            "Write batches applied and made durable",
+            write.batches.clone(),
+        );
+        registry.register(
+            "write_batch_ops",
+            "Operations per write batch",
+            write.batch_ops.clone(),
+        );
+        registry.register(
+            "write_batch_seconds",
+            "From a write batch's start to its durability",
+            write.batch_seconds.clone(),
+        );
+        registry.register(
+            "write_shed",
+            "Operations refused unavailable because the node was overloaded",
+            write.shed.clone(),
+        );
         Self {
             registry,
+            write,
             etcd_up,
             store_conflicts,
             cluster_members,

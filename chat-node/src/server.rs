@@ -25,6 +25,7 @@ use crate::state::AppState;
 use crate::store::embedded::Embedded;
 use crate::store::etcd::EtcdKv;
 use crate::store::tikv::TikvKv;
+use crate::store::writer::{Writer, WriterConfig, WriterHooks};
 use crate::store::{ChatStore, Kv};
 
 /// Why the node could not start.
@@ -140,8 +141,16 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         Arc::new(NodeAudience::new(presence.clone(), cluster.clone())),
         metrics.clone(),
     )?;
+    let writer = (!config.is_clustered()).then(|| {
+        Writer::spawn(
+            store.kv().clone(),
+            WriterConfig::default(),
+            write_hooks(&metrics),
+        )
+    });
     let chat = Chat::new(
         store.clone(),
+        writer,
         hub.clone(),
         links.clone(),
         presence.clone(),
@@ -171,6 +180,26 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         state,
         listener,
     })
+}
+
+/// The write path's counts, into the node's metrics.
+fn write_hooks(metrics: &Arc<Metrics>) -> WriterHooks {
+    let (shed, batches, ops, seconds) = (
+        metrics.write.shed.clone(),
+        metrics.write.batches.clone(),
+        metrics.write.batch_ops.clone(),
+        metrics.write.batch_seconds.clone(),
+    );
+    WriterHooks {
+        on_shed: Some(Arc::new(move || {
+            shed.inc();
+        })),
+        on_batch: Some(Arc::new(move |n, _writes, took| {
+            batches.inc();
+            ops.observe(n as f64);
+            seconds.observe(took.as_secs_f64());
+        })),
+    }
 }
 
 /// Listen with a deep accept backlog, so a reconnect storm is queued, not refused. The kernel

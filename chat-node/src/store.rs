@@ -15,6 +15,7 @@
 //! | [`etcd`] | the cluster's etcd: small clusters and tests (size-limited) |
 //! | [`tikv`] | a TiKV cluster through PD: production history |
 //! | `overlay` | the write buffer the remote backends lay over their snapshot reads |
+//! | [`writer`] | the write path: one writer per node, many sends per durable batch |
 //! | [`conformance`] | the checks every backend passes |
 //! | [`keys`], `records`, `model` | the chat data model's key layout, values and operations |
 
@@ -26,10 +27,10 @@ mod model;
 mod overlay;
 mod records;
 pub mod tikv;
+pub mod writer;
 
 pub use model::{
-    ChatStore, NewMessage, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, SendOutcome,
-    preview,
+    ChatStore, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, SendOutcome, preview,
 };
 pub use records::{DeviceRecord, GroupRecord, UserRecord};
 

@@ -1,12 +1,14 @@
-//! The chat data model over the etcd backend on a real etcd: a group send of the default
-//! maximum size (100 members) fits etcd's limits as Parley configures it, concurrent sends
-//! stay gapless, dedupe holds, and history pages come back newest first.
+//! The chat data model over the etcd backend on a real etcd: group sends of the default
+//! maximum size (100 members) fit etcd's limits as Parley configures it, many of them in
+//! one batch of the write path, concurrent sends stay gapless, dedupe holds, and history
+//! pages come back newest first.
 
 use std::sync::Arc;
 
 use chat_node::protocol::validate::Channel;
 use chat_node::store::etcd::EtcdKv;
-use chat_node::store::{ChatStore, GroupRecord, Kv, NewMessage, UserRecord};
+use chat_node::store::writer::{SendOp, Writer, WriterConfig};
+use chat_node::store::{ChatStore, GroupRecord, Kv, UserRecord};
 use parley_testkit::TestEtcd;
 
 async fn store(etcd: &TestEtcd) -> ChatStore {
@@ -47,25 +49,40 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
         .await
         .expect("create a group of 100");
     let channel = Channel::Group("g1".into());
+    let writer = Writer::spawn(
+        store.kv().clone(),
+        WriterConfig::default(),
+        Default::default(),
+    );
+    let send = |from: &str, id: String, text: String, ts| SendOp {
+        sender: from.to_owned(),
+        device: "d1".into(),
+        channel: channel.clone(),
+        client_msg_id: id,
+        text,
+        ts,
+        push_due: None,
+    };
 
-    // 4 senders x 5 messages at once: every send reads and writes 101 counters, so they
-    // conflict with each other and retry.
+    // 4 senders x 5 messages at once: the writer takes them in batches (each batch of group
+    // sends bounded by etcd's transaction size), one etcd transaction per batch.
     let mut tasks = Vec::new();
     for from in &members[..4] {
-        let (store, channel, from) = (store.clone(), channel.clone(), from.clone());
+        let writer = writer.clone();
+        let ops: Vec<SendOp> = (0..5)
+            .map(|n| {
+                send(
+                    from,
+                    format!("{from}-{n}"),
+                    format!("hello {n} from {from}"),
+                    1,
+                )
+            })
+            .collect();
         tasks.push(tokio::spawn(async move {
-            for n in 0..5 {
-                let id = format!("{from}-{n}");
-                let outcome = store
-                    .send(&NewMessage {
-                        sender: &from,
-                        device: "d1",
-                        channel: &channel,
-                        client_msg_id: &id,
-                        text: &format!("hello {n} from {from}"),
-                        ts: 1,
-                        push_due: None,
-                    })
+            for op in ops {
+                let outcome = writer
+                    .send(op)
                     .await
                     .expect("a group send commits over etcd");
                 assert!(!outcome.duplicate);
@@ -105,16 +122,13 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
     }
 
     // A resend of an acked message is answered from the dedupe record.
-    let again = store
-        .send(&NewMessage {
-            sender: &members[1],
-            device: "d1",
-            channel: &channel,
-            client_msg_id: &format!("{}-2", members[1]),
-            text: "ignored",
-            ts: 2,
-            push_due: None,
-        })
+    let again = writer
+        .send(send(
+            &members[1],
+            format!("{}-2", members[1]),
+            "ignored".into(),
+            2,
+        ))
         .await
         .unwrap();
     assert!(again.duplicate, "a resend is a duplicate");

@@ -66,7 +66,7 @@ fn receive(state: &AppState, batch: Batch) {
                 sending_device,
             } => state
                 .chat
-                .deliver_local(message, &recipients, &sending_device),
+                .deliver_local(&message, &recipients, &sending_device),
             Event::Presence {
                 user,
                 status,

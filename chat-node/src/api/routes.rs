@@ -216,7 +216,7 @@ where
                 let mut obj: Map<String, Value> =
                     json_body(&read_body(body, &req.headers, limit).await?)?;
                 let send = SendRequest::from_json(&mut obj)?;
-                let ack = state.chat.send(&me.sub, &me.dev, &send).await?;
+                let ack = state.chat.send(&me.sub, &me.dev, send).await?;
                 let frame = crate::protocol::frames::ServerFrame::Ack { ack, req: None };
                 Ok(json(StatusCode::OK, &frame))
             }

@@ -238,7 +238,7 @@ impl Session {
             move |e: ApiError, req: Option<String>| Some(ServerFrame::error(e, cmid.clone(), req));
         match frame {
             ClientFrame::Send(send) => Some(Box::pin(async move {
-                match state.chat.send(&user, &device, &send).await {
+                match state.chat.send(&user, &device, send).await {
                     Ok(ack) => Some(ServerFrame::Ack { ack, req }),
                     Err(e) => failed(e, req),
                 }

@@ -261,9 +261,76 @@ impl ServerFrame {
     }
 }
 
+/// A `message` frame encoded once for many recipients, who differ only in their
+/// `inbox_id`: the JSON is built once and each recipient's copy splices its number in.
+pub struct MessageFrame {
+    /// `{"type":"message",` + the message's fields, without the closing brace.
+    head: String,
+}
+
+impl MessageFrame {
+    /// Encode `message` (its own `inbox_id` is ignored).
+    pub fn new(message: &Message) -> Self {
+        let fields = match message.inbox_id {
+            None => serde_json::to_string(message),
+            Some(_) => serde_json::to_string(&Message {
+                inbox_id: None,
+                ..message.clone()
+            }),
+        }
+        .unwrap_or_else(|_| "{}".to_owned());
+        // `fields` is `{...}`: keep what is between the braces.
+        let inner = fields
+            .strip_prefix('{')
+            .and_then(|f| f.strip_suffix('}'))
+            .unwrap_or("");
+        let mut head = String::with_capacity(inner.len() + 48);
+        head.push_str(r#"{"type":"message","#);
+        head.push_str(inner);
+        Self { head }
+    }
+
+    /// The frame for the recipient whose inbox took the message as `inbox_id`.
+    pub fn with_inbox_id(&self, inbox_id: u64) -> tokio_tungstenite::tungstenite::Utf8Bytes {
+        let mut frame = String::with_capacity(self.head.len() + 32);
+        frame.push_str(&self.head);
+        frame.push_str(r#","inbox_id":"#);
+        frame.push_str(itoa::Buffer::new().format(inbox_id));
+        frame.push('}');
+        frame.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_frame_encoded_once_equals_the_frame_encoded_per_recipient() {
+        let message = Message {
+            channel: "g:x".into(),
+            seq: 9,
+            from: "u\"1".into(),
+            from_device: "d".into(),
+            client_msg_id: "c".into(),
+            text: "hello \u{1F600} \\ \n".into(),
+            ts: 17,
+            inbox_id: None,
+        };
+        let frame = MessageFrame::new(&message);
+        for inbox_id in [1, 42, u64::MAX] {
+            let spliced: Value = serde_json::from_str(&frame.with_inbox_id(inbox_id)).unwrap();
+            let whole: Value = serde_json::from_str(
+                &ServerFrame::Message(Message {
+                    inbox_id: Some(inbox_id),
+                    ..message.clone()
+                })
+                .to_json(),
+            )
+            .unwrap();
+            assert_eq!(spliced, whole);
+        }
+    }
 
     #[test]
     fn decodes_send_with_req() {

@@ -8,9 +8,9 @@
 //! c/{owner}/{contact}           -> ContactRecord (JSON)          owner's contact list
 //! g/{group_id}                  -> GroupRecord (JSON)
 //! ug/{user_id}/{group_id}       -> ""                            the groups a user is in
-//! cs/{channel}                  -> last seq (be64)
+//! cs/{channel}                  -> ChannelHead (binary)         newest seq and its ts
 //! m/{channel}/{seq:be64}        -> MessageRecord (JSON)          the one copy of a message
-//! is/{user_id}                  -> last inbox_id (be64)
+//! is/{user_id}                  -> last inbox_id (be64)          written by the first version only
 //! i/{user_id}/{inbox_id:be64}   -> InboxEntry (JSON)            a pointer: channel + seq
 //! d/{user_id}/{client_msg_id}   -> Ack (JSON)                    durable send dedupe
 //! dv/{user_id}/{device_id}      -> DeviceRecord (JSON)           cursor, last seen, push

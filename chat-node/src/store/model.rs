@@ -2,7 +2,8 @@
 //! written once over the [`Kv`] trait, so every backend gets the same behaviour.
 //!
 //! Every operation runs in one transaction, retried on conflict; operations that write wait
-//! for [`Kv::sync`] before they return, so "returned" means "durable". The model speaks the
+//! for [`Kv::sync`] before they return, so "returned" means "durable". Messages and group
+//! membership changes are the write path's ([`super::writer`]): one writer, many per commit. The model speaks the
 //! wire's error vocabulary ([`ApiError`]) because its refusals (`group_full`, `forbidden`,
 //! `conflict`) are exactly the contract's.
 
@@ -11,6 +12,7 @@ mod devices;
 mod groups;
 mod messages;
 mod push;
+mod transactional;
 mod users;
 
 use std::sync::Arc;
@@ -18,7 +20,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-pub use messages::{NewMessage, SendOutcome};
+pub(crate) use groups::group_full;
+pub use messages::SendOutcome;
 pub use push::{OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, preview};
 
 use super::{Kv, KvTxn, StoreError};
@@ -179,13 +182,5 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     match txn.get(key).await? {
         Some(bytes) => Ok(Some(super::records::decode(key, &bytes)?)),
         None => Ok(None),
-    }
-}
-
-/// Read a big-endian counter (0 when absent).
-async fn get_u64(txn: &mut dyn KvTxn, key: &[u8]) -> Result<u64, ApiError> {
-    match txn.get(key).await? {
-        Some(bytes) => Ok(super::records::decode_u64(key, &bytes)?),
-        None => Ok(0),
     }
 }

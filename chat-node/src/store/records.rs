@@ -122,3 +122,56 @@ pub fn decode_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
             reason: format!("expected 8 bytes, found {}", bytes.len()),
         })
 }
+
+/// A channel's head (`cs/{channel}`): its newest `seq` and when it was written. Binary:
+/// `last_seq` be64, then `last_ts` be64. The first version stored only the be64 counter;
+/// such a head reads with `last_ts` 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelHead {
+    pub last_seq: u64,
+    pub last_ts: i64,
+}
+
+impl ChannelHead {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&self.last_seq.to_be_bytes());
+        out.extend_from_slice(&self.last_ts.to_be_bytes());
+        out
+    }
+
+    pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        let number = |at: usize| -> Option<[u8; 8]> { bytes.get(at..at + 8)?.try_into().ok() };
+        match (bytes.len(), number(0), number(8)) {
+            (8, Some(seq), _) => Ok(Self {
+                last_seq: u64::from_be_bytes(seq),
+                last_ts: 0,
+            }),
+            (16.., Some(seq), Some(ts)) => Ok(Self {
+                last_seq: u64::from_be_bytes(seq),
+                last_ts: i64::from_be_bytes(ts),
+            }),
+            _ => Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: format!("a channel head is 8 or 16 bytes, found {}", bytes.len()),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_heads_of_both_versions_decode() {
+        let head = ChannelHead {
+            last_seq: 42,
+            last_ts: 1_700_000_000_000,
+        };
+        assert_eq!(ChannelHead::decode(b"cs/x", &head.encode()).unwrap(), head);
+        let old = ChannelHead::decode(b"cs/x", &7u64.to_be_bytes()).unwrap();
+        assert_eq!((old.last_seq, old.last_ts), (7, 0));
+        assert!(ChannelHead::decode(b"cs/x", b"short").is_err());
+    }
+}

@@ -1,12 +1,12 @@
-//! Messages: the send transaction (dedupe, gapless `seq`, one stored copy, an inbox pointer
-//! with a gapless `inbox_id` per member), channel history and inbox sync.
+//! Messages: channel history and inbox sync. Messages are written by the write path
+//! (`store::writer`): dedupe, gapless `seq`, one stored copy, an inbox pointer with a gapless
+//! `inbox_id` per member.
 
-use super::push::{OutboxEntry, preview};
-use super::{ChatStore, get_json, get_u64};
+use super::{ChatStore, get_json};
 use crate::protocol::ApiError;
 use crate::protocol::types::{Ack, Message};
 use crate::protocol::validate::Channel;
-use crate::store::records::{GroupRecord, InboxEntry, MessageRecord, decode, encode, encode_u64};
+use crate::store::records::{ChannelHead, GroupRecord, InboxEntry, MessageRecord, decode};
 use crate::store::{KvTxn, Order, keys};
 
 /// A page of history or sync stops growing past this many bytes of stored messages (after
@@ -26,22 +26,8 @@ pub struct SendOutcome {
     pub recipients: Vec<(String, u64)>,
 }
 
-/// A new message, validated by the caller.
-#[derive(Debug, Clone)]
-pub struct NewMessage<'a> {
-    pub sender: &'a str,
-    pub device: &'a str,
-    pub channel: &'a Channel,
-    pub client_msg_id: &'a str,
-    pub text: &'a str,
-    pub ts: i64,
-    /// When pushes are configured: the time the message's push falls due (its `ts` plus the
-    /// coalescing window). The send transaction then also writes one push outbox entry.
-    pub push_due: Option<i64>,
-}
-
 /// The members of `channel`, checking that `caller` is one of them.
-async fn members(
+pub(super) async fn members(
     txn: &mut dyn KvTxn,
     caller: &str,
     channel: &Channel,
@@ -128,89 +114,6 @@ async fn read_messages(
 }
 
 impl ChatStore {
-    /// Store a message in one transaction and return once it is durable.
-    pub async fn send(&self, new: &NewMessage<'_>) -> Result<SendOutcome, ApiError> {
-        let channel_name = new.channel.to_string();
-        let channel_name = channel_name.as_str();
-        self.write(|txn, _| {
-            Box::pin(async move {
-                let dedupe_key = keys::dedupe(new.sender, new.client_msg_id);
-                if let Some(bytes) = txn.get(&dedupe_key).await? {
-                    let ack: Ack = decode(&dedupe_key, &bytes)?;
-                    return Ok(SendOutcome {
-                        ack,
-                        duplicate: true,
-                        message: None,
-                        recipients: Vec::new(),
-                    });
-                }
-                let members = members(txn, new.sender, new.channel).await?;
-
-                let seq_key = keys::channel_seq(channel_name);
-                let seq = get_u64(txn, &seq_key).await? + 1;
-                txn.put(&seq_key, &encode_u64(seq));
-                let record = MessageRecord {
-                    from: new.sender.to_owned(),
-                    from_device: new.device.to_owned(),
-                    client_msg_id: new.client_msg_id.to_owned(),
-                    text: new.text.to_owned(),
-                    ts: new.ts,
-                };
-                txn.put(&keys::message(channel_name, seq), &encode(&record));
-
-                let pointer = encode(&InboxEntry {
-                    channel: channel_name.to_owned(),
-                    seq,
-                });
-                let mut recipients = Vec::with_capacity(members.len());
-                let mut sender_inbox_id = 0;
-                for member in members {
-                    let counter = keys::inbox_seq(&member);
-                    let inbox_id = get_u64(txn, &counter).await? + 1;
-                    txn.put(&counter, &encode_u64(inbox_id));
-                    txn.put(&keys::inbox(&member, inbox_id), &pointer);
-                    if member == new.sender {
-                        sender_inbox_id = inbox_id;
-                    }
-                    recipients.push((member, inbox_id));
-                }
-                if let Some(due) = new.push_due {
-                    let others: Vec<(String, u64)> = recipients
-                        .iter()
-                        .filter(|(member, _)| member != new.sender)
-                        .cloned()
-                        .collect();
-                    if !others.is_empty() {
-                        let entry = OutboxEntry {
-                            channel: channel_name.to_owned(),
-                            seq,
-                            from: new.sender.to_owned(),
-                            preview: preview(new.text),
-                            ts: new.ts,
-                            recipients: others,
-                        };
-                        txn.put(&keys::push_outbox(due, channel_name, seq), &encode(&entry));
-                    }
-                }
-                let ack = Ack {
-                    client_msg_id: new.client_msg_id.to_owned(),
-                    channel: channel_name.to_owned(),
-                    seq,
-                    inbox_id: sender_inbox_id,
-                    ts: new.ts,
-                };
-                txn.put(&dedupe_key, &encode(&ack));
-                Ok(SendOutcome {
-                    ack,
-                    duplicate: false,
-                    message: Some(record.into_wire(channel_name, seq, None)),
-                    recipients,
-                })
-            })
-        })
-        .await
-    }
-
     /// The members of `channel`; 403 unless `caller` is one.
     pub async fn channel_members(
         &self,
@@ -237,7 +140,11 @@ impl ChatStore {
         self.read(|txn, _| {
             Box::pin(async move {
                 members(txn, caller, channel).await?;
-                let last = get_u64(txn, &keys::channel_seq(name)).await?;
+                let head_key = keys::channel_seq(name);
+                let last = match txn.get(&head_key).await? {
+                    Some(bytes) => ChannelHead::decode(&head_key, &bytes)?.last_seq,
+                    None => 0,
+                };
                 // Sequence numbers are gapless: the window is [lo, hi].
                 let hi = before_seq.map_or(last, |b| b.saturating_sub(1).min(last));
                 let lo = after_seq.map_or(1, |a| a.saturating_add(1));
@@ -332,7 +239,6 @@ impl ChatStore {
 
     /// The largest `inbox_id` of `user_id` (0 when the inbox is empty).
     pub async fn inbox_head(&self, user_id: &str) -> Result<u64, ApiError> {
-        self.read(|txn, _| Box::pin(async move { get_u64(txn, &keys::inbox_seq(user_id)).await }))
-            .await
+        crate::store::writer::inbox_head(self.kv().as_ref(), user_id).await
     }
 }

@@ -248,8 +248,9 @@ mod tests {
     use super::*;
     use crate::protocol::types::PushRegistration;
     use crate::protocol::validate::Channel;
+    use crate::store::embedded::Embedded;
     use crate::store::records::UserRecord;
-    use crate::store::{NewMessage, embedded::Embedded};
+    use crate::store::writer::{SendOp, Writer, WriterConfig};
 
     fn user(id: &str) -> UserRecord {
         UserRecord {
@@ -285,27 +286,32 @@ mod tests {
     async fn the_send_writes_one_outbox_entry_that_expands_retries_and_finishes() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChatStore::new(std::sync::Arc::new(Embedded::open(dir.path()).unwrap()));
+        let writer = Writer::spawn(
+            store.kv().clone(),
+            WriterConfig::default(),
+            Default::default(),
+        );
         for id in ["a", "b"] {
             store.create_user(&user(id)).await.unwrap();
         }
         let channel = Channel::direct("a", "b");
         let text = "x".repeat(500);
-        let new = |cmid: &'static str, push_due| NewMessage {
-            sender: "a",
-            device: "phone",
-            channel: &channel,
-            client_msg_id: cmid,
-            text: &text,
+        let new = |cmid: &'static str, push_due| SendOp {
+            sender: "a".into(),
+            device: "phone".into(),
+            channel: channel.clone(),
+            client_msg_id: cmid.into(),
+            text: text.clone(),
             ts: 1_000,
             push_due,
         };
-        store.send(&new("no-push", None)).await.unwrap();
+        writer.send(new("no-push", None)).await.unwrap();
         assert_eq!(
             store.push_depth(100).await.unwrap(),
             0,
             "no providers: no outbox"
         );
-        store.send(&new("push", Some(2_000))).await.unwrap();
+        writer.send(new("push", Some(2_000))).await.unwrap();
         assert_eq!(store.push_next_due().await.unwrap(), Some(2_000));
         assert!(
             store

@@ -1,0 +1,257 @@
+//! The state of the units the writer owns, in memory: each channel's head and members,
+//! each user's inbox head. Loaded from the store on first use ([`Units::prefetch`], one
+//! batched read per round for what the round needs), then moved on by the writer alone, so
+//! it never needs reloading while the writer owns the unit. Bounded: the least recently
+//! used entries beyond the capacity are forgotten and reloaded when next needed.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use lru::LruCache;
+
+use super::Op;
+use crate::protocol::ApiError;
+use crate::protocol::types::Ack;
+use crate::protocol::validate::Channel;
+use crate::store::records::{ChannelHead, GroupRecord, decode};
+use crate::store::{Kv, Order, keys, prefix_end};
+
+/// Who belongs to a channel.
+#[derive(Debug, Clone)]
+pub(super) enum Members {
+    /// A one-on-one channel: its one or two users (both known to exist).
+    Direct(Vec<String>),
+    /// A group, as stored.
+    Group(GroupRecord),
+}
+
+impl Members {
+    pub(super) fn list(&self) -> &[String] {
+        match self {
+            Self::Direct(users) => users,
+            Self::Group(group) => &group.members,
+        }
+    }
+}
+
+/// A channel's state.
+#[derive(Debug, Clone)]
+pub(super) struct ChannelState {
+    pub head: ChannelHead,
+    pub members: Members,
+}
+
+/// The units' state, and what this round read for its operations.
+pub(super) struct Units {
+    kv: Arc<dyn Kv>,
+    pub channels: LruCache<String, ChannelState>,
+    /// Each user's newest `inbox_id`.
+    pub inboxes: LruCache<String, u64>,
+    /// This round's send dedupe records, by `(sender, client_msg_id)`.
+    pub dedupe: HashMap<(String, String), Ack>,
+    /// This round's channels that could not be loaded, with the answer for their operations.
+    pub missing: HashMap<String, ApiError>,
+    /// This round's users that do not exist (a group change naming them).
+    pub no_user: std::collections::HashSet<String>,
+}
+
+impl Units {
+    pub(super) fn new(kv: Arc<dyn Kv>, capacity: usize) -> Self {
+        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            kv,
+            channels: LruCache::new(cap),
+            inboxes: LruCache::new(cap),
+            dedupe: HashMap::new(),
+            missing: HashMap::new(),
+            no_user: Default::default(),
+        }
+    }
+
+    /// Forget everything (after a batch that did not reach the store).
+    pub(super) fn clear(&mut self) {
+        self.channels.clear();
+        self.inboxes.clear();
+    }
+
+    /// Load what the operations of a round need and the memory lacks: their channels,
+    /// their members' inbox heads, their senders' dedupe records and the users a group
+    /// change names. One batched read, then one reverse scan per unknown inbox.
+    pub(super) async fn prefetch<'a>(
+        &mut self,
+        ops: impl Iterator<Item = &'a Op>,
+    ) -> Result<(), ApiError> {
+        self.dedupe.clear();
+        self.missing.clear();
+        self.no_user.clear();
+        let mut reads = Reads::default();
+        let mut named_users = Vec::new();
+        let mut round: Vec<String> = Vec::new();
+        for op in ops {
+            let channel = match op {
+                Op::Send(send) => {
+                    reads.dedupe(&send.sender, &send.client_msg_id);
+                    send.channel.clone()
+                }
+                Op::AddMember { group_id, user, .. } => {
+                    named_users.push(user.clone());
+                    Channel::Group(group_id.clone())
+                }
+                Op::RemoveMember { group_id, .. } => Channel::Group(group_id.clone()),
+            };
+            let name = channel.to_string();
+            if !self.channels.contains(&name) {
+                reads.channel(name.clone(), channel);
+            }
+            round.push(name);
+        }
+        for user in named_users {
+            reads.user(user);
+        }
+        let values = self.kv.get_many(&reads.keys()).await?;
+        let mut values = values.into_iter();
+        for (sender, cmid) in reads.dedupes {
+            let key = keys::dedupe(&sender, &cmid);
+            if let Some(bytes) = values.next().flatten() {
+                self.dedupe.insert((sender, cmid), decode(&key, &bytes)?);
+            }
+        }
+        let mut loaded = Vec::new();
+        for (name, channel) in reads.channels {
+            let head = match values.next().flatten() {
+                Some(bytes) => ChannelHead::decode(&keys::channel_seq(&name), &bytes)?,
+                None => ChannelHead::default(),
+            };
+            let members = match &channel {
+                Channel::Direct(a, b) => {
+                    let a_exists = values.next().flatten().is_some();
+                    let b_exists = values.next().flatten().is_some();
+                    match (a_exists, b_exists) {
+                        (true, true) if a == b => Members::Direct(vec![a.clone()]),
+                        (true, true) => Members::Direct(vec![a.clone(), b.clone()]),
+                        (false, _) => {
+                            self.missing.insert(name, no_such_user(a));
+                            continue;
+                        }
+                        (_, false) => {
+                            self.missing.insert(name, no_such_user(b));
+                            continue;
+                        }
+                    }
+                }
+                Channel::Group(group_id) => match values.next().flatten() {
+                    Some(bytes) => Members::Group(decode(&keys::group(group_id), &bytes)?),
+                    None => {
+                        self.missing.insert(
+                            name,
+                            ApiError::not_found(format!("no group has the id {group_id:?}")),
+                        );
+                        continue;
+                    }
+                },
+            };
+            loaded.push((name, ChannelState { head, members }));
+        }
+        for user in reads.users {
+            if values.next().flatten().is_none() {
+                self.no_user.insert(user);
+            }
+        }
+        for (name, state) in loaded {
+            self.channels.put(name, state);
+        }
+        self.load_inboxes(&round).await
+    }
+
+    /// Load the inbox head of every member of `channels` that memory lacks: one reverse scan
+    /// each, run together.
+    async fn load_inboxes(&mut self, channels: &[String]) -> Result<(), ApiError> {
+        let mut wanted: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for name in channels {
+            let Some(state) = self.channels.peek(name) else {
+                continue;
+            };
+            for member in state.members.list() {
+                if !self.inboxes.contains(member) && seen.insert(member.as_str()) {
+                    wanted.push(member.clone());
+                }
+            }
+        }
+        let heads = futures_util::future::try_join_all(
+            wanted.iter().map(|user| inbox_head(self.kv.as_ref(), user)),
+        )
+        .await?;
+        for (user, head) in wanted.into_iter().zip(heads) {
+            self.inboxes.put(user, head);
+        }
+        Ok(())
+    }
+}
+
+/// The newest `inbox_id` of `user` in the store (0 when the inbox is empty): the last key of
+/// their inbox range.
+pub(crate) async fn inbox_head(kv: &dyn Kv, user: &str) -> Result<u64, ApiError> {
+    let prefix = keys::inbox_of(user);
+    let mut txn = kv.begin().await?;
+    let last = txn
+        .scan(&prefix, &prefix_end(&prefix), 1, Order::Descending)
+        .await?;
+    Ok(last
+        .first()
+        .and_then(|(key, _)| keys::trailing_number(key))
+        .unwrap_or(0))
+}
+
+fn no_such_user(user: &str) -> ApiError {
+    ApiError::not_found(format!("no user has the id {user:?}"))
+}
+
+/// What one prefetch reads: dedupe records, then channels (head, then the users of a
+/// one-on-one channel or the group record), then named users; answered in that order.
+#[derive(Default)]
+struct Reads {
+    dedupes: Vec<(String, String)>,
+    channels: Vec<(String, Channel)>,
+    users: Vec<String>,
+    seen: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Reads {
+    fn dedupe(&mut self, sender: &str, cmid: &str) {
+        if self.seen.insert(keys::dedupe(sender, cmid)) {
+            self.dedupes.push((sender.to_owned(), cmid.to_owned()));
+        }
+    }
+
+    fn channel(&mut self, name: String, channel: Channel) {
+        if self.seen.insert(keys::channel_seq(&name)) {
+            self.channels.push((name, channel));
+        }
+    }
+
+    fn user(&mut self, user: String) {
+        if self.seen.insert(keys::user(&user)) {
+            self.users.push(user);
+        }
+    }
+
+    fn keys(&self) -> Vec<Vec<u8>> {
+        let mut keys =
+            Vec::with_capacity(self.dedupes.len() + 3 * self.channels.len() + self.users.len());
+        keys.extend(self.dedupes.iter().map(|(s, c)| keys::dedupe(s, c)));
+        for (name, channel) in &self.channels {
+            keys.push(keys::channel_seq(name));
+            match channel {
+                Channel::Direct(a, b) => {
+                    keys.push(keys::user(a));
+                    keys.push(keys::user(b));
+                }
+                Channel::Group(group_id) => keys.push(keys::group(group_id)),
+            }
+        }
+        keys.extend(self.users.iter().map(|u| keys::user(u)));
+        keys
+    }
+}
