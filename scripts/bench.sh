@@ -11,7 +11,11 @@
 # runs the scenario, stops the node with SIGTERM. The JSON line is appended to
 # target/bench-results.jsonl. With PARLEY_BENCH_PERF=FILE the node runs under
 # `perf record` (flags from PARLEY_BENCH_PERF_ARGS, default "-F 499 -g") and the profile is
-# written to FILE.
+# written to FILE; with PARLEY_BENCH_CALLGRIND=FILE under `valgrind --tool=callgrind`
+# (instruction counts, repeatable whatever else the machine does).
+# PARLEY_BENCH_NODE_BIN runs another chat-node binary (scripts/bench-compare.sh uses it for
+# the older build), PARLEY_BENCH_NODE_FLAGS adds flags to the node's command line, and
+# PARLEY_BENCH_LABEL is stored with the results.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,18 +35,27 @@ if [ $# -lt 1 ]; then
 fi
 
 ./scripts/install-deps.sh >/dev/null
-cargo build --release --quiet -p chat-node -p parley-bench
+if [ -z "${PARLEY_BENCH_NODE_BIN:-}" ]; then
+  cargo build --release --quiet -p chat-node -p parley-bench
+else
+  cargo build --release --quiet -p parley-bench
+fi
 mkdir -p "$DATA"
 
 # Both ends may hold ~10,000+ sockets: take the hard open-file limit.
 ulimit -n "$(ulimit -Hn)"
 
-NODE=("$CARGO_TARGET_DIR/release/chat-node" --listen "127.0.0.1:$PORT" --data-dir "$DATA")
+NODE_BIN="${PARLEY_BENCH_NODE_BIN:-$CARGO_TARGET_DIR/release/chat-node}"
+# shellcheck disable=SC2206 # the extra flags are meant to split
+NODE=("$NODE_BIN" --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${PARLEY_BENCH_NODE_FLAGS:-})
 LOG="$DATA.node.log"
 if [ -n "${PARLEY_BENCH_PERF:-}" ]; then
   # shellcheck disable=SC2086 # the flags are meant to split
   RUST_LOG="${RUST_LOG:-warn}" perf record ${PARLEY_BENCH_PERF_ARGS:--F 499 -g} -o "$PARLEY_BENCH_PERF" \
     -- "${NODE[@]}" >"$LOG" 2>&1 &
+elif [ -n "${PARLEY_BENCH_CALLGRIND:-}" ]; then
+  RUST_LOG="${RUST_LOG:-warn}" valgrind --tool=callgrind --callgrind-out-file="$PARLEY_BENCH_CALLGRIND" \
+    "${NODE[@]}" >"$LOG" 2>&1 &
 else
   RUST_LOG="${RUST_LOG:-warn}" "${NODE[@]}" >"$LOG" 2>&1 &
 fi
@@ -51,11 +64,12 @@ stop_node() {
   # perf passes SIGINT on to the node and then writes its profile.
   if [ -n "${PARLEY_BENCH_PERF:-}" ]; then kill -INT "$LAUNCHED" 2>/dev/null || true
   else kill -TERM "$LAUNCHED" 2>/dev/null || true; fi
+  # under valgrind the node takes a while to write its profile and exit
   wait "$LAUNCHED" 2>/dev/null || true
 }
 trap stop_node EXIT
 
-for _ in $(seq 1 300); do
+for _ in $(seq 1 1200); do
   if curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then break; fi
   if ! kill -0 "$LAUNCHED" 2>/dev/null; then
     echo "chat-node exited before it was ready; its log ($LOG):" >&2
@@ -64,7 +78,7 @@ for _ in $(seq 1 300); do
   fi
   sleep 0.1
 done
-curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "chat-node not ready within 30 s" >&2; exit 1; }
+curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "chat-node not ready within 120 s" >&2; exit 1; }
 
 "$CARGO_TARGET_DIR/release/parley-bench" --url "http://127.0.0.1:$PORT" --users-file "$USERS" \
-  --json-out "$CARGO_TARGET_DIR/bench-results.jsonl" "$@"
+  --json-out "$CARGO_TARGET_DIR/bench-results.jsonl" --label "${PARLEY_BENCH_LABEL:-}" "$@"

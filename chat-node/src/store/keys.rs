@@ -13,6 +13,7 @@
 //! is/{user_id}                  -> last inbox_id (be64)          written by the first version only
 //! i/{user_id}/{inbox_id:be64}   -> InboxEntry (JSON)            a pointer: channel + seq
 //! d/{user_id}/{client_msg_id}   -> Ack (JSON)                    durable send dedupe
+//! uc/{user_id}/{channel}        -> UserChannel (binary)          the user's channels: last item, read marker
 //! dv/{user_id}/{device_id}      -> DeviceRecord (JSON)           cursor, last seen, push
 //! ls/{user_id}                  -> last seen ts (be64)
 //! po/{due_ms:be64}/{channel}/{seq:be64}
@@ -82,6 +83,14 @@ pub fn inbox_of(user_id: &str) -> Vec<u8> {
 }
 pub fn inbox(user_id: &str, inbox_id: u64) -> Vec<u8> {
     with_number(inbox_of(user_id), inbox_id)
+}
+/// `uc/{user_id}/{channel}`: the user's entry in their channel index.
+pub fn user_channel(user_id: &str, channel: &str) -> Vec<u8> {
+    join(&[b"uc", user_id.as_bytes(), channel.as_bytes()])
+}
+/// `uc/{user_id}/`: the user's channel index.
+pub fn user_channels_of(user_id: &str) -> Vec<u8> {
+    join(&[b"uc", user_id.as_bytes(), b""])
 }
 pub fn dedupe(user_id: &str, client_msg_id: &str) -> Vec<u8> {
     join(&[b"d", user_id.as_bytes(), client_msg_id.as_bytes()])

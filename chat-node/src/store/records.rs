@@ -159,6 +159,60 @@ impl ChannelHead {
     }
 }
 
+/// A user's entry for one channel (`uc/{user}/{channel}`), written with every item the user's
+/// inbox takes from the channel: the newest such item, the user's read marker, and the
+/// items after the marker. The user's channel list reads it without scanning the inbox,
+/// and the write path knows from it which of the channel's items the inbox holds. Binary:
+/// four be64 numbers in this order (later versions may append more).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserChannel {
+    /// The channel's newest item in the user's inbox.
+    pub last_seq: u64,
+    pub last_ts: i64,
+    /// Everything up to here is read.
+    pub read_seq: u64,
+    /// Items after `read_seq`.
+    pub unread: u64,
+}
+
+impl UserChannel {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        for n in [
+            self.last_seq,
+            self.last_ts as u64,
+            self.read_seq,
+            self.unread,
+        ] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        let number = |i: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(
+                bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        match (number(0), number(1), number(2), number(3)) {
+            (Some(last_seq), Some(last_ts), Some(read_seq), Some(unread)) => Ok(Self {
+                last_seq,
+                last_ts: last_ts as i64,
+                read_seq,
+                unread,
+            }),
+            _ => Err(StoreError::Corrupt {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: format!(
+                    "a user's channel entry is at least 32 bytes, found {}",
+                    bytes.len()
+                ),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +227,20 @@ mod tests {
         let old = ChannelHead::decode(b"cs/x", &7u64.to_be_bytes()).unwrap();
         assert_eq!((old.last_seq, old.last_ts), (7, 0));
         assert!(ChannelHead::decode(b"cs/x", b"short").is_err());
+    }
+
+    #[test]
+    fn user_channels_round_trip() {
+        let entry = UserChannel {
+            last_seq: 9,
+            last_ts: 1_700_000_000_123,
+            read_seq: 7,
+            unread: 2,
+        };
+        assert_eq!(
+            UserChannel::decode(b"uc/a/b", &entry.encode()).unwrap(),
+            entry
+        );
+        assert!(UserChannel::decode(b"uc/a/b", &[0; 31]).is_err());
     }
 }

@@ -70,7 +70,7 @@ pub(super) fn writes_of(units: &Units, op: &Op) -> usize {
                 .channels
                 .peek(&send.channel.to_string())
                 .map_or(2, |c| c.members.list().len());
-            members + 4
+            2 * members + 4
         }
         Op::AddMember { .. } | Op::RemoveMember { .. } => 2,
     }
@@ -164,9 +164,21 @@ fn send_message(
             .ok_or_else(|| ApiError::internal(format!("the inbox of {member} was not loaded")))?;
         *head += 1;
         batch.batch.put(keys::inbox(member, *head), pointer.clone());
+        let entry_key = keys::user_channel(member, &name);
+        let entry = units.user_channels.get_mut(&entry_key).ok_or_else(|| {
+            ApiError::internal(format!("the channel entry of {member} was not loaded"))
+        })?;
+        entry.last_seq = seq;
+        entry.last_ts = send.ts;
         if *member == sender {
+            // Sending to a channel moves the sender's read marker to what they sent.
+            entry.read_seq = seq;
+            entry.unread = 0;
             sender_inbox_id = *head;
+        } else {
+            entry.unread += 1;
         }
+        batch.batch.put(entry_key, entry.encode());
         recipients.push((member.clone(), *head));
     }
     if let Some(due) = send.push_due {

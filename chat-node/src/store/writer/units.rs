@@ -14,7 +14,7 @@ use super::Op;
 use crate::protocol::ApiError;
 use crate::protocol::types::Ack;
 use crate::protocol::validate::Channel;
-use crate::store::records::{ChannelHead, GroupRecord, decode};
+use crate::store::records::{ChannelHead, GroupRecord, UserChannel, decode};
 use crate::store::{Kv, Order, keys, prefix_end};
 
 /// Who belongs to a channel.
@@ -48,6 +48,8 @@ pub(super) struct Units {
     pub channels: LruCache<String, ChannelState>,
     /// Each user's newest `inbox_id`.
     pub inboxes: LruCache<String, u64>,
+    /// Users' entries in their channel index, by their `uc/{user}/{channel}` key.
+    pub user_channels: LruCache<Vec<u8>, UserChannel>,
     /// This round's send dedupe records, by `(sender, client_msg_id)`.
     pub dedupe: HashMap<(String, String), Ack>,
     /// This round's channels that could not be loaded, with the answer for their operations.
@@ -63,6 +65,7 @@ impl Units {
             kv,
             channels: LruCache::new(cap),
             inboxes: LruCache::new(cap),
+            user_channels: LruCache::new(cap),
             dedupe: HashMap::new(),
             missing: HashMap::new(),
             no_user: Default::default(),
@@ -73,6 +76,7 @@ impl Units {
     pub(super) fn clear(&mut self) {
         self.channels.clear();
         self.inboxes.clear();
+        self.user_channels.clear();
     }
 
     /// Load what the operations of a round need and the memory lacks: their channels,
@@ -164,10 +168,11 @@ impl Units {
         self.load_inboxes(&round).await
     }
 
-    /// Load the inbox head of every member of `channels` that memory lacks: one reverse scan
-    /// each, run together.
+    /// Load what memory lacks of the members of `channels`: their inbox heads (one reverse
+    /// scan each, run together) and their entries for these channels (one batched read).
     async fn load_inboxes(&mut self, channels: &[String]) -> Result<(), ApiError> {
         let mut wanted: Vec<String> = Vec::new();
+        let mut entries: Vec<Vec<u8>> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for name in channels {
             let Some(state) = self.channels.peek(name) else {
@@ -177,7 +182,19 @@ impl Units {
                 if !self.inboxes.contains(member) && seen.insert(member.as_str()) {
                     wanted.push(member.clone());
                 }
+                let key = keys::user_channel(member, name);
+                if !self.user_channels.contains(&key) && !entries.contains(&key) {
+                    entries.push(key);
+                }
             }
+        }
+        let values = self.kv.get_many(&entries).await?;
+        for (key, value) in entries.into_iter().zip(values) {
+            let entry = match value {
+                Some(bytes) => UserChannel::decode(&key, &bytes)?,
+                None => UserChannel::default(),
+            };
+            self.user_channels.put(key, entry);
         }
         let heads = futures_util::future::try_join_all(
             wanted.iter().map(|user| inbox_head(self.kv.as_ref(), user)),
