@@ -1,32 +1,33 @@
 //! The chat service: contacts, groups, sending with live delivery, history, sync, cursors
 //! and typing. Everything a client can do, whether it arrived over HTTP or a WebSocket.
+//! Sending, and the cluster's routing of the write path, are in [`sending`].
+
+mod sending;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::accounts::new_id;
 use crate::cluster::link::{Event, Links};
+use crate::cluster::rpc::GroupChange;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::presence::Presence;
-use crate::protocol::frames::{MessageFrame, SendRequest, SendTarget, ServerFrame};
-use crate::protocol::types::{Ack, Contact, Group, Message};
+use crate::protocol::frames::{MessageFrame, ServerFrame};
+use crate::protocol::types::{Contact, Group, Message};
 use crate::protocol::validate::{self, Channel};
 use crate::protocol::{ApiError, Limits};
 use crate::push::Push;
-use crate::store::writer::{Op, SendOp, Writer};
+use crate::store::writer::Writer;
 use crate::store::{ChatStore, GroupRecord};
 
 /// The chat service.
 pub struct Chat {
     store: ChatStore,
-    /// The write path for sends and group changes: the single writer on one node; in
-    /// cluster mode, until counters have owner nodes there, one optimistic transaction per
-    /// operation (`None`).
-    writer: Option<Writer>,
+    /// The write path: this node's writer, for the units it owns.
+    writer: Writer,
     hub: Arc<Hub>,
     links: Arc<Links>,
     presence: Arc<Presence>,
@@ -39,7 +40,7 @@ pub struct Chat {
 impl Chat {
     pub fn new(
         store: ChatStore,
-        writer: Option<Writer>,
+        writer: Writer,
         hub: Arc<Hub>,
         links: Arc<Links>,
         presence: Arc<Presence>,
@@ -170,6 +171,7 @@ impl Chat {
             owner: owner.to_owned(),
             members: all,
             created_at: now_ms(),
+            joined: Default::default(),
         };
         self.store
             .create_group(&group, self.limits.max_group_members)
@@ -206,24 +208,14 @@ impl Chat {
         user_id: &str,
     ) -> Result<Group, ApiError> {
         group_and_user_ids(group_id, user_id)?;
-        let max = self.limits.max_group_members;
-        let group = match &self.writer {
-            Some(writer) => {
-                writer
-                    .group_change(Op::AddMember {
-                        caller: caller.to_owned(),
-                        group_id: group_id.to_owned(),
-                        user: user_id.to_owned(),
-                        max_members: max,
-                    })
-                    .await?
-            }
-            None => {
-                self.store
-                    .add_member_transactional(caller, group_id, user_id, max)
-                    .await?
-            }
-        };
+        let group = self
+            .route_group_change(GroupChange::Add {
+                caller: caller.to_owned(),
+                group_id: group_id.to_owned(),
+                user: user_id.to_owned(),
+                max_members: self.limits.max_group_members,
+            })
+            .await?;
         Ok(group.to_wire())
     }
 
@@ -234,91 +226,33 @@ impl Chat {
         user_id: &str,
     ) -> Result<(), ApiError> {
         group_and_user_ids(group_id, user_id)?;
-        match &self.writer {
-            Some(writer) => writer
-                .group_change(Op::RemoveMember {
-                    caller: caller.to_owned(),
-                    group_id: group_id.to_owned(),
-                    user: user_id.to_owned(),
-                })
-                .await
-                .map(|_| ()),
-            None => self
-                .store
-                .remove_member_transactional(caller, group_id, user_id)
-                .await
-                .map(|_| ()),
-        }
+        self.route_group_change(GroupChange::Remove {
+            caller: caller.to_owned(),
+            group_id: group_id.to_owned(),
+            user: user_id.to_owned(),
+        })
+        .await
+        .map(|_| ())
     }
 
-    // --- messages -------------------------------------------------------------------------
+    // --- delivery -------------------------------------------------------------------------
 
-    /// Store a message durably, then deliver it live to every online device of every member
-    /// but the sending device. A resent `client_msg_id` returns the first ack.
-    pub async fn send(
-        &self,
-        sender: &str,
-        device: &str,
-        req: SendRequest,
-    ) -> Result<Ack, ApiError> {
-        let started = Instant::now();
-        validate::client_msg_id(&req.client_msg_id)?;
-        validate::text(&req.text, self.limits.max_message_chars)?;
-        let channel = match &req.target {
-            SendTarget::User(to) => {
-                if !validate::is_id(to) {
-                    return Err(ApiError::not_found(format!("no user has the id {to:?}")));
-                }
-                Channel::direct(sender, to)
-            }
-            SendTarget::Channel(name) => Channel::parse(name)?,
-        };
-        let ts = now_ms();
-        let op = SendOp {
-            sender: sender.to_owned(),
-            device: device.to_owned(),
-            channel,
-            client_msg_id: req.client_msg_id,
-            text: req.text,
-            ts,
-            push_due: self.push.as_ref().map(|p| p.due_at(ts)),
-        };
-        let outcome = match &self.writer {
-            Some(writer) => writer.send(op).await?,
-            None => self.store.send_transactional(&op).await?,
-        };
-        if let Some(push) = &self.push {
-            push.wake();
-        }
-        if outcome.duplicate {
-            self.metrics.duplicate_sends.inc();
-            return Ok(outcome.ack);
-        }
-        self.metrics.messages_sent.inc();
-        self.metrics
-            .send_latency
-            .observe(started.elapsed().as_secs_f64());
-        if let Some(message) = outcome.message {
-            self.deliver(message, outcome.recipients, device);
-        }
-        Ok(outcome.ack)
-    }
-
-    /// Hand a stored message to the nodes of its recipients (`(user, inbox_id)`), this one
-    /// included, one event per node. Best effort: the inbox is the truth.
-    fn deliver(&self, message: Message, recipients: Vec<(String, u64)>, sending_device: &str) {
+    /// Hand a stored message to the nodes that hold its recipients' sockets (`(user,
+    /// inbox_id)`), this one included, one event per node. Best effort: the inbox is the
+    /// truth.
+    fn deliver(&self, message: Message, recipients: Vec<(String, u64)>) {
         let (local, remote) = self
             .links
             .cluster()
             .partition_by(recipients, |r| r.0.as_str());
         if !local.is_empty() {
-            self.deliver_local(&message, &local, sending_device);
+            self.deliver_local(&message, &local);
         }
         for (node, recipients) in remote {
             let event = Event::Deliver {
+                sending_device: message.from_device.clone(),
                 message: message.clone(),
                 recipients,
-                sending_device: sending_device.to_owned(),
             };
             self.links.send(&node, &event);
         }
@@ -327,19 +261,14 @@ impl Chat {
     /// Push a stored message to the online devices here of `recipients`, except the
     /// sender's sending device. The frame is encoded once; each recipient's copy only
     /// gets its `inbox_id` spliced in.
-    pub fn deliver_local(
-        &self,
-        message: &Message,
-        recipients: &[(String, u64)],
-        sending_device: &str,
-    ) {
+    pub fn deliver_local(&self, message: &Message, recipients: &[(String, u64)]) {
         let frame = MessageFrame::new(message);
         let mut delivered = 0;
         for (user_id, inbox_id) in recipients {
             if !self.hub.is_online(user_id) {
                 continue;
             }
-            let except = (*user_id == message.from).then_some(sending_device);
+            let except = (*user_id == message.from).then_some(message.from_device.as_str());
             delivered += self
                 .hub
                 .send_to_user(user_id, &frame.with_inbox_id(*inbox_id), except);

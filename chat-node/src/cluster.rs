@@ -7,11 +7,16 @@
 //! - [`link`]: node-to-node links that carry live deliveries and presence changes, batched.
 //! - [`rebalance`]: when membership changes, users who now belong elsewhere are moved,
 //!   spread over seconds.
+//! - [`rpc`]: calls between nodes that need an answer (the write path's routing).
+//! - Ownership of the write path's units (channels, users' inboxes): the same rendezvous
+//!   over one consistent snapshot of the view ([`OwnerView`]), with the epoch the writer's
+//!   fence needs (`store::writer::fence`).
 
 pub mod link;
 pub mod membership;
 pub mod rebalance;
 pub mod rendezvous;
+pub mod rpc;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -76,6 +81,74 @@ pub struct Cluster {
     draining: AtomicBool,
     /// Bumped on every membership change; the rebalancer waits on it.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Who owns the write path's units: the view as etcd last said, as one snapshot.
+    owners: RwLock<Arc<OwnerView>>,
+}
+
+/// One consistent snapshot of who may own the write path's units (a channel's `seq`, a
+/// user's inbox): the live members as etcd last said, this node's draining flag as it
+/// published it, and the epoch (the etcd revision of the last change that moved ownership).
+/// Owners are picked by the same weighted rendezvous as users' nodes.
+#[derive(Debug, Clone, Default)]
+pub struct OwnerView {
+    node_id: String,
+    capacity: u64,
+    draining: bool,
+    peers: Arc<HashMap<String, Member>>,
+    epoch: u64,
+    /// The etcd revision the view is current at (at least the epoch).
+    revision: u64,
+}
+
+impl OwnerView {
+    /// The node that owns `unit`: `None` for this node.
+    pub fn owner(&self, unit: &str) -> Option<&str> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        let takers =
+            self.peers.values().filter(|m| !m.draining).count() + usize::from(!self.draining);
+        let candidates = self
+            .peers
+            .values()
+            .filter(|m| takers == 0 || !m.draining)
+            .map(|m| (m.node_id.as_str(), m.capacity))
+            .chain(
+                (takers == 0 || !self.draining).then_some((self.node_id.as_str(), self.capacity)),
+            );
+        match rendezvous::owner(unit, candidates) {
+            Some(id) if id != self.node_id => Some(id),
+            _ => None,
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl crate::store::writer::fence::OwnershipView for OwnerView {
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn owner(&self, unit: &str) -> Option<&str> {
+        OwnerView::owner(self, unit)
+    }
+    fn peers(&self) -> Vec<String> {
+        self.peers.keys().cloned().collect()
+    }
+}
+
+impl crate::store::writer::fence::Ownership for Cluster {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+    fn current(&self) -> Arc<dyn crate::store::writer::fence::OwnershipView> {
+        self.owners()
+    }
 }
 
 /// How a cluster node is set up.
@@ -102,7 +175,48 @@ impl Cluster {
             peers: RwLock::new(Arc::new(HashMap::new())),
             draining: AtomicBool::new(false),
             changes: tokio::sync::watch::channel(0).0,
+            owners: RwLock::new(Arc::new(OwnerView::default())),
         }
+        .with_owner_identity()
+    }
+
+    fn with_owner_identity(self) -> Self {
+        *self.owners.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(OwnerView {
+            node_id: self.node_id.clone(),
+            capacity: self.capacity,
+            ..OwnerView::default()
+        });
+        self
+    }
+
+    /// Who owns the write path's units, as one snapshot of the view.
+    pub fn owners(&self) -> Arc<OwnerView> {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replace the ownership view (from etcd): the other members, this node's draining flag
+    /// as its registration in etcd says, and the epoch of the last change that moved
+    /// ownership.
+    pub fn set_owners(
+        &self,
+        mut peers: HashMap<String, Member>,
+        draining: bool,
+        epoch: u64,
+        revision: u64,
+    ) {
+        peers.remove(&self.node_id);
+        let view = OwnerView {
+            node_id: self.node_id.clone(),
+            capacity: self.capacity,
+            draining,
+            peers: Arc::new(peers),
+            epoch,
+            revision: revision.max(epoch),
+        };
+        *self.owners.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(view);
     }
 
     /// A cluster of one: this node. `listen` is the bound address (port 0 resolved).

@@ -141,13 +141,22 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         Arc::new(NodeAudience::new(presence.clone(), cluster.clone())),
         metrics.clone(),
     )?;
-    let writer = (!config.is_clustered()).then(|| {
+    // One writer per node. In a cluster it owns what the membership view says, and writes
+    // under its fence (store::writer::fence).
+    let writer = if config.is_clustered() {
+        Writer::spawn_clustered(
+            store.kv().clone(),
+            WriterConfig::default(),
+            write_hooks(&metrics),
+            cluster.clone(),
+        )
+    } else {
         Writer::spawn(
             store.kv().clone(),
             WriterConfig::default(),
             write_hooks(&metrics),
         )
-    });
+    };
     let chat = Chat::new(
         store.clone(),
         writer,

@@ -29,10 +29,9 @@ mod records;
 pub mod tikv;
 pub mod writer;
 
-pub use model::{
-    ChatStore, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, SendOutcome, preview,
-};
+pub use model::{ChatStore, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, preview};
 pub use records::{DeviceRecord, GroupRecord, UserRecord};
+pub use writer::SendOutcome;
 
 use async_trait::async_trait;
 
@@ -97,11 +96,6 @@ impl Batch {
     pub fn ops(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
         self.ops.iter().map(|(k, v)| (k.as_slice(), v.as_deref()))
     }
-
-    /// The writes, taken.
-    pub fn into_ops(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        self.ops
-    }
 }
 
 /// A condition [`Kv::apply`] checks atomically with its batch: `key` holds exactly
@@ -137,7 +131,7 @@ pub trait Kv: Send + Sync + 'static {
     ///
     /// The default is one transaction that reads the guard key (so a concurrent change of
     /// it conflicts) and writes the batch.
-    async fn apply(&self, batch: Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+    async fn apply(&self, batch: &Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }

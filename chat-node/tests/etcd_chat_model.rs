@@ -43,6 +43,7 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
         owner: members[0].clone(),
         members: members.clone(),
         created_at: 0,
+        joined: Default::default(),
     };
     store
         .create_group(&group, 100)

@@ -57,7 +57,7 @@ impl Kv for Faulty {
     async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         self.inner.get_many(keys).await
     }
-    async fn apply(&self, batch: Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+    async fn apply(&self, batch: &Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
         if let Some(delay) = self.slow_apply {
             tokio::time::sleep(delay).await;
         }
@@ -92,6 +92,7 @@ async fn many_sends_in_small_batches_stay_gapless_and_deduplicated() {
                 owner: users[0].clone(),
                 members: users.clone(),
                 created_at: 0,
+                joined: Default::default(),
             },
             100,
         )
@@ -206,7 +207,9 @@ async fn a_batch_whose_fsync_fails_acks_nothing_injected_fault() {
         .collect();
     for s in sends {
         let result = s.await.unwrap();
-        let error = result.expect_err("nothing is acked once an fsync failed");
+        let error = result
+            .expect_err("nothing is acked once an fsync failed")
+            .into_api();
         assert_eq!(error.code, ErrorCode::Unavailable, "{}", error.message);
     }
     assert!(
@@ -219,7 +222,10 @@ async fn a_batch_whose_fsync_fails_acks_nothing_injected_fault() {
     faulty.fail_sync.store(false, Ordering::SeqCst);
     let after = writer.send(send("a", &dm, "after".into())).await;
     assert_eq!(
-        after.expect_err("a poisoned writer acks nothing").code,
+        after
+            .expect_err("a poisoned writer acks nothing")
+            .into_api()
+            .code,
         ErrorCode::Unavailable
     );
     let (page, _) = store.history("a", &dm, None, None, 100).await.unwrap();
@@ -278,6 +284,7 @@ async fn overload_is_shed_within_the_deadline_and_the_writer_recovers_injected_d
         match result {
             Ok(_) => acked += 1,
             Err(e) => {
+                let e = e.into_api();
                 assert_eq!(e.code, ErrorCode::Unavailable, "{}", e.message);
                 refused += 1;
             }

@@ -8,10 +8,12 @@ use warp::reply::Response;
 
 use super::{Request, json, json_body, no_content, read_body};
 use crate::cluster::link::{Batch, Event, MAX_BODY, StatusAnswer, StatusQuery};
+use crate::cluster::rpc::{AnswerBatch, CallBatch};
 use crate::protocol::ApiError;
 use crate::state::AppState;
 
-/// `POST /internal/v1/link` (a batch of events) and `POST /internal/v1/status`.
+/// `POST /internal/v1/link` (a batch of events), `POST /internal/v1/rpc` (a batch of calls,
+/// answered in order) and `POST /internal/v1/status`.
 pub async fn route<S, B>(
     state: &AppState,
     req: Request,
@@ -44,6 +46,16 @@ where
             receive(state, batch);
             Ok(no_content())
         }
+        "rpc" => {
+            let batch: CallBatch = json_body(&bytes)?;
+            // Every call's writer operation is queued in the order of the batch (`answer`
+            // queues before its first await), then all are awaited together.
+            let answers = futures_util::future::join_all(
+                batch.calls.into_iter().map(|call| state.chat.answer(call)),
+            )
+            .await;
+            Ok(json(StatusCode::OK, &AnswerBatch { answers }))
+        }
         "status" => {
             let query: StatusQuery = json_body(&bytes)?;
             let answer: StatusAnswer = state.presence.local_online(&query.users);
@@ -60,13 +72,12 @@ where
 fn receive(state: &AppState, batch: Batch) {
     for event in batch.events {
         match event {
+            // The message names its sending device (`from_device`).
             Event::Deliver {
                 message,
                 recipients,
-                sending_device,
-            } => state
-                .chat
-                .deliver_local(&message, &recipients, &sending_device),
+                sending_device: _,
+            } => state.chat.deliver_local(&message, &recipients),
             Event::Presence {
                 user,
                 status,

@@ -93,6 +93,8 @@ pub struct Links {
     http: reqwest::Client,
     bearer: String,
     peers: Mutex<HashMap<String, Peer>>,
+    /// Calls that need an answer, over the same connections and key.
+    rpc: super::rpc::Rpc,
 }
 
 /// The link key for a cluster secret.
@@ -111,14 +113,21 @@ impl Links {
             .tcp_nodelay(true)
             .build()
             .expect("a plain HTTP client builds");
+        let bearer = format!("Bearer {}", link_key(secret));
         Self {
+            rpc: super::rpc::Rpc::new(cluster.clone(), http.clone(), bearer.clone()),
             cluster,
             hub,
             metrics,
             http,
-            bearer: format!("Bearer {}", link_key(secret)),
+            bearer,
             peers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Calls to other nodes that need an answer.
+    pub fn rpc(&self) -> &super::rpc::Rpc {
+        &self.rpc
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {
@@ -200,6 +209,7 @@ impl Links {
 
     /// Forget links to nodes that left (their tasks end once their queues drain).
     pub fn retain_members(&self) {
+        self.rpc.retain_members();
         let members = self.cluster.peers();
         self.peers
             .lock()

@@ -190,7 +190,9 @@ impl Task {
         for kv in listing.kvs() {
             view.apply(&prefix, kv.key(), Some(kv.value()), self.cluster.node_id());
         }
-        self.publish(&view);
+        // A fresh listing cannot tell when ownership last moved: its revision is the epoch
+        // (the write path's fences sort out the rest; see store::writer::fence).
+        self.publish(&view, Some(revision as u64), revision as u64);
         let mut watch = call(
             "watch members",
             client.watch(
@@ -228,6 +230,9 @@ impl Task {
                         return Err(End::Failed("etcd stopped answering lease keep-alives".into()));
                     }
                     call("keep the lease alive", keeper.keep_alive()).await?;
+                    // Keep the view's revision current while nothing changes, so that a node
+                    // fenced at a newer revision sees it has caught up (store::writer::fence).
+                    call("ask the watch for progress", watch.request_progress()).await?;
                     let now = self.registration();
                     if worth_publishing(&registered, &now, published.elapsed()) {
                         self.put(&mut client, &key, &now, lease).await?;
@@ -261,12 +266,19 @@ impl Task {
                     if response.canceled() {
                         return Err(End::Failed(format!("the watch was cancelled: {}", response.cancel_reason())));
                     }
+                    let before = view.ownership();
+                    let mut newest = 0;
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         let value = (event.event_type() == EventType::Put).then(|| kv.value());
                         view.apply(&prefix, kv.key(), value, self.cluster.node_id());
+                        newest = newest.max(kv.mod_revision());
                     }
-                    self.publish(&view);
+                    // Every node sees the same events, so every node gives a change of
+                    // ownership the same epoch: the revision of the events that made it.
+                    let moved = (view.ownership() != before).then_some(newest as u64);
+                    let revision = response.header().map_or(0, |h| h.revision()) as u64;
+                    self.publish(&view, moved, revision.max(newest as u64));
                     // Our own key vanished (lease expired while we were away): re-register.
                     if view.self_missing {
                         view.self_missing = false;
@@ -293,8 +305,14 @@ impl Task {
         .map(|_| ())
     }
 
-    fn publish(&self, view: &View) {
+    /// Hand the view to the cluster: its members, and for the write path's ownership the
+    /// epoch of the last change that moved it (`moved`, when this one did) and the revision
+    /// the view is current at.
+    fn publish(&self, view: &View, moved: Option<u64>, revision: u64) {
         self.cluster.set_peers(view.nodes.clone());
+        let epoch = moved.unwrap_or_else(|| self.cluster.owners().epoch());
+        self.cluster
+            .set_owners(view.nodes.clone(), view.self_draining, epoch, revision);
         let draining = view.drain_requested || self.shutdown.is_cancelled();
         if self.cluster.set_draining(draining) {
             tracing::info!(draining, "drain state changed");
@@ -329,9 +347,23 @@ struct View {
     nodes: HashMap<String, Member>,
     drain_requested: bool,
     self_missing: bool,
+    /// This node's draining flag as its registration in etcd says.
+    self_draining: bool,
 }
 
 impl View {
+    /// What ownership of the write path's units depends on: who is a member, with what
+    /// weight, and who drains (this node included), in a canonical order.
+    fn ownership(&self) -> (Vec<(String, u64, bool)>, bool) {
+        let mut nodes: Vec<(String, u64, bool)> = self
+            .nodes
+            .values()
+            .map(|m| (m.node_id.clone(), m.capacity, m.draining))
+            .collect();
+        nodes.sort_unstable();
+        (nodes, self.self_draining)
+    }
+
     /// Apply one key's new value (`None`: deleted).
     fn apply(&mut self, prefix: &str, key: &[u8], value: Option<&[u8]>, me: &str) {
         let Some(rest) = std::str::from_utf8(key)
@@ -343,6 +375,9 @@ impl View {
         if let Some(id) = rest.strip_prefix("nodes/") {
             if id == me {
                 self.self_missing = value.is_none();
+                if let Some(Ok(member)) = value.map(serde_json::from_slice::<Member>) {
+                    self.self_draining = member.draining;
+                }
                 return;
             }
             match value.map(serde_json::from_slice::<Member>) {

@@ -1,11 +1,11 @@
 //! Wire errors: the codes of PROTOCOL.md, their HTTP statuses, and a human message that says
 //! what went wrong and what to do.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The error codes of the wire contract. `MethodNotAllowed` and `PayloadTooLarge`-style
 /// extensions stay within the documented set where one fits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
@@ -59,7 +59,7 @@ impl ErrorCode {
 }
 
 /// An error a client sees, over HTTP (status + `{"error": {...}}`) or as an `error` frame.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{code:?}: {message}")]
 pub struct ApiError {
     pub code: ErrorCode,

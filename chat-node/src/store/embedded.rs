@@ -128,7 +128,7 @@ impl Kv for Embedded {
             .collect()
     }
 
-    async fn apply(&self, batch: Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+    async fn apply(&self, batch: &Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -144,7 +144,7 @@ impl Kv for Embedded {
                     .batch()
                     .durability(Some(PersistMode::Buffer));
                 let data = self.inner.data.inner();
-                for (key, value) in batch.into_ops() {
+                for (key, value) in batch.ops() {
                     match value {
                         Some(v) => b.insert(data, key, v),
                         None => b.remove(data, key),

@@ -210,21 +210,21 @@ impl Kv for EtcdKv {
         Ok(out)
     }
 
-    async fn apply(&self, batch: Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+    async fn apply(&self, batch: &Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
         if batch.is_empty() {
             return Ok(());
         }
         // etcd refuses a transaction that writes one key twice: the last write wins.
-        let mut last: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> =
+        let mut last: std::collections::HashMap<&[u8], Option<&[u8]>> =
             std::collections::HashMap::with_capacity(batch.len());
-        for (key, value) in batch.into_ops() {
+        for (key, value) in batch.ops() {
             last.insert(key, value);
         }
         let ops: Vec<TxnOp> = last
             .into_iter()
             .map(|(key, value)| match value {
-                Some(v) => TxnOp::put(self.full(&key), v, None),
-                None => TxnOp::delete(self.full(&key), None),
+                Some(v) => TxnOp::put(self.full(key), v.to_vec(), None),
+                None => TxnOp::delete(self.full(key), None),
             })
             .collect();
         let compares: Vec<Compare> = match guard {

@@ -13,6 +13,10 @@
 //! is/{user_id}                  -> last inbox_id (be64)          written by the first version only
 //! i/{user_id}/{inbox_id:be64}   -> InboxEntry (JSON)            a pointer: channel + seq
 //! d/{user_id}/{client_msg_id}   -> Ack (JSON)                    durable send dedupe
+//! cd/{channel}/{user_id}/{client_msg_id}
+//!                               -> seq (be64)                    a cluster's send dedupe while the
+//!                                                                sender's inbox is another node's
+//! fence/{node_id}               -> epoch (be64)                  store::writer::fence
 //! uc/{user_id}/{channel}        -> UserChannel (binary)          the user's channels: last item, read marker
 //! dv/{user_id}/{device_id}      -> DeviceRecord (JSON)           cursor, last seen, push
 //! ls/{user_id}                  -> last seen ts (be64)
@@ -94,6 +98,14 @@ pub fn user_channels_of(user_id: &str) -> Vec<u8> {
 }
 pub fn dedupe(user_id: &str, client_msg_id: &str) -> Vec<u8> {
     join(&[b"d", user_id.as_bytes(), client_msg_id.as_bytes()])
+}
+pub fn channel_dedupe(channel: &str, user_id: &str, client_msg_id: &str) -> Vec<u8> {
+    join(&[
+        b"cd",
+        channel.as_bytes(),
+        user_id.as_bytes(),
+        client_msg_id.as_bytes(),
+    ])
 }
 pub fn device(user_id: &str, device_id: &str) -> Vec<u8> {
     join(&[b"dv", user_id.as_bytes(), device_id.as_bytes()])

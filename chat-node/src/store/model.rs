@@ -12,7 +12,6 @@ mod devices;
 mod groups;
 mod messages;
 mod push;
-mod transactional;
 mod users;
 
 use std::sync::Arc;
@@ -21,7 +20,6 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 pub(crate) use groups::group_full;
-pub use messages::SendOutcome;
 pub use push::{OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, preview};
 
 use super::{Kv, KvTxn, StoreError};

@@ -38,6 +38,10 @@ pub struct GroupRecord {
     /// In joining order; the owner first at creation.
     pub members: Vec<String>,
     pub created_at: i64,
+    /// Members who joined after the group was created, with the channel's newest `seq` when
+    /// they joined: items up to it are not theirs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub joined: std::collections::BTreeMap<String, u64>,
 }
 
 impl GroupRecord {

@@ -22,15 +22,20 @@
 //!
 //! | module | role |
 //! | --- | --- |
-//! | `units` | the owned units' state in memory (channel heads and members, users' inbox heads), bounded, loaded from the store |
+//! | `op` | the operations ([`Op`]) and their answers |
+//! | `units` | the owned units' state in memory (channel heads and members, users' inbox heads and channel entries), bounded, loaded from the store |
 //! | `apply` | one operation applied to the state and to the batch being built |
 //! | `durable` | the durability stage: one sync per round, then the answers |
+//! | [`fence`] | in a cluster: who owns what, and the fence that stops a node that lost a unit |
 
 mod apply;
 mod durable;
+pub mod fence;
+mod op;
 mod units;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,10 +43,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::records::GroupRecord;
-use super::{Batch, Kv, SendOutcome};
+use super::{Batch, Kv, StoreError};
 use crate::protocol::ApiError;
+use fence::{SharedOwnership, Standing};
 
-pub use apply::SendOp;
+pub use op::{
+    AppendItem, AppendOp, AppendOutcome, Member, MemberAppend, Op, Reply, SendOp, SendOutcome,
+    WriteError,
+};
 pub(crate) use units::inbox_head;
 
 /// Tunables of the write path.
@@ -72,33 +81,6 @@ impl Default for WriterConfig {
     }
 }
 
-/// What the writer is asked to do.
-#[derive(Debug)]
-pub enum Op {
-    /// Store a message.
-    Send(SendOp),
-    /// `caller` adds `user` to the group (a member may add; adding a member is a no-op).
-    AddMember {
-        caller: String,
-        group_id: String,
-        user: String,
-        max_members: usize,
-    },
-    /// The owner removes `user`, or a member leaves (`caller == user`).
-    RemoveMember {
-        caller: String,
-        group_id: String,
-        user: String,
-    },
-}
-
-/// What an operation did, once it is durable.
-#[derive(Debug)]
-pub enum Reply {
-    Sent(SendOutcome),
-    Group(GroupRecord),
-}
-
 /// Called per durable batch with its operations, its writes and how long it took.
 pub type BatchHook = Arc<dyn Fn(usize, usize, Duration) + Send + Sync>;
 
@@ -113,7 +95,7 @@ pub struct WriterHooks {
 
 struct Queued {
     op: Op,
-    reply: oneshot::Sender<Result<Reply, ApiError>>,
+    reply: oneshot::Sender<Result<Reply, WriteError>>,
     queued_at: Instant,
 }
 
@@ -128,18 +110,41 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start the writer over `kv`. Must be called inside a Tokio runtime.
+    /// Start the writer of a single node over `kv`: it owns everything. Must be called
+    /// inside a Tokio runtime.
     pub fn spawn(kv: Arc<dyn Kv>, config: WriterConfig, hooks: WriterHooks) -> Self {
+        Self::start(kv, config, hooks, None)
+    }
+
+    /// Start the writer of a cluster's node: it owns what `ownership` says, and writes under
+    /// its fence ([`fence`]).
+    pub fn spawn_clustered(
+        kv: Arc<dyn Kv>,
+        config: WriterConfig,
+        hooks: WriterHooks,
+        ownership: SharedOwnership,
+    ) -> Self {
+        Self::start(kv, config, hooks, Some(ownership))
+    }
+
+    fn start(
+        kv: Arc<dyn Kv>,
+        config: WriterConfig,
+        hooks: WriterHooks,
+        ownership: Option<SharedOwnership>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let poisoned = Arc::new(AtomicBool::new(false));
         let durable = durable::spawn(kv.clone(), poisoned.clone(), hooks.clone());
         let task = Task {
-            units: units::Units::new(kv.clone(), config.cache),
+            units: units::Units::new(kv.clone(), config.cache, ownership.is_some()),
             kv,
             config,
             durable,
             poisoned: poisoned.clone(),
             hooks: hooks.clone(),
+            ownership,
+            standing: None,
         };
         tokio::spawn(task.run(rx));
         Self {
@@ -154,43 +159,62 @@ impl Writer {
         self.poisoned.load(Ordering::Relaxed)
     }
 
-    /// Queue `op` and wait until it is durable (or refused).
-    pub async fn submit(&self, op: Op) -> Result<Reply, ApiError> {
-        if self.is_poisoned() {
-            return Err(poisoned());
-        }
-        let (reply, answer) = oneshot::channel();
-        let queued = Queued {
-            op,
-            reply,
-            queued_at: Instant::now(),
+    /// Queue `op` now; the answer comes once it is durable (or refused). Operations queued
+    /// one after the other are applied in that order.
+    pub fn enqueue(&self, op: Op) -> impl Future<Output = Result<Reply, WriteError>> + use<> {
+        let queued = if self.is_poisoned() {
+            Err(poisoned())
+        } else {
+            let (reply, answer) = oneshot::channel();
+            let queued = Queued {
+                op,
+                reply,
+                queued_at: Instant::now(),
+            };
+            match self.tx.try_send(queued) {
+                Ok(()) => Ok(answer),
+                Err(_) => {
+                    self.shed();
+                    Err(overloaded())
+                }
+            }
         };
-        if self.tx.try_send(queued).is_err() {
-            self.shed();
-            return Err(overloaded());
+        async move {
+            match queued {
+                Ok(answer) => answer.await.map_err(|_| {
+                    WriteError::Api(ApiError::unavailable("the writer stopped; retry shortly"))
+                })?,
+                Err(e) => Err(WriteError::Api(e)),
+            }
         }
-        answer
-            .await
-            .map_err(|_| ApiError::unavailable("the writer stopped; retry shortly"))?
+    }
+
+    /// Queue `op` and wait until it is durable (or refused).
+    pub async fn submit(&self, op: Op) -> Result<Reply, WriteError> {
+        self.enqueue(op).await
     }
 
     /// Store a message; see [`Op::Send`].
-    pub async fn send(&self, op: SendOp) -> Result<SendOutcome, ApiError> {
+    pub async fn send(&self, op: SendOp) -> Result<SendOutcome, WriteError> {
         match self.submit(Op::Send(op)).await? {
             Reply::Sent(outcome) => Ok(outcome),
-            Reply::Group(_) => Err(ApiError::internal(
-                "the writer answered a send with a group",
-            )),
+            _ => Err(unexpected("a send")),
+        }
+    }
+
+    /// Append items to inboxes this node owns; see [`Op::Append`].
+    pub async fn append(&self, op: AppendOp) -> Result<AppendOutcome, WriteError> {
+        match self.submit(Op::Append(op)).await? {
+            Reply::Appended(outcome) => Ok(outcome),
+            _ => Err(unexpected("an append")),
         }
     }
 
     /// Run a group change; see [`Op::AddMember`] and [`Op::RemoveMember`].
-    pub async fn group_change(&self, op: Op) -> Result<GroupRecord, ApiError> {
+    pub async fn group_change(&self, op: Op) -> Result<GroupRecord, WriteError> {
         match self.submit(op).await? {
             Reply::Group(group) => Ok(group),
-            Reply::Sent(_) => Err(ApiError::internal(
-                "the writer answered a group change with a send",
-            )),
+            _ => Err(unexpected("a group change")),
         }
     }
 
@@ -199,6 +223,12 @@ impl Writer {
             hook();
         }
     }
+}
+
+fn unexpected(what: &str) -> WriteError {
+    WriteError::Api(ApiError::internal(format!(
+        "the writer answered {what} with something else"
+    )))
 }
 
 fn overloaded() -> ApiError {
@@ -221,6 +251,10 @@ struct Task {
     durable: mpsc::Sender<durable::Round>,
     poisoned: Arc<AtomicBool>,
     hooks: WriterHooks,
+    /// In a cluster: who owns what.
+    ownership: Option<SharedOwnership>,
+    /// In a cluster: the epoch this node adopted and the fence guard its batches carry.
+    standing: Option<Standing>,
 }
 
 impl Task {
@@ -243,7 +277,7 @@ impl Task {
             }
             if self.poisoned.load(Ordering::Relaxed) {
                 for q in backlog.drain(..) {
-                    let _ = q.reply.send(Err(poisoned()));
+                    let _ = q.reply.send(Err(WriteError::Api(poisoned())));
                 }
                 continue;
             }
@@ -266,7 +300,7 @@ impl Task {
                 if let Some(hook) = &self.hooks.on_shed {
                     hook();
                 }
-                let _ = q.reply.send(Err(overloaded()));
+                let _ = q.reply.send(Err(WriteError::Api(overloaded())));
                 continue;
             }
             live.push(q);
@@ -274,9 +308,20 @@ impl Task {
         if live.is_empty() {
             return;
         }
+        // In a cluster, the round works under one snapshot of the view, adopted (fenced)
+        // before anything is read or written under it.
+        let view = match self.stand().await {
+            Ok(view) => view,
+            Err(e) => {
+                for q in live {
+                    let _ = q.reply.send(Err(WriteError::Api(e.clone())));
+                }
+                return;
+            }
+        };
         if let Err(e) = self.units.prefetch(live.iter().map(|q| &q.op)).await {
             for q in live {
-                let _ = q.reply.send(Err(e.clone()));
+                let _ = q.reply.send(Err(WriteError::Api(e.clone())));
             }
             return;
         }
@@ -290,7 +335,7 @@ impl Task {
                 rest.push(q);
                 break;
             }
-            let result = apply::apply(&mut self.units, &mut batch, q.op);
+            let result = apply::apply(&mut self.units, &mut batch, q.op, view.as_deref());
             answers.push((q.reply, result));
         }
         // What did not fit goes back to the front, in arrival order, ahead of anything newer.
@@ -301,7 +346,7 @@ impl Task {
         let ops = answers.len();
         let batch: Batch = batch.finish();
         let writes = batch.len();
-        match self.kv.apply(batch, None).await {
+        match self.write(&batch).await {
             Ok(()) => {
                 let round = durable::Round {
                     answers,
@@ -317,12 +362,95 @@ impl Task {
                 // Nothing of this batch is in the store: forget the state it moved on, so
                 // that the next use reloads what the store holds.
                 self.units.clear();
-                tracing::warn!(error = %e, "the write path could not apply a batch");
-                let error = ApiError::from(e);
+                tracing::warn!(error = ?e, "the write path could not apply a batch");
                 for (reply, _) in answers {
-                    let _ = reply.send(Err(error.clone()));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }
     }
+
+    /// In a cluster: the view this round works under, adopted first when it moved (the
+    /// other nodes fenced, the memory of units forgotten). `None` on a single node.
+    async fn stand(&mut self) -> Result<Option<Arc<dyn fence::OwnershipView>>, ApiError> {
+        let Some(ownership) = &self.ownership else {
+            return Ok(None);
+        };
+        let view = ownership.current();
+        if self.standing.as_ref().map(|s| s.view_epoch) != Some(view.epoch()) {
+            self.standing = None;
+            self.units.clear();
+            match fence::adopt(self.kv.as_ref(), ownership.node_id(), view.as_ref()).await? {
+                Ok(standing) => {
+                    tracing::info!(
+                        epoch = standing.epoch,
+                        "the write path adopted a new membership epoch"
+                    );
+                    self.standing = Some(standing);
+                }
+                Err(higher) => {
+                    tracing::info!(
+                        epoch = view.epoch(),
+                        fence = higher,
+                        "another node fenced this one at a newer epoch than this node's view: waiting for the view to catch up"
+                    );
+                    return Err(behind());
+                }
+            }
+        }
+        Ok(Some(view))
+    }
+
+    /// Apply a batch, under this node's fence in a cluster. A fence raised by a node that
+    /// adopted the same or an older epoch leaves this node's standing intact (the batch is
+    /// applied under the new value); one raised past it ends the standing: nothing is
+    /// written, and the units are forgotten.
+    async fn write(&mut self, batch: &Batch) -> Result<(), WriteError> {
+        let Some(standing) = &self.standing else {
+            if self.ownership.is_some() {
+                return Err(WriteError::Api(behind()));
+            }
+            return self.kv.apply(batch, None).await.map_err(WriteError::from);
+        };
+        match self.kv.apply(batch, Some(&standing.guard)).await {
+            Err(StoreError::Conflict) => {}
+            other => return other.map_err(WriteError::from),
+        }
+        let (view_epoch, epoch) = (standing.view_epoch, standing.epoch);
+        let node_id = self
+            .ownership
+            .as_ref()
+            .map_or("", |o| o.node_id())
+            .to_owned();
+        let fence = fence::read_own(self.kv.as_ref(), &node_id).await?;
+        if fence > epoch {
+            tracing::info!(
+                epoch,
+                fence,
+                "fenced out by a node at a newer epoch: this node writes nothing until its view catches up"
+            );
+            self.standing = None;
+            return Err(WriteError::NotOwner);
+        }
+        let guard = super::Guard {
+            key: fence::fence_key(&node_id),
+            expected: Some(fence.to_be_bytes().to_vec()),
+        };
+        let result = self.kv.apply(batch, Some(&guard)).await;
+        self.standing = Some(Standing {
+            view_epoch,
+            epoch,
+            guard,
+        });
+        result.map_err(|e| match e {
+            StoreError::Conflict => WriteError::NotOwner,
+            e => WriteError::from(e),
+        })
+    }
+}
+
+fn behind() -> ApiError {
+    ApiError::unavailable(
+        "this node's view of the cluster is behind another node's; nothing was written, retry shortly",
+    )
 }

@@ -311,10 +311,12 @@ async fn a_node_killed_mid_flow_loses_no_acked_message() {
             }
         }
     }
+    // A send to the victim waits for its inbox to get a new owner (the dead node's lease
+    // expires within 10 s): acked means in every member's inbox.
     let mut sender_acks = 0;
     while sender_acks < 40 {
         let v = cs
-            .until("the sender's acks", |v| {
+            .until_within(Duration::from_secs(25), "the sender's acks", |v| {
                 v["type"] == "ack" || v["type"] == "error"
             })
             .await;

@@ -288,7 +288,17 @@ impl Client {
 
     /// Skip frames until one matches `pred`; `what` names it in the failure.
     pub async fn until(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.until_within(WAIT, what, pred).await
+    }
+
+    /// [`Client::until`] with its own bound (e.g. across a node's failover).
+    pub async fn until_within(
+        &mut self,
+        wait: Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let v = tokio::time::timeout(left, self.next())

@@ -21,7 +21,7 @@ pub async fn a_batch_applies_atomically_and_at_once(kv: &dyn Kv, p: &str) {
     }
     batch.delete(k(p, "batch/a/never"));
     assert_eq!(batch.len(), 301);
-    kv.apply(batch, None)
+    kv.apply(&batch, None)
         .await
         .expect("an unguarded batch applies");
     let base = k(p, "batch/a/");
@@ -43,7 +43,7 @@ pub async fn a_later_write_in_a_batch_wins(kv: &dyn Kv, p: &str) {
     batch.put(a.clone(), b"second".to_vec());
     batch.put(b.clone(), b"there".to_vec());
     batch.delete(b.clone());
-    kv.apply(batch, None).await.expect("the batch applies");
+    kv.apply(&batch, None).await.expect("the batch applies");
     let got = kv.get_many(&[a, b]).await.unwrap();
     assert_eq!(
         got,
@@ -61,7 +61,7 @@ pub async fn a_guard_that_holds_lets_the_batch_through(kv: &dyn Kv, p: &str) {
     };
     let mut batch = Batch::default();
     batch.put(out.clone(), b"1".to_vec());
-    kv.apply(batch, Some(&absent))
+    kv.apply(&batch, Some(&absent))
         .await
         .expect("a guard expecting an absent key holds while the key is absent");
     commit(kv, &[(&fence, Some(b"epoch-7"))]).await;
@@ -71,7 +71,7 @@ pub async fn a_guard_that_holds_lets_the_batch_through(kv: &dyn Kv, p: &str) {
     };
     let mut batch = Batch::default();
     batch.put(out.clone(), b"2".to_vec());
-    kv.apply(batch, Some(&present))
+    kv.apply(&batch, Some(&present))
         .await
         .expect("a guard expecting the key's value holds");
     assert_eq!(
@@ -91,7 +91,7 @@ pub async fn a_guard_that_fails_writes_nothing(kv: &dyn Kv, p: &str) {
         };
         let mut batch = Batch::default();
         batch.put(out.clone(), b"stale writer".to_vec());
-        let result = kv.apply(batch, Some(&guard)).await;
+        let result = kv.apply(&batch, Some(&guard)).await;
         assert!(
             matches!(result, Err(StoreError::Conflict)),
             "a guard that does not hold is a conflict, got {result:?}"
@@ -110,7 +110,7 @@ pub async fn batched_reads_answer_in_order(kv: &dyn Kv, p: &str) {
     for (n, key) in keys.iter().enumerate().filter(|(n, _)| n % 3 != 0) {
         batch.put(key.clone(), n.to_string().into_bytes());
     }
-    kv.apply(batch, None).await.unwrap();
+    kv.apply(&batch, None).await.unwrap();
     let want: Vec<Option<Vec<u8>>> = (0..150)
         .map(|n| (n % 3 != 0).then(|| n.to_string().into_bytes()))
         .collect();

@@ -4,27 +4,32 @@
 
 use super::{ChatStore, get_json};
 use crate::protocol::ApiError;
-use crate::protocol::types::{Ack, Message};
+use crate::protocol::types::Message;
 use crate::protocol::validate::Channel;
 use crate::store::records::{ChannelHead, GroupRecord, InboxEntry, MessageRecord, decode};
 use crate::store::{KvTxn, Order, keys};
 
+/// Who belongs to a channel now, and when the members who joined a group later joined.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelMembers {
+    list: Vec<String>,
+    joined: std::collections::BTreeMap<String, u64>,
+}
+
+impl ChannelMembers {
+    pub fn list(&self) -> &[String] {
+        &self.list
+    }
+
+    /// The channel's newest `seq` when `user` joined (0: from the start).
+    pub fn joined(&self, user: &str) -> u64 {
+        self.joined.get(user).copied().unwrap_or(0)
+    }
+}
+
 /// A page of history or sync stops growing past this many bytes of stored messages (after
 /// at least one), so one answer stays a few MiB even when every message is 100,000 chars.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// What a send did.
-#[derive(Debug, Clone)]
-pub struct SendOutcome {
-    /// The ack: the original one when the send was a duplicate.
-    pub ack: Ack,
-    /// True when `(sender, client_msg_id)` was seen before: nothing new was stored.
-    pub duplicate: bool,
-    /// The stored message (without `inbox_id`); absent for duplicates.
-    pub message: Option<Message>,
-    /// Every member and the `inbox_id` the message took in their inbox (sender included).
-    pub recipients: Vec<(String, u64)>,
-}
 
 /// The members of `channel`, checking that `caller` is one of them.
 pub(super) async fn members(
@@ -122,6 +127,71 @@ impl ChatStore {
     ) -> Result<Vec<String>, ApiError> {
         self.read(|txn, _| Box::pin(async move { members(txn, caller, channel).await }))
             .await
+    }
+
+    /// Who belongs to `channel` now, and since when (for the write path's second stage; no
+    /// caller to check).
+    pub async fn channel_members_any(&self, channel: &str) -> Result<ChannelMembers, ApiError> {
+        let channel = Channel::parse(channel)?;
+        self.read(|txn, _| {
+            let channel = &channel;
+            Box::pin(async move {
+                Ok(match channel {
+                    Channel::Direct(a, b) if a == b => ChannelMembers {
+                        list: vec![a.clone()],
+                        joined: Default::default(),
+                    },
+                    Channel::Direct(a, b) => ChannelMembers {
+                        list: vec![a.clone(), b.clone()],
+                        joined: Default::default(),
+                    },
+                    Channel::Group(group_id) => {
+                        let group: GroupRecord = get_json(txn, &keys::group(group_id))
+                            .await?
+                            .ok_or_else(|| {
+                                ApiError::not_found(format!("no group has the id {group_id:?}"))
+                            })?;
+                        ChannelMembers {
+                            list: group.members,
+                            joined: group.joined,
+                        }
+                    }
+                })
+            })
+        })
+        .await
+    }
+
+    /// The items of `channel` with `from <= seq < to`, in order.
+    pub async fn channel_items(
+        &self,
+        channel: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Message)>, ApiError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        self.read(|txn, _| {
+            Box::pin(async move {
+                let pairs = txn
+                    .scan(
+                        &keys::message(channel, from),
+                        &keys::message(channel, to),
+                        (to - from) as usize,
+                        Order::Ascending,
+                    )
+                    .await?;
+                let mut out = Vec::with_capacity(pairs.len());
+                for (key, value) in pairs {
+                    let seq = keys::trailing_number(&key).unwrap_or_default();
+                    let record: MessageRecord = decode(&key, &value)?;
+                    out.push((seq, record.into_wire(channel, seq, None)));
+                }
+                Ok(out)
+            })
+        })
+        .await
     }
 
     /// A page of `channel`'s history, ascending by `seq`: after `after_seq` (oldest first)

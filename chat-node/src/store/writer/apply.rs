@@ -4,28 +4,17 @@
 
 use std::collections::HashMap;
 
+use super::fence::OwnershipView;
+use super::op::{
+    AppendOp, AppendOutcome, Member, MemberAppend, Op, Reply, SendOp, SendOutcome, WriteError,
+};
 use super::units::{Members, Units};
-use super::{Op, Reply};
 use crate::protocol::ApiError;
 use crate::protocol::types::Ack;
 use crate::protocol::validate::Channel;
-use crate::store::model::{OutboxEntry, SendOutcome, group_full, preview};
+use crate::store::model::{OutboxEntry, group_full, preview};
 use crate::store::records::{ChannelHead, GroupRecord, InboxEntry, MessageRecord, encode};
 use crate::store::{Batch, keys};
-
-/// A message to store, validated by the caller (text length, `client_msg_id`, channel name).
-#[derive(Debug, Clone)]
-pub struct SendOp {
-    pub sender: String,
-    pub device: String,
-    pub channel: Channel,
-    pub client_msg_id: String,
-    pub text: String,
-    pub ts: i64,
-    /// When pushes are configured: when the message's push falls due (its `ts` plus the
-    /// coalescing window); the batch then also writes one push outbox entry.
-    pub push_due: Option<i64>,
-}
 
 /// The batch being built, and what it moved: channel heads are written once per batch,
 /// at the end; sends are deduplicated within the batch too.
@@ -72,39 +61,139 @@ pub(super) fn writes_of(units: &Units, op: &Op) -> usize {
                 .map_or(2, |c| c.members.list().len());
             2 * members + 4
         }
+        Op::Append(append) => append.items.iter().map(|i| 2 * i.members.len() + 1).sum(),
         Op::AddMember { .. } | Op::RemoveMember { .. } => 2,
     }
 }
 
+/// Whether this node owns `unit` in `view` (always, on a single node).
+fn owns(view: Option<&dyn OwnershipView>, unit: &str) -> bool {
+    view.is_none_or(|v| v.owner(unit).is_none())
+}
+
 /// Apply `op`: move the state, queue the writes, and return the answer to send once the
-/// batch is durable. A refused operation writes nothing.
+/// batch is durable. A refused operation writes nothing. `view` is the cluster's view
+/// this round works under (`None` on a single node, which owns everything).
 pub(super) fn apply(
     units: &mut Units,
     batch: &mut BatchBuilder,
     op: Op,
-) -> Result<Reply, ApiError> {
+    view: Option<&dyn OwnershipView>,
+) -> Result<Reply, WriteError> {
     match op {
-        Op::Send(send) => send_message(units, batch, send).map(Reply::Sent),
+        Op::Send(send) => {
+            if !owns(view, &send.channel.to_string()) {
+                return Err(WriteError::NotOwner);
+            }
+            send_message(units, batch, send, view).map(Reply::Sent)
+        }
+        Op::Append(append) => Ok(Reply::Appended(append_items(units, batch, append, view))),
         Op::AddMember {
             caller,
             group_id,
             user,
             max_members,
-        } => add_member(units, batch, &caller, &group_id, &user, max_members).map(Reply::Group),
+        } => {
+            if !owns(view, &Channel::Group(group_id.clone()).to_string()) {
+                return Err(WriteError::NotOwner);
+            }
+            Ok(Reply::Group(add_member(
+                units,
+                batch,
+                &caller,
+                &group_id,
+                &user,
+                max_members,
+            )?))
+        }
         Op::RemoveMember {
             caller,
             group_id,
             user,
-        } => remove_member(units, batch, &caller, &group_id, &user).map(Reply::Group),
+        } => {
+            if !owns(view, &Channel::Group(group_id.clone()).to_string()) {
+                return Err(WriteError::NotOwner);
+            }
+            Ok(Reply::Group(remove_member(
+                units, batch, &caller, &group_id, &user,
+            )?))
+        }
     }
 }
 
-fn duplicate(ack: Ack) -> SendOutcome {
+fn duplicate(ack: Ack, redrive: bool) -> SendOutcome {
     SendOutcome {
         ack,
         duplicate: true,
         message: None,
         recipients: Vec::new(),
+        remote: Vec::new(),
+        redrive,
+    }
+}
+
+/// Append `seq` of `channel` to `member`'s inbox: the pointer, and their channel entry.
+/// Returns the `inbox_id` it took.
+#[allow(clippy::too_many_arguments)]
+fn append_one(
+    units: &mut Units,
+    batch: &mut BatchBuilder,
+    member: &str,
+    channel: &str,
+    seq: u64,
+    ts: i64,
+    pointer: &[u8],
+    is_sender: bool,
+) -> Result<u64, ApiError> {
+    let head = units
+        .inboxes
+        .get_mut(member)
+        .ok_or_else(|| ApiError::internal(format!("the inbox of {member} was not loaded")))?;
+    *head += 1;
+    let inbox_id = *head;
+    batch
+        .batch
+        .put(keys::inbox(member, inbox_id), pointer.to_vec());
+    let entry_key = keys::user_channel(member, channel);
+    let entry = units.user_channels.get_mut(&entry_key).ok_or_else(|| {
+        ApiError::internal(format!("the channel entry of {member} was not loaded"))
+    })?;
+    entry.last_seq = seq;
+    entry.last_ts = ts;
+    if is_sender {
+        // Sending to a channel moves the sender's read marker to what they sent.
+        entry.read_seq = seq;
+        entry.unread = 0;
+    } else {
+        entry.unread += 1;
+    }
+    batch.batch.put(entry_key, entry.encode());
+    Ok(inbox_id)
+}
+
+/// Where a member's inbox stands for a channel before one of its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Continuity {
+    /// It holds the channel's previous item (or owes nothing before this one): append.
+    Ready,
+    /// It holds this item already.
+    Held,
+    /// It holds the channel only up to `last`: earlier items come first.
+    Gap { last: u64 },
+}
+
+fn continuity(units: &Units, member: &str, channel: &str, seq: u64, first: bool) -> Continuity {
+    let last = units
+        .user_channels
+        .peek(&keys::user_channel(member, channel))
+        .map_or(0, |e| e.last_seq);
+    if last >= seq {
+        Continuity::Held
+    } else if first || last == 0 || last + 1 == seq {
+        // 0: an inbox from before the channel index existed, or a brand-new one.
+        Continuity::Ready
+    } else {
+        Continuity::Gap { last }
     }
 }
 
@@ -112,18 +201,34 @@ fn send_message(
     units: &mut Units,
     batch: &mut BatchBuilder,
     send: SendOp,
-) -> Result<SendOutcome, ApiError> {
+    view: Option<&dyn OwnershipView>,
+) -> Result<SendOutcome, WriteError> {
     let dedupe_key = (send.sender, send.client_msg_id);
     if let Some(ack) = batch.sent.get(&dedupe_key) {
-        return Ok(duplicate(ack.clone()));
+        return Ok(duplicate(ack.clone(), false));
     }
     if let Some(ack) = units.dedupe.get(&dedupe_key) {
-        return Ok(duplicate(ack.clone()));
+        return Ok(duplicate(ack.clone(), false));
     }
     let (sender, client_msg_id) = dedupe_key;
     let name = send.channel.to_string();
+    if let Some(seq) =
+        units
+            .channel_dedupe
+            .get(&(name.clone(), sender.clone(), client_msg_id.clone()))
+    {
+        // Stored before, but the sender's inbox (another node's) has no ack for it yet.
+        let ack = Ack {
+            client_msg_id,
+            channel: name,
+            seq: *seq,
+            inbox_id: 0,
+            ts: send.ts,
+        };
+        return Ok(duplicate(ack, true));
+    }
     if let Some(e) = units.missing.get(&name) {
-        return Err(e.clone());
+        return Err(e.clone().into());
     }
     let channel = units
         .channels
@@ -133,7 +238,8 @@ fn send_message(
         return Err(ApiError::forbidden(match channel.members {
             Members::Direct(_) => "you are not a member of this one-on-one channel",
             Members::Group(_) => "you are not a member of this group",
-        }));
+        })
+        .into());
     }
     let seq = channel.head.last_seq + 1;
     channel.head = ChannelHead {
@@ -141,6 +247,7 @@ fn send_message(
         last_ts: send.ts,
     };
     batch.heads.insert(name.clone(), channel.head);
+    let members = channel.members.clone();
 
     let record = MessageRecord {
         from: sender.clone(),
@@ -154,32 +261,31 @@ fn send_message(
         channel: name.clone(),
         seq,
     });
-    let members = channel.members.list();
-    let mut recipients = Vec::with_capacity(members.len());
+    let mut recipients = Vec::with_capacity(members.list().len());
+    let mut remote = Vec::new();
     let mut sender_inbox_id = 0;
-    for member in members {
-        let head = units
-            .inboxes
-            .get_mut(member)
-            .ok_or_else(|| ApiError::internal(format!("the inbox of {member} was not loaded")))?;
-        *head += 1;
-        batch.batch.put(keys::inbox(member, *head), pointer.clone());
-        let entry_key = keys::user_channel(member, &name);
-        let entry = units.user_channels.get_mut(&entry_key).ok_or_else(|| {
-            ApiError::internal(format!("the channel entry of {member} was not loaded"))
-        })?;
-        entry.last_seq = seq;
-        entry.last_ts = send.ts;
-        if *member == sender {
-            // Sending to a channel moves the sender's read marker to what they sent.
-            entry.read_seq = seq;
-            entry.unread = 0;
-            sender_inbox_id = *head;
-        } else {
-            entry.unread += 1;
+    for member in members.list() {
+        let first = members.first_for(member, seq);
+        // Members whose inbox is another node's, or that owe earlier items of the channel
+        // (a cluster only), go to the second stage.
+        let ready = view.is_none()
+            || (owns(view, member)
+                && continuity(units, member, &name, seq, first) == Continuity::Ready);
+        if !ready {
+            remote.push(Member {
+                user: member.clone(),
+                first,
+            });
+            continue;
         }
-        batch.batch.put(entry_key, entry.encode());
-        recipients.push((member.clone(), *head));
+        let is_sender = *member == sender;
+        let inbox_id = append_one(
+            units, batch, member, &name, seq, send.ts, &pointer, is_sender,
+        )?;
+        if is_sender {
+            sender_inbox_id = inbox_id;
+        }
+        recipients.push((member.clone(), inbox_id));
     }
     if let Some(due) = send.push_due {
         let others: Vec<(String, u64)> = recipients
@@ -208,9 +314,18 @@ fn send_message(
         inbox_id: sender_inbox_id,
         ts: send.ts,
     };
-    batch
-        .batch
-        .put(keys::dedupe(&sender, &ack.client_msg_id), encode(&ack));
+    if sender_inbox_id > 0 {
+        batch
+            .batch
+            .put(keys::dedupe(&sender, &ack.client_msg_id), encode(&ack));
+    } else {
+        // The sender's inbox is another node's: that node writes the ack with its append;
+        // until then a resend finds the message here.
+        batch.batch.put(
+            keys::channel_dedupe(&name, &sender, &ack.client_msg_id),
+            seq.to_be_bytes().to_vec(),
+        );
+    }
     batch
         .sent
         .insert((sender, ack.client_msg_id.clone()), ack.clone());
@@ -220,18 +335,106 @@ fn send_message(
         duplicate: false,
         message: Some(message),
         recipients,
+        remote,
+        redrive: false,
     })
 }
 
+/// The second stage: append a channel's items to inboxes this node owns, in order, each
+/// member only when their inbox holds the channel's previous item (or the item is their
+/// first): so an inbox takes a channel's items in `seq` order, gapless, and never twice.
+fn append_items(
+    units: &mut Units,
+    batch: &mut BatchBuilder,
+    append: AppendOp,
+    view: Option<&dyn OwnershipView>,
+) -> AppendOutcome {
+    let mut outcome = AppendOutcome::default();
+    for item in &append.items {
+        let pointer = encode(&InboxEntry {
+            channel: append.channel.clone(),
+            seq: item.seq,
+        });
+        let mut results = Vec::with_capacity(item.members.len());
+        for member in &item.members {
+            let user = member.user.as_str();
+            let is_sender = user == item.from;
+            let result = if !owns(view, user) {
+                MemberAppend::NotOwner
+            } else {
+                match continuity(units, user, &append.channel, item.seq, member.first) {
+                    Continuity::Ready => match append_one(
+                        units,
+                        batch,
+                        user,
+                        &append.channel,
+                        item.seq,
+                        item.ts,
+                        &pointer,
+                        is_sender,
+                    ) {
+                        Ok(inbox_id) => {
+                            if is_sender {
+                                let ack = Ack {
+                                    client_msg_id: item.client_msg_id.clone(),
+                                    channel: append.channel.clone(),
+                                    seq: item.seq,
+                                    inbox_id,
+                                    ts: item.ts,
+                                };
+                                batch
+                                    .batch
+                                    .put(keys::dedupe(user, &item.client_msg_id), encode(&ack));
+                                batch
+                                    .sent
+                                    .insert((user.to_owned(), item.client_msg_id.clone()), ack);
+                            }
+                            MemberAppend::Appended { inbox_id }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e.message, "append failed");
+                            MemberAppend::NotOwner
+                        }
+                    },
+                    Continuity::Held => MemberAppend::Duplicate {
+                        inbox_id: is_sender
+                            .then(|| {
+                                let key = (user.to_owned(), item.client_msg_id.clone());
+                                batch
+                                    .sent
+                                    .get(&key)
+                                    .or_else(|| units.dedupe.get(&key))
+                                    .map(|ack| ack.inbox_id)
+                            })
+                            .flatten(),
+                    },
+                    Continuity::Gap { last } => MemberAppend::Gap { last },
+                }
+            };
+            results.push((member.user.clone(), result));
+        }
+        outcome.items.push(results);
+    }
+    outcome
+}
+
 /// The group `group_id` as this round loaded it.
-fn group<'u>(units: &'u mut Units, group_id: &str) -> Result<&'u mut GroupRecord, ApiError> {
+fn group<'u>(units: &'u mut Units, group_id: &str) -> Result<ChannelStateGroup<'u>, ApiError> {
     let name = Channel::Group(group_id.to_owned()).to_string();
     if let Some(e) = units.missing.get(&name) {
         return Err(e.clone());
     }
-    match units.channels.get_mut(&name).map(|c| &mut c.members) {
-        Some(Members::Group(group)) => Ok(group),
-        _ => Err(ApiError::internal(format!(
+    match units.channels.get_mut(&name) {
+        Some(state) => match &mut state.members {
+            Members::Group(group) => Ok(ChannelStateGroup {
+                group,
+                last_seq: state.head.last_seq,
+            }),
+            Members::Direct(_) => Err(ApiError::internal(format!(
+                "group {group_id} loaded as a one-on-one channel"
+            ))),
+        },
+        None => Err(ApiError::internal(format!(
             "group {group_id} was not loaded"
         ))),
     }
@@ -250,7 +453,7 @@ fn add_member(
     max_members: usize,
 ) -> Result<GroupRecord, ApiError> {
     let missing_user = units.no_user.contains(user);
-    let group = group(units, group_id)?;
+    let ChannelStateGroup { group, last_seq } = group(units, group_id)?;
     if !group.members.iter().any(|m| m == caller) {
         return Err(ApiError::forbidden(
             "only members of a group can add members to it",
@@ -266,6 +469,7 @@ fn add_member(
         return Err(group_full(max_members));
     }
     group.members.push(user.to_owned());
+    group.joined.insert(user.to_owned(), last_seq);
     let group = group.clone();
     write_group(batch, &group);
     batch
@@ -281,7 +485,7 @@ fn remove_member(
     group_id: &str,
     user: &str,
 ) -> Result<GroupRecord, ApiError> {
-    let group = group(units, group_id)?;
+    let ChannelStateGroup { group, .. } = group(units, group_id)?;
     if !group.members.iter().any(|m| m == caller) {
         return Err(ApiError::forbidden("you are not a member of this group"));
     }
@@ -296,6 +500,7 @@ fn remove_member(
         )));
     }
     group.members.retain(|m| m != user);
+    group.joined.remove(user);
     if group.owner == user
         && let Some(next) = group.members.first()
     {
@@ -305,4 +510,10 @@ fn remove_member(
     write_group(batch, &group);
     batch.batch.delete(keys::user_group(user, group_id));
     Ok(group)
+}
+
+/// A loaded group and its channel's newest `seq`.
+struct ChannelStateGroup<'u> {
+    group: &'u mut GroupRecord,
+    last_seq: u64,
 }

@@ -11,19 +11,18 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Reply, WriterHooks, poisoned};
-use crate::protocol::ApiError;
+use super::{Reply, WriteError, WriterHooks, poisoned};
 use crate::store::Kv;
 
 /// Batches applied but not yet durable, at most.
 pub(super) const IN_FLIGHT: usize = 8;
 
 /// Where an operation's answer goes.
-pub(super) type Answer = oneshot::Sender<Result<Reply, ApiError>>;
+pub(super) type Answer = oneshot::Sender<Result<Reply, WriteError>>;
 
 /// One applied batch, waiting to be durable.
 pub(super) struct Round {
-    pub answers: Vec<(Answer, Result<Reply, ApiError>)>,
+    pub answers: Vec<(Answer, Result<Reply, WriteError>)>,
     pub started: Instant,
     pub ops: usize,
     pub writes: usize,
@@ -56,7 +55,7 @@ pub(super) fn spawn(
                     tracing::error!(error = %e, "the store failed to make a batch durable: nothing of it is acknowledged, and the node writes nothing more until it restarts");
                     for round in rounds.drain(..) {
                         for (reply, _) in round.answers {
-                            let _ = reply.send(Err(poisoned()));
+                            let _ = reply.send(Err(WriteError::Api(poisoned())));
                         }
                     }
                 }

@@ -1,20 +1,21 @@
 //! The state of the units the writer owns, in memory: each channel's head and members,
-//! each user's inbox head. Loaded from the store on first use ([`Units::prefetch`], one
-//! batched read per round for what the round needs), then moved on by the writer alone, so
-//! it never needs reloading while the writer owns the unit. Bounded: the least recently
-//! used entries beyond the capacity are forgotten and reloaded when next needed.
+//! each user's inbox head and their entry per channel. Loaded from the store on first use
+//! ([`Units::prefetch`]: batched reads per round for what the round needs), then moved on by
+//! the writer alone, so it never needs reloading while the writer owns the unit. Bounded:
+//! the least recently used entries beyond the capacity are forgotten and reloaded when next
+//! needed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use lru::LruCache;
 
-use super::Op;
+use super::op::Op;
 use crate::protocol::ApiError;
 use crate::protocol::types::Ack;
 use crate::protocol::validate::Channel;
-use crate::store::records::{ChannelHead, GroupRecord, UserChannel, decode};
+use crate::store::records::{ChannelHead, GroupRecord, UserChannel, decode, decode_u64};
 use crate::store::{Kv, Order, keys, prefix_end};
 
 /// Who belongs to a channel.
@@ -33,6 +34,15 @@ impl Members {
             Self::Group(group) => &group.members,
         }
     }
+
+    /// Whether the channel's item `seq` is `user`'s first of the channel.
+    pub(super) fn first_for(&self, user: &str, seq: u64) -> bool {
+        seq == 1
+            || match self {
+                Self::Direct(_) => false,
+                Self::Group(group) => group.joined.get(user).is_some_and(|j| *j + 1 == seq),
+            }
+    }
 }
 
 /// A channel's state.
@@ -45,6 +55,9 @@ pub(super) struct ChannelState {
 /// The units' state, and what this round read for its operations.
 pub(super) struct Units {
     kv: Arc<dyn Kv>,
+    /// In a cluster, sends whose sender's inbox is another node's are deduplicated per
+    /// channel too (`cd/`); a single node never writes those.
+    clustered: bool,
     pub channels: LruCache<String, ChannelState>,
     /// Each user's newest `inbox_id`.
     pub inboxes: LruCache<String, u64>,
@@ -52,27 +65,32 @@ pub(super) struct Units {
     pub user_channels: LruCache<Vec<u8>, UserChannel>,
     /// This round's send dedupe records, by `(sender, client_msg_id)`.
     pub dedupe: HashMap<(String, String), Ack>,
+    /// This round's per-channel dedupe records, by `(channel, sender, client_msg_id)`.
+    pub channel_dedupe: HashMap<(String, String, String), u64>,
     /// This round's channels that could not be loaded, with the answer for their operations.
     pub missing: HashMap<String, ApiError>,
     /// This round's users that do not exist (a group change naming them).
-    pub no_user: std::collections::HashSet<String>,
+    pub no_user: HashSet<String>,
 }
 
 impl Units {
-    pub(super) fn new(kv: Arc<dyn Kv>, capacity: usize) -> Self {
+    pub(super) fn new(kv: Arc<dyn Kv>, capacity: usize, clustered: bool) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
             kv,
+            clustered,
             channels: LruCache::new(cap),
             inboxes: LruCache::new(cap),
             user_channels: LruCache::new(cap),
             dedupe: HashMap::new(),
+            channel_dedupe: HashMap::new(),
             missing: HashMap::new(),
-            no_user: Default::default(),
+            no_user: HashSet::new(),
         }
     }
 
-    /// Forget everything (after a batch that did not reach the store).
+    /// Forget everything (after a batch that did not reach the store, or an ownership
+    /// change).
     pub(super) fn clear(&mut self) {
         self.channels.clear();
         self.inboxes.clear();
@@ -80,26 +98,46 @@ impl Units {
     }
 
     /// Load what the operations of a round need and the memory lacks: their channels,
-    /// their members' inbox heads, their senders' dedupe records and the users a group
-    /// change names. One batched read, then one reverse scan per unknown inbox.
+    /// members' inbox heads and channel entries, dedupe records and the users a group
+    /// change names. Batched reads, and one reverse scan per unknown inbox.
     pub(super) async fn prefetch<'a>(
         &mut self,
         ops: impl Iterator<Item = &'a Op>,
     ) -> Result<(), ApiError> {
         self.dedupe.clear();
+        self.channel_dedupe.clear();
         self.missing.clear();
         self.no_user.clear();
         let mut reads = Reads::default();
-        let mut named_users = Vec::new();
+        // (user, channel) pairs whose inbox head and channel entry the round needs.
+        let mut inboxes: Vec<(String, String)> = Vec::new();
         let mut round: Vec<String> = Vec::new();
         for op in ops {
             let channel = match op {
                 Op::Send(send) => {
                     reads.dedupe(&send.sender, &send.client_msg_id);
+                    if self.clustered {
+                        reads.channel_dedupe(
+                            send.channel.to_string(),
+                            &send.sender,
+                            &send.client_msg_id,
+                        );
+                    }
                     send.channel.clone()
                 }
+                Op::Append(append) => {
+                    for item in &append.items {
+                        if item.members.iter().any(|m| m.user == item.from) {
+                            reads.dedupe(&item.from, &item.client_msg_id);
+                        }
+                        for m in &item.members {
+                            inboxes.push((m.user.clone(), append.channel.clone()));
+                        }
+                    }
+                    continue;
+                }
                 Op::AddMember { group_id, user, .. } => {
-                    named_users.push(user.clone());
+                    reads.user(user.clone());
                     Channel::Group(group_id.clone())
                 }
                 Op::RemoveMember { group_id, .. } => Channel::Group(group_id.clone()),
@@ -110,15 +148,19 @@ impl Units {
             }
             round.push(name);
         }
-        for user in named_users {
-            reads.user(user);
-        }
         let values = self.kv.get_many(&reads.keys()).await?;
         let mut values = values.into_iter();
         for (sender, cmid) in reads.dedupes {
             let key = keys::dedupe(&sender, &cmid);
             if let Some(bytes) = values.next().flatten() {
                 self.dedupe.insert((sender, cmid), decode(&key, &bytes)?);
+            }
+        }
+        for (channel, sender, cmid) in reads.channel_dedupes {
+            let key = keys::channel_dedupe(&channel, &sender, &cmid);
+            if let Some(bytes) = values.next().flatten() {
+                self.channel_dedupe
+                    .insert((channel, sender, cmid), decode_u64(&key, &bytes)?);
             }
         }
         let mut loaded = Vec::new();
@@ -165,27 +207,31 @@ impl Units {
         for (name, state) in loaded {
             self.channels.put(name, state);
         }
-        self.load_inboxes(&round).await
+        for name in &round {
+            if let Some(state) = self.channels.peek(name) {
+                for member in state.members.list() {
+                    inboxes.push((member.clone(), name.clone()));
+                }
+            }
+        }
+        self.load_inboxes(inboxes).await
     }
 
-    /// Load what memory lacks of the members of `channels`: their inbox heads (one reverse
-    /// scan each, run together) and their entries for these channels (one batched read).
-    async fn load_inboxes(&mut self, channels: &[String]) -> Result<(), ApiError> {
+    /// Load what memory lacks of these `(user, channel)` pairs: the users' inbox heads (one
+    /// reverse scan each, run together) and their entries for the channels (one batched
+    /// read).
+    async fn load_inboxes(&mut self, pairs: Vec<(String, String)>) -> Result<(), ApiError> {
         let mut wanted: Vec<String> = Vec::new();
         let mut entries: Vec<Vec<u8>> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for name in channels {
-            let Some(state) = self.channels.peek(name) else {
-                continue;
-            };
-            for member in state.members.list() {
-                if !self.inboxes.contains(member) && seen.insert(member.as_str()) {
-                    wanted.push(member.clone());
-                }
-                let key = keys::user_channel(member, name);
-                if !self.user_channels.contains(&key) && !entries.contains(&key) {
-                    entries.push(key);
-                }
+        let mut seen_users = HashSet::new();
+        let mut seen_entries = HashSet::new();
+        for (user, channel) in pairs {
+            let key = keys::user_channel(&user, &channel);
+            if !self.user_channels.contains(&key) && seen_entries.insert(key.clone()) {
+                entries.push(key);
+            }
+            if !self.inboxes.contains(&user) && seen_users.insert(user.clone()) {
+                wanted.push(user);
             }
         }
         let values = self.kv.get_many(&entries).await?;
@@ -225,20 +271,32 @@ fn no_such_user(user: &str) -> ApiError {
     ApiError::not_found(format!("no user has the id {user:?}"))
 }
 
-/// What one prefetch reads: dedupe records, then channels (head, then the users of a
-/// one-on-one channel or the group record), then named users; answered in that order.
+/// What one prefetch reads: dedupe records, per-channel dedupe records, then channels (head,
+/// then the users of a one-on-one channel or the group record), then named users; answered
+/// in that order.
 #[derive(Default)]
 struct Reads {
     dedupes: Vec<(String, String)>,
+    channel_dedupes: Vec<(String, String, String)>,
     channels: Vec<(String, Channel)>,
     users: Vec<String>,
-    seen: std::collections::HashSet<Vec<u8>>,
+    seen: HashSet<Vec<u8>>,
 }
 
 impl Reads {
     fn dedupe(&mut self, sender: &str, cmid: &str) {
         if self.seen.insert(keys::dedupe(sender, cmid)) {
             self.dedupes.push((sender.to_owned(), cmid.to_owned()));
+        }
+    }
+
+    fn channel_dedupe(&mut self, channel: String, sender: &str, cmid: &str) {
+        if self
+            .seen
+            .insert(keys::channel_dedupe(&channel, sender, cmid))
+        {
+            self.channel_dedupes
+                .push((channel, sender.to_owned(), cmid.to_owned()));
         }
     }
 
@@ -255,9 +313,18 @@ impl Reads {
     }
 
     fn keys(&self) -> Vec<Vec<u8>> {
-        let mut keys =
-            Vec::with_capacity(self.dedupes.len() + 3 * self.channels.len() + self.users.len());
+        let mut keys = Vec::with_capacity(
+            self.dedupes.len()
+                + self.channel_dedupes.len()
+                + 3 * self.channels.len()
+                + self.users.len(),
+        );
         keys.extend(self.dedupes.iter().map(|(s, c)| keys::dedupe(s, c)));
+        keys.extend(
+            self.channel_dedupes
+                .iter()
+                .map(|(ch, s, c)| keys::channel_dedupe(ch, s, c)),
+        );
         for (name, channel) in &self.channels {
             keys.push(keys::channel_seq(name));
             match channel {

@@ -1,0 +1,519 @@
+//! Sending: a message (and a group change) runs at its channel's owner, whose writer
+//! assigns the `seq`, stores it and appends it to the inboxes the owner owns, all in one
+//! batch; the inboxes of members other nodes own are the **second stage**: the owner hands
+//! the item to each of their owners ([`Call::Append`]), which append it in `seq` order and
+//! deliver it to their users' devices. The ack waits for every member's inbox: acked means
+//! in every inbox, durably.
+//!
+//! On a single node the channel and every inbox are this node's: one batch does it all.
+//!
+//! An owner's inbox that missed earlier items of the channel (a node died between the two
+//! stages, a link failed, ownership moved) says where it stands ([`MemberAppend::Gap`]);
+//! the channel's owner then hands it the missing items first, read from the store. So every
+//! inbox takes a channel's items in order, gapless and once, whatever failed in between.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::Chat;
+use crate::cluster::Owner;
+use crate::cluster::rpc::{Answer, Call, GroupChange};
+use crate::now_ms;
+use crate::protocol::ApiError;
+use crate::protocol::frames::{SendRequest, SendTarget};
+use crate::protocol::types::{Ack, Message};
+use crate::protocol::validate::{self, Channel};
+use crate::store::GroupRecord;
+use crate::store::writer::{
+    AppendItem, AppendOp, AppendOutcome, Member, MemberAppend, Op, SendOp, WriteError,
+};
+
+/// How long a send keeps trying to reach its channel's owner while ownership moves: past
+/// the lease of a node that died (10 s), after which its units have new owners.
+const ROUTE_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the second stage keeps trying to reach every member's inbox before the send is
+/// answered `unavailable` (the client retries with the same `client_msg_id`): past a dead
+/// node's lease too.
+const FANOUT_DEADLINE: Duration = Duration::from_secs(15);
+/// Most missing items handed to one inbox in one go.
+const REPAIR_ITEMS: u64 = 1_000;
+
+impl Chat {
+    /// Store a message durably in every member's inbox, then deliver it live to every
+    /// online device of every member but the sending device. A resent `client_msg_id`
+    /// returns the first ack.
+    pub async fn send(
+        &self,
+        sender: &str,
+        device: &str,
+        req: SendRequest,
+    ) -> Result<Ack, ApiError> {
+        let started = Instant::now();
+        validate::client_msg_id(&req.client_msg_id)?;
+        validate::text(&req.text, self.limits.max_message_chars)?;
+        let channel = match &req.target {
+            SendTarget::User(to) => {
+                if !validate::is_id(to) {
+                    return Err(ApiError::not_found(format!("no user has the id {to:?}")));
+                }
+                Channel::direct(sender, to)
+            }
+            SendTarget::Channel(name) => Channel::parse(name)?,
+        };
+        let ts = now_ms();
+        let op = SendOp {
+            sender: sender.to_owned(),
+            device: device.to_owned(),
+            channel,
+            client_msg_id: req.client_msg_id,
+            text: req.text,
+            ts,
+            push_due: self.push.as_ref().map(|p| p.due_at(ts)),
+        };
+        let ack = self.route_send(op).await?;
+        if let Some(push) = &self.push {
+            push.wake();
+        }
+        self.metrics
+            .send_latency
+            .observe(started.elapsed().as_secs_f64());
+        Ok(ack)
+    }
+
+    /// Run `op` at its channel's owner, here or over a link, following ownership while it
+    /// moves.
+    async fn route_send(&self, op: SendOp) -> Result<Ack, ApiError> {
+        let name = op.channel.to_string();
+        let deadline = Instant::now() + ROUTE_DEADLINE;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let result = match self.links.cluster().owner(&name) {
+                Owner::Here => self.sequence_here(op.clone()).await,
+                Owner::Peer(member) => {
+                    match self
+                        .links
+                        .rpc()
+                        .call(&member.node_id, &Call::Sequence { op: op.clone() })
+                        .await
+                    {
+                        Ok(Answer::Acked { ack }) => Ok(ack),
+                        Ok(Answer::NotOwner) => Err(WriteError::NotOwner),
+                        Ok(Answer::Refused { error }) => Err(WriteError::Api(error)),
+                        Ok(_) => Err(WriteError::Api(ApiError::internal(
+                            "a node answered a send with something else",
+                        ))),
+                        Err(e) => {
+                            tracing::debug!(error = %e, node = %member.node_id, "a send could not reach its channel's owner");
+                            Err(WriteError::NotOwner)
+                        }
+                    }
+                }
+            };
+            match result {
+                Err(WriteError::NotOwner) if Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(400));
+                }
+                other => return other.map_err(WriteError::into_api),
+            }
+        }
+    }
+
+    /// At the channel's owner: write the message (and the inboxes this node owns), hand it
+    /// to the other members' owners, deliver it here, and return the ack once it is in
+    /// every inbox.
+    pub(crate) async fn sequence_here(&self, op: SendOp) -> Result<Ack, WriteError> {
+        let outcome = self.writer.send(op).await?;
+        if outcome.duplicate && !outcome.redrive {
+            self.metrics.duplicate_sends.inc();
+            return Ok(outcome.ack);
+        }
+        let mut ack = outcome.ack;
+        if outcome.redrive {
+            // Stored before; its second stage may not have finished: hand it to every
+            // member's inbox again (those that hold it say so), which gives the ack.
+            self.metrics.duplicate_sends.inc();
+            let (item, message) = self.stored_item(&ack.channel, ack.seq).await?;
+            let members = self.store.channel_members_any(&ack.channel).await?;
+            let first = |user: &str| item.seq == 1 || members.joined(user) + 1 == item.seq;
+            let item = AppendItem {
+                members: members
+                    .list()
+                    .iter()
+                    .map(|user| Member {
+                        user: user.clone(),
+                        first: first(user),
+                    })
+                    .collect(),
+                ..item
+            };
+            let inbox_id = self.second_stage(&ack.channel, item, message).await?;
+            ack.inbox_id = inbox_id.unwrap_or(ack.inbox_id);
+            ack.ts = ack.ts.min(now_ms());
+            return Ok(ack);
+        }
+        self.metrics.messages_sent.inc();
+        let Some(message) = outcome.message else {
+            return Ok(ack);
+        };
+        if !outcome.remote.is_empty() {
+            let item = AppendItem {
+                seq: ack.seq,
+                ts: ack.ts,
+                from: message.from.clone(),
+                client_msg_id: message.client_msg_id.clone(),
+                members: outcome.remote,
+            };
+            if let Some(inbox_id) = self
+                .second_stage(&ack.channel, item, message.clone())
+                .await?
+            {
+                ack.inbox_id = inbox_id;
+            }
+        }
+        self.deliver(message, outcome.recipients);
+        Ok(ack)
+    }
+
+    /// The second stage of one item: append it to the inboxes of `item.members` at their
+    /// owners (here included), handing missing earlier items first where an inbox lacks
+    /// them. Returns the `inbox_id` the item took in its sender's inbox, when the sender is
+    /// among the members.
+    async fn second_stage(
+        &self,
+        channel: &str,
+        item: AppendItem,
+        message: Message,
+    ) -> Result<Option<u64>, WriteError> {
+        let deadline = Instant::now() + FANOUT_DEADLINE;
+        let (seq, from) = (item.seq, item.from.clone());
+        // Per member: the items still to append, in order (the item, after any repairs).
+        let mut todo: HashMap<String, Vec<(AppendItem, Message)>> = HashMap::new();
+        for member in &item.members {
+            let single = AppendItem {
+                members: vec![member.clone()],
+                ..item.clone()
+            };
+            todo.insert(member.user.clone(), vec![(single, message.clone())]);
+        }
+        let mut sender_inbox = None;
+        let mut pause = Duration::from_millis(20);
+        while !todo.is_empty() {
+            let view = self.links.cluster().owners();
+            let mut per_node: HashMap<Option<String>, Vec<String>> = HashMap::new();
+            for user in todo.keys() {
+                per_node
+                    .entry(view.owner(user).map(str::to_owned))
+                    .or_default()
+                    .push(user.clone());
+            }
+            let calls = per_node.into_iter().map(|(node, users)| {
+                let (op, messages) = merge(channel, &todo, &users);
+                async move {
+                    let answer = match &node {
+                        None => match self.append_here(op, messages).await {
+                            Ok(outcome) => Ok(Answer::Appended { outcome }),
+                            Err(e) => Err(format!("{e:?}")),
+                        },
+                        Some(node) => {
+                            self.links
+                                .rpc()
+                                .call(node, &Call::Append { op, messages })
+                                .await
+                        }
+                    };
+                    (users, answer)
+                }
+            });
+            let mut progress = false;
+            // Per user, the first gap an answer reported (later items of theirs repeat it).
+            let mut gaps: HashMap<String, u64> = HashMap::new();
+            for (users, answer) in futures_util::future::join_all(calls).await {
+                let outcome = match answer {
+                    Ok(Answer::Appended { outcome }) => outcome,
+                    Ok(Answer::Refused { error }) => return Err(WriteError::Api(error)),
+                    Ok(other) => {
+                        tracing::debug!(?other, "an append was answered with something else");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, ?users, "an append did not reach its inbox owner");
+                        continue;
+                    }
+                };
+                for results in outcome.items {
+                    for (user, result) in results {
+                        let Some(items) = todo.get_mut(&user) else {
+                            continue;
+                        };
+                        match result {
+                            MemberAppend::Appended { inbox_id }
+                            | MemberAppend::Duplicate {
+                                inbox_id: Some(inbox_id),
+                            } => {
+                                let done = items.first().map(|(i, _)| i.seq);
+                                if done == Some(seq) && user == from {
+                                    sender_inbox = Some(inbox_id);
+                                }
+                                pop_through(&mut todo, &user, done);
+                                progress = true;
+                            }
+                            MemberAppend::Duplicate { inbox_id: None } => {
+                                let done = items.first().map(|(i, _)| i.seq);
+                                pop_through(&mut todo, &user, done);
+                                progress = true;
+                            }
+                            MemberAppend::Gap { last } => {
+                                gaps.entry(user).or_insert(last);
+                            }
+                            MemberAppend::NotOwner => {}
+                        }
+                    }
+                }
+            }
+            for (user, last) in gaps {
+                self.repair(channel, &mut todo, &user, last).await?;
+                progress = true;
+            }
+            if todo.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(WriteError::Api(ApiError::unavailable(format!(
+                    "the message is stored as {channel}#{seq} but could not reach every member's inbox in time; retry the send with the same client_msg_id"
+                ))));
+            }
+            if !progress {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(400));
+            }
+        }
+        Ok(sender_inbox)
+    }
+
+    /// `user`'s inbox holds `channel` only up to `last`: queue the items after it (read
+    /// from the store, at most [`REPAIR_ITEMS`] at a time) before what is queued.
+    async fn repair(
+        &self,
+        channel: &str,
+        todo: &mut HashMap<String, Vec<(AppendItem, Message)>>,
+        user: &str,
+        last: u64,
+    ) -> Result<(), WriteError> {
+        let Some(items) = todo.get_mut(user) else {
+            return Ok(());
+        };
+        let Some(next) = items.first().map(|(i, _)| i.seq) else {
+            return Ok(());
+        };
+        let members = self.store.channel_members_any(channel).await?;
+        let joined = members.joined(user);
+        let from = last.max(joined) + 1;
+        if from >= next {
+            // Nothing is owed before the item: the member joined after `last`.
+            if let Some((item, _)) = items.first_mut() {
+                item.members[0].first = true;
+            }
+            return Ok(());
+        }
+        let to = next.min(from + REPAIR_ITEMS);
+        let mut missing = Vec::new();
+        for (seq, message) in self.store.channel_items(channel, from, to).await? {
+            let item = AppendItem {
+                seq,
+                ts: message.ts,
+                from: message.from.clone(),
+                client_msg_id: message.client_msg_id.clone(),
+                members: vec![Member {
+                    user: user.to_owned(),
+                    first: seq == from && joined >= last,
+                }],
+            };
+            missing.push((item, message));
+        }
+        missing.append(items);
+        *items = missing;
+        Ok(())
+    }
+
+    /// A stored item of `channel`, as the second stage hands it on.
+    async fn stored_item(
+        &self,
+        channel: &str,
+        seq: u64,
+    ) -> Result<(AppendItem, Message), WriteError> {
+        let mut found = self.store.channel_items(channel, seq, seq + 1).await?;
+        let (_, message) = found.pop().ok_or_else(|| {
+            WriteError::Api(ApiError::internal(format!(
+                "{channel}#{seq} is missing from the store; report this to the operator"
+            )))
+        })?;
+        let item = AppendItem {
+            seq,
+            ts: message.ts,
+            from: message.from.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            members: Vec::new(),
+        };
+        Ok((item, message))
+    }
+
+    /// At the owner of some members' inboxes: append the items, then deliver what was
+    /// appended to those members' devices.
+    pub(crate) async fn append_here(
+        &self,
+        op: AppendOp,
+        messages: Vec<Message>,
+    ) -> Result<AppendOutcome, WriteError> {
+        let outcome = self.writer.append(op).await?;
+        for (results, message) in outcome.items.iter().zip(messages) {
+            let recipients: Vec<(String, u64)> = results
+                .iter()
+                .filter_map(|(user, r)| match r {
+                    MemberAppend::Appended { inbox_id } => Some((user.clone(), *inbox_id)),
+                    _ => None,
+                })
+                .collect();
+            if !recipients.is_empty() {
+                self.deliver(message, recipients);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Run a group change at the group's owner, here or over a link.
+    pub(super) async fn route_group_change(
+        &self,
+        change: GroupChange,
+    ) -> Result<GroupRecord, ApiError> {
+        let group_id = match &change {
+            GroupChange::Add { group_id, .. } | GroupChange::Remove { group_id, .. } => {
+                group_id.clone()
+            }
+        };
+        let name = Channel::Group(group_id).to_string();
+        let deadline = Instant::now() + ROUTE_DEADLINE;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let result = match self.links.cluster().owner(&name) {
+                Owner::Here => self.group_change_here(change.clone()).await,
+                Owner::Peer(member) => match self
+                    .links
+                    .rpc()
+                    .call(
+                        &member.node_id,
+                        &Call::Group {
+                            change: change.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(Answer::Group { group }) => Ok(group),
+                    Ok(Answer::Refused { error }) => Err(WriteError::Api(error)),
+                    Ok(_) | Err(_) => Err(WriteError::NotOwner),
+                },
+            };
+            match result {
+                Err(WriteError::NotOwner) if Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(400));
+                }
+                other => return other.map_err(WriteError::into_api),
+            }
+        }
+    }
+
+    /// A group change at the group's owner.
+    pub(crate) async fn group_change_here(
+        &self,
+        change: GroupChange,
+    ) -> Result<GroupRecord, WriteError> {
+        let op = match change {
+            GroupChange::Add {
+                caller,
+                group_id,
+                user,
+                max_members,
+            } => Op::AddMember {
+                caller,
+                group_id,
+                user,
+                max_members,
+            },
+            GroupChange::Remove {
+                caller,
+                group_id,
+                user,
+            } => Op::RemoveMember {
+                caller,
+                group_id,
+                user,
+            },
+        };
+        self.writer.group_change(op).await
+    }
+
+    /// Answer a call from another node.
+    pub async fn answer(&self, call: Call) -> Answer {
+        let result = match call {
+            Call::Sequence { op } => self
+                .sequence_here(op)
+                .await
+                .map(|ack| Answer::Acked { ack }),
+            Call::Append { op, messages } => self
+                .append_here(op, messages)
+                .await
+                .map(|outcome| Answer::Appended { outcome }),
+            Call::Group { change } => self
+                .group_change_here(change)
+                .await
+                .map(|group| Answer::Group { group }),
+        };
+        match result {
+            Ok(answer) => answer,
+            Err(WriteError::NotOwner) => Answer::NotOwner,
+            Err(WriteError::Api(error)) => Answer::Refused { error },
+        }
+    }
+}
+
+/// The append call for `users`: their queued items, merged by `seq`, each with the members
+/// of `users` it is for.
+fn merge(
+    channel: &str,
+    todo: &HashMap<String, Vec<(AppendItem, Message)>>,
+    users: &[String],
+) -> (AppendOp, Vec<Message>) {
+    let mut by_seq: std::collections::BTreeMap<u64, (AppendItem, Message)> = Default::default();
+    for user in users {
+        for (item, message) in todo.get(user).into_iter().flatten() {
+            by_seq
+                .entry(item.seq)
+                .and_modify(|(merged, _)| merged.members.extend(item.members.iter().cloned()))
+                .or_insert_with(|| (item.clone(), message.clone()));
+        }
+    }
+    let (items, messages) = by_seq.into_values().unzip();
+    (
+        AppendOp {
+            channel: channel.to_owned(),
+            items,
+        },
+        messages,
+    )
+}
+
+/// `user`'s queued items up to and including `seq` are in their inbox.
+fn pop_through(
+    todo: &mut HashMap<String, Vec<(AppendItem, Message)>>,
+    user: &str,
+    seq: Option<u64>,
+) {
+    let Some(seq) = seq else { return };
+    if let Some(items) = todo.get_mut(user) {
+        items.retain(|(i, _)| i.seq > seq);
+        if items.is_empty() {
+            todo.remove(user);
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Calls between nodes that need an answer: the write path's routing in a cluster (a send
+//! goes to its channel's owner; the owner hands the stored items to the owners of the
+//! members' inboxes). Unlike the links' fire-and-forget events, an acknowledgement waits on
+//! these, so they are never dropped silently: a call that cannot be delivered is answered
+//! with an error the caller acts on (retry elsewhere, or `unavailable`).
+//!
+//! Calls to one peer are batched: a sender task per peer takes what is queued (up to a
+//! batch's bytes), posts it as one request to `/internal/v1/rpc` with the link key, and
+//! hands each answer back, in order; a few batches may be in flight at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::Cluster;
+use crate::protocol::ApiError;
+use crate::protocol::types::{Ack, Message};
+use crate::store::GroupRecord;
+use crate::store::writer::{AppendOp, AppendOutcome, SendOp};
+
+/// A batch stops growing past this many bytes (after its first call).
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Calls queued per peer before new ones are refused.
+const QUEUE: usize = 16_384;
+/// Batches in flight to one peer at once.
+const IN_FLIGHT: usize = 4;
+/// Bound on one batch's request and answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A call to another node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Call {
+    /// Run a send at its channel's owner (the receiving node, as the caller sees it).
+    Sequence { op: SendOp },
+    /// Append a channel's items to inboxes the receiving node owns, and deliver them live;
+    /// `messages` are the items as clients see them, one per item.
+    Append {
+        op: AppendOp,
+        messages: Vec<Message>,
+    },
+    /// A group change at the group channel's owner.
+    Group { change: GroupChange },
+}
+
+/// A change of a group's members, as a call carries it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum GroupChange {
+    Add {
+        caller: String,
+        group_id: String,
+        user: String,
+        max_members: usize,
+    },
+    Remove {
+        caller: String,
+        group_id: String,
+        user: String,
+    },
+}
+
+/// Its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    Acked {
+        ack: Ack,
+    },
+    Appended {
+        outcome: AppendOutcome,
+    },
+    Group {
+        group: GroupRecord,
+    },
+    /// The receiving node does not own what the call is about: ask the owner.
+    NotOwner,
+    /// Refused or failed as a client would see it.
+    Refused {
+        error: ApiError,
+    },
+}
+
+/// A batch of calls, as posted to `/internal/v1/rpc`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CallBatch {
+    pub from: String,
+    pub calls: Vec<Call>,
+}
+
+/// Its answers, in the order of the calls.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AnswerBatch {
+    pub answers: Vec<Answer>,
+}
+
+type Pending = (String, oneshot::Sender<Result<Answer, String>>);
+
+struct Peer {
+    url: String,
+    tx: mpsc::Sender<Pending>,
+}
+
+/// This node's calls to its peers.
+pub struct Rpc {
+    cluster: Arc<Cluster>,
+    http: reqwest::Client,
+    bearer: String,
+    peers: Mutex<HashMap<String, Peer>>,
+}
+
+impl Rpc {
+    /// Calls authenticated with `bearer` (the links' `Authorization` value).
+    pub fn new(cluster: Arc<Cluster>, http: reqwest::Client, bearer: String) -> Self {
+        Self {
+            cluster,
+            http,
+            bearer,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Call `node_id` and wait for its answer. `Err` says why the call got no answer (the
+    /// node is not a live member, the link failed, the queue is full); the callee may or may
+    /// not have acted on it, so what is called must be safe to call again.
+    pub async fn call(&self, node_id: &str, call: &Call) -> Result<Answer, String> {
+        let body = serde_json::to_string(call).map_err(|e| format!("encoding a call: {e}"))?;
+        let tx = self.queue(node_id)?;
+        let (answer_tx, answer) = oneshot::channel();
+        tx.try_send((body, answer_tx))
+            .map_err(|_| format!("the calls to {node_id} are backed up"))?;
+        answer
+            .await
+            .map_err(|_| format!("the link to {node_id} closed"))?
+    }
+
+    fn queue(&self, node_id: &str) -> Result<mpsc::Sender<Pending>, String> {
+        let member = self
+            .cluster
+            .peers()
+            .get(node_id)
+            .cloned()
+            .ok_or_else(|| format!("node {node_id} is not a live member"))?;
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(peer) = peers.get(node_id)
+            && peer.url == member.advertise_url
+            && !peer.tx.is_closed()
+        {
+            return Ok(peer.tx.clone());
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let url = format!(
+            "{}/internal/v1/rpc",
+            member.advertise_url.trim_end_matches('/')
+        );
+        tokio::spawn(run_peer(
+            self.http.clone(),
+            url,
+            self.bearer.clone(),
+            self.cluster.node_id().to_owned(),
+            rx,
+        ));
+        peers.insert(
+            node_id.to_owned(),
+            Peer {
+                url: member.advertise_url.clone(),
+                tx: tx.clone(),
+            },
+        );
+        Ok(tx)
+    }
+
+    /// Forget peers that left (their tasks end once their queues are empty).
+    pub fn retain_members(&self) {
+        let members = self.cluster.peers();
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| members.contains_key(id));
+    }
+}
+
+/// One peer's sender: take what is queued (up to a batch), post it, answer each call.
+async fn run_peer(
+    http: reqwest::Client,
+    url: String,
+    bearer: String,
+    from: String,
+    mut rx: mpsc::Receiver<Pending>,
+) {
+    let head = format!("{{\"from\":{},\"calls\":[", serde_json::Value::String(from));
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut body = String::with_capacity(head.len() + first.0.len() + 2);
+        body.push_str(&head);
+        body.push_str(&first.0);
+        let mut waiting = vec![first.1];
+        while body.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok((call, answer)) => {
+                    body.push(',');
+                    body.push_str(&call);
+                    waiting.push(answer);
+                }
+                Err(_) => break,
+            }
+        }
+        body.push_str("]}");
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (http, url, bearer) = (http.clone(), url.clone(), bearer.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            match post(&http, &url, &bearer, body).await {
+                Ok(batch) if batch.answers.len() == waiting.len() => {
+                    for (answer, tx) in batch.answers.into_iter().zip(waiting) {
+                        let _ = tx.send(Ok(answer));
+                    }
+                }
+                Ok(batch) => {
+                    let e = format!(
+                        "{url} answered {} calls with {} answers",
+                        waiting.len(),
+                        batch.answers.len()
+                    );
+                    for tx in waiting {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(url = %url, error = %e, "a batch of calls failed");
+                    for tx in waiting {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: &str,
+    body: String,
+) -> Result<AnswerBatch, String> {
+    let response = tokio::time::timeout(
+        TIMEOUT,
+        http.post(url)
+            .header("authorization", bearer)
+            .header("content-type", "application/json")
+            .body(body)
+            .send(),
+    )
+    .await
+    .map_err(|_| format!("{url}: no answer within {TIMEOUT:?}"))?
+    .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: HTTP {}", response.status()));
+    }
+    let bytes = tokio::time::timeout(TIMEOUT, response.bytes())
+        .await
+        .map_err(|_| format!("{url}: the answer did not arrive within {TIMEOUT:?}"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{url}: an unreadable answer: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_and_answers_round_trip_as_json() {
+        let call = Call::Group {
+            change: GroupChange::Remove {
+                caller: "a".into(),
+                group_id: "g".into(),
+                user: "b".into(),
+            },
+        };
+        let json = serde_json::to_string(&CallBatch {
+            from: "n1".into(),
+            calls: vec![call],
+        })
+        .unwrap();
+        let back: CallBatch = serde_json::from_str(&json).unwrap();
+        assert!(matches!(
+            &back.calls[0],
+            Call::Group { change: GroupChange::Remove { user, .. } } if user == "b"
+        ));
+        let answer = serde_json::to_string(&Answer::NotOwner).unwrap();
+        assert_eq!(answer, r#"{"answer":"not_owner"}"#);
+    }
+}
