@@ -23,10 +23,10 @@ use crate::protocol::ApiError;
 use crate::protocol::frames::{SendRequest, SendTarget};
 use crate::protocol::types::{Ack, Message};
 use crate::protocol::validate::{self, Channel};
-use crate::store::GroupRecord;
 use crate::store::writer::{
     AppendItem, AppendOp, AppendOutcome, Member, MemberAppend, Op, SendOp, WriteError,
 };
+use crate::store::{GroupRecord, preview};
 
 /// How long a send keeps trying to reach its channel's owner while ownership moves: past
 /// the lease of a node that died (10 s), after which its units have new owners.
@@ -123,6 +123,7 @@ impl Chat {
     /// to the other members' owners, deliver it here, and return the ack once it is in
     /// every inbox.
     pub(crate) async fn sequence_here(&self, op: SendOp) -> Result<Ack, WriteError> {
+        let push_due = op.push_due;
         let outcome = self.writer.send(op).await?;
         if outcome.duplicate && !outcome.redrive {
             self.metrics.duplicate_sends.inc();
@@ -163,6 +164,7 @@ impl Chat {
                 from: message.from.clone(),
                 client_msg_id: message.client_msg_id.clone(),
                 members: outcome.remote,
+                push: push_due.map(|due| (due, preview(&message.text))),
             };
             if let Some(inbox_id) = self
                 .second_stage(&ack.channel, item, message.clone())
@@ -328,6 +330,7 @@ impl Chat {
                     user: user.to_owned(),
                     first: seq == from && joined >= last,
                 }],
+                push: None,
             };
             missing.push((item, message));
         }
@@ -354,6 +357,7 @@ impl Chat {
             from: message.from.clone(),
             client_msg_id: message.client_msg_id.clone(),
             members: Vec::new(),
+            push: None,
         };
         Ok((item, message))
     }

@@ -136,6 +136,15 @@ pub fn push_outbox(due_ms: i64, channel: &str, seq: u64) -> Vec<u8> {
     key.extend_from_slice(&with_number(join(&[channel.as_bytes(), b""]), seq));
     key
 }
+/// A push outbox entry written by the node that appended a channel's item to some members'
+/// inboxes (a cluster's second stage): `po/{due}/{channel}/{seq}/{first recipient}`, so the
+/// entries of one item from several nodes do not overwrite each other.
+pub fn push_outbox_part(due_ms: i64, channel: &str, seq: u64, first_recipient: &str) -> Vec<u8> {
+    let mut key = push_outbox(due_ms, channel, seq);
+    key.push(b'/');
+    key.extend_from_slice(first_recipient.as_bytes());
+    key
+}
 pub fn push_job(due_ms: i64, user_id: &str, device_id: &str, inbox_id: u64) -> Vec<u8> {
     let mut key = due_prefix(PUSH_JOBS, due_ms);
     key.push(b'/');

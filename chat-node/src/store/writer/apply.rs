@@ -413,6 +413,28 @@ fn append_items(
             };
             results.push((member.user.clone(), result));
         }
+        if let Some((due, preview)) = &item.push {
+            let recipients: Vec<(String, u64)> = results
+                .iter()
+                .filter(|(user, _)| *user != item.from)
+                .filter_map(|(user, r)| match r {
+                    MemberAppend::Appended { inbox_id } => Some((user.clone(), *inbox_id)),
+                    _ => None,
+                })
+                .collect();
+            if let Some((first, _)) = recipients.first() {
+                let key = keys::push_outbox_part(*due, &append.channel, item.seq, first);
+                let entry = OutboxEntry {
+                    channel: append.channel.clone(),
+                    seq: item.seq,
+                    from: item.from.clone(),
+                    preview: preview.clone(),
+                    ts: item.ts,
+                    recipients,
+                };
+                batch.batch.put(key, encode(&entry));
+            }
+        }
         outcome.items.push(results);
     }
     outcome

@@ -38,6 +38,10 @@ pub struct AppendItem {
     pub from: String,
     pub client_msg_id: String,
     pub members: Vec<Member>,
+    /// When pushes are configured and the item is new: when its push falls due, and its
+    /// preview; the members appended (but its sender) get a push outbox entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<(i64, String)>,
 }
 
 /// A member an item goes to.
