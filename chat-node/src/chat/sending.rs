@@ -135,6 +135,7 @@ impl Chat {
             // member's inbox again (those that hold it say so), which gives the ack.
             self.metrics.duplicate_sends.inc();
             let (item, message) = self.stored_item(&ack.channel, ack.seq).await?;
+            ack.ts = item.ts;
             let members = self.store.channel_members_any(&ack.channel).await?;
             let first = |user: &str| item.seq == 1 || members.joined(user) + 1 == item.seq;
             let item = AppendItem {
@@ -150,7 +151,6 @@ impl Chat {
             };
             let inbox_id = self.second_stage(&ack.channel, item, message).await?;
             ack.inbox_id = inbox_id.unwrap_or(ack.inbox_id);
-            ack.ts = ack.ts.min(now_ms());
             return Ok(ack);
         }
         self.metrics.messages_sent.inc();

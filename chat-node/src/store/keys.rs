@@ -18,6 +18,7 @@
 //!                                                                sender's inbox is another node's
 //! fence/{node_id}               -> epoch (be64)                  store::writer::fence
 //! uc/{user_id}/{channel}        -> UserChannel (binary)          the user's channels: last item, read marker
+//! uci/{user_id}                 -> ""                            the user's channel index is complete
 //! dv/{user_id}/{device_id}      -> DeviceRecord (JSON)           cursor, last seen, push
 //! ls/{user_id}                  -> last seen ts (be64)
 //! po/{due_ms:be64}/{channel}/{seq:be64}
@@ -91,6 +92,10 @@ pub fn inbox(user_id: &str, inbox_id: u64) -> Vec<u8> {
 /// `uc/{user_id}/{channel}`: the user's entry in their channel index.
 pub fn user_channel(user_id: &str, channel: &str) -> Vec<u8> {
     join(&[b"uc", user_id.as_bytes(), channel.as_bytes()])
+}
+/// `uci/{user_id}`: present once the user's channel index covers their whole inbox.
+pub fn user_indexed(user_id: &str) -> Vec<u8> {
+    join(&[b"uci", user_id.as_bytes()])
 }
 /// `uc/{user_id}/`: the user's channel index.
 pub fn user_channels_of(user_id: &str) -> Vec<u8> {

@@ -325,7 +325,8 @@ impl Task {
             }
             return;
         }
-        let mut batch = apply::BatchBuilder::new(self.kv.max_batch_ops());
+        let pending = std::mem::take(&mut self.units.pending);
+        let mut batch = apply::BatchBuilder::new(self.kv.max_batch_ops(), pending);
         let mut answers = Vec::with_capacity(live.len());
         let mut live = live.into_iter();
         let mut rest = Vec::new();

@@ -26,9 +26,13 @@ pub(super) struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    pub(super) fn new(max_ops: usize) -> Self {
+    pub(super) fn new(max_ops: usize, pending: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        let mut batch = Batch::default();
+        for (key, value) in pending {
+            batch.put(key, value);
+        }
         Self {
-            batch: Batch::default(),
+            batch,
             heads: HashMap::new(),
             sent: HashMap::new(),
             max_ops,
@@ -189,8 +193,7 @@ fn continuity(units: &Units, member: &str, channel: &str, seq: u64, first: bool)
         .map_or(0, |e| e.last_seq);
     if last >= seq {
         Continuity::Held
-    } else if first || last == 0 || last + 1 == seq {
-        // 0: an inbox from before the channel index existed, or a brand-new one.
+    } else if first || last + 1 == seq {
         Continuity::Ready
     } else {
         Continuity::Gap { last }
@@ -203,12 +206,15 @@ fn send_message(
     send: SendOp,
     view: Option<&dyn OwnershipView>,
 ) -> Result<SendOutcome, WriteError> {
+    // In a cluster, the sender's ack may exist while other members' inboxes (other nodes')
+    // still lack the message: a resend hands it to them again (`redrive`).
+    let clustered = view.is_some();
     let dedupe_key = (send.sender, send.client_msg_id);
     if let Some(ack) = batch.sent.get(&dedupe_key) {
-        return Ok(duplicate(ack.clone(), false));
+        return Ok(duplicate(ack.clone(), clustered));
     }
     if let Some(ack) = units.dedupe.get(&dedupe_key) {
-        return Ok(duplicate(ack.clone(), false));
+        return Ok(duplicate(ack.clone(), clustered));
     }
     let (sender, client_msg_id) = dedupe_key;
     let name = send.channel.to_string();

@@ -15,7 +15,9 @@ use super::op::Op;
 use crate::protocol::ApiError;
 use crate::protocol::types::Ack;
 use crate::protocol::validate::Channel;
-use crate::store::records::{ChannelHead, GroupRecord, UserChannel, decode, decode_u64};
+use crate::store::records::{
+    ChannelHead, GroupRecord, InboxEntry, UserChannel, decode, decode_u64,
+};
 use crate::store::{Kv, Order, keys, prefix_end};
 
 /// Who belongs to a channel.
@@ -71,6 +73,9 @@ pub(super) struct Units {
     pub missing: HashMap<String, ApiError>,
     /// This round's users that do not exist (a group change naming them).
     pub no_user: HashSet<String>,
+    /// Writes the next batch carries for the state loaded (a user's channel index built
+    /// for an inbox from before the index existed).
+    pub pending: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Units {
@@ -86,6 +91,7 @@ impl Units {
             channel_dedupe: HashMap::new(),
             missing: HashMap::new(),
             no_user: HashSet::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -246,8 +252,61 @@ impl Units {
             wanted.iter().map(|user| inbox_head(self.kv.as_ref(), user)),
         )
         .await?;
-        for (user, head) in wanted.into_iter().zip(heads) {
+        let markers: Vec<Vec<u8>> = wanted.iter().map(|u| keys::user_indexed(u)).collect();
+        let marked = self.kv.get_many(&markers).await?;
+        for ((user, head), marker) in wanted.into_iter().zip(heads).zip(marked) {
+            if marker.is_none() {
+                if head > 0 {
+                    self.index_old_inbox(&user).await?;
+                }
+                self.pending.push((keys::user_indexed(&user), Vec::new()));
+            }
             self.inboxes.put(user, head);
+        }
+        Ok(())
+    }
+
+    /// `user`'s inbox holds entries from before the channel index existed: build their
+    /// entry per channel from the inbox itself (once per user; everything there counts as
+    /// read), so that the write path knows which items the inbox holds.
+    async fn index_old_inbox(&mut self, user: &str) -> Result<(), ApiError> {
+        let prefix = keys::inbox_of(user);
+        let end = prefix_end(&prefix);
+        let mut start = prefix.clone();
+        let mut last: HashMap<String, u64> = HashMap::new();
+        loop {
+            let mut txn = self.kv.begin().await?;
+            let page = txn.scan(&start, &end, 1000, Order::Ascending).await?;
+            for (key, value) in &page {
+                let entry: InboxEntry = decode(key, value)?;
+                let seq = last.entry(entry.channel).or_insert(0);
+                *seq = (*seq).max(entry.seq);
+            }
+            match page.last() {
+                Some((key, _)) if page.len() == 1000 => {
+                    start = key.clone();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        tracing::info!(user_id = %user, channels = last.len(), "indexed an inbox from before the channel index");
+        for (channel, seq) in last {
+            let key = keys::user_channel(user, &channel);
+            let entry = UserChannel {
+                last_seq: seq,
+                last_ts: 0,
+                read_seq: seq,
+                unread: 0,
+            };
+            match self.user_channels.get_mut(&key) {
+                Some(known) if known.last_seq >= seq => continue,
+                Some(known) => *known = entry,
+                None => {
+                    self.user_channels.put(key.clone(), entry);
+                }
+            }
+            self.pending.push((key, entry.encode()));
         }
         Ok(())
     }
