@@ -288,6 +288,9 @@ impl Node {
         if let Err(e) = state.store.kv().sync().await {
             tracing::error!(error = %e, "final store sync failed");
         }
+        if let Err(e) = state.store.kv().close().await {
+            tracing::warn!(error = %e, "could not write the store's memory out; the next start replays its journal");
+        }
         tracing::info!("stopped");
     }
 }

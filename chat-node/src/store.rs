@@ -156,6 +156,12 @@ pub trait Kv: Send + Sync + 'static {
         usize::MAX
     }
 
+    /// The node stops: leave the store quick to open again (the embedded store writes its
+    /// memory tables out, so the next start replays no journal). Default: nothing to do.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Check that the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -22,6 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Batch, Guard, Kv, KvTxn, Order, Pair, StoreError};
 
+/// The most journal a start replays after a crash: past it, fjall writes memory tables out.
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
 pub struct Embedded {
@@ -43,6 +46,8 @@ impl Embedded {
         })?;
         let db = OptimisticTxDatabase::builder(dir.join("kv"))
             .manual_journal_persist(true)
+            // Bounds what a start after a crash replays (fjall's floor; the default is 512 MiB).
+            .max_journaling_size(JOURNAL_BYTES)
             .open()
             .map_err(|e| {
                 unavailable(
@@ -168,6 +173,20 @@ impl Kv for Embedded {
                 txn.commit().await
             }
         }
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        // Write the memory table out (and make it durable), so that the next start has no
+        // journal to replay.
+        let data = self.inner.data.clone();
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            data.inner().rotate_memtable_and_wait()?;
+            db.persist(PersistMode::SyncAll)
+        })
+        .await
+        .map_err(|e| unavailable("closing the store", e))?
+        .map_err(|e| unavailable("closing the store", e))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
