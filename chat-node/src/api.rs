@@ -5,6 +5,10 @@
 //! [`routes`] matches the path segments against the contract's table. A plain `match` keeps
 //! the whole API readable on one screen and gives every miss a contract-shaped error body
 //! (404 / 405 with `{"error": ...}`), which warp's rejection chain makes awkward.
+//!
+//! The node-to-node routes (`/internal/v1/...`) are served by [`internal_filter`] on the
+//! internal listener only (mutual TLS); on the client port they are 404 like any unknown
+//! path.
 
 mod internal;
 mod routes;
@@ -22,6 +26,7 @@ use warp::Filter;
 use warp::reply::{Reply, Response};
 
 use crate::auth::Claims;
+use crate::cluster::transport::PeerNode;
 use crate::protocol::ApiError;
 use crate::state::AppState;
 
@@ -52,11 +57,56 @@ pub fn filter(
                     query,
                     headers,
                     upgrade,
+                    peer: None,
                 };
                 match routes::route(&state, request, body).await {
                     Ok(response) => response,
                     Err(error) => error_response(&error),
                 }
+            },
+        )
+}
+
+/// The internal listener's routes: `/internal/v1/...` (links, status, identity) and
+/// `/healthz`; anything else is 404. The peer node proved by the connection's certificate
+/// comes with each request ([`PeerNode`], `None` without mutual TLS).
+pub fn internal_filter(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and(warp::ext::optional::<PeerNode>())
+        .and(warp::any().map(move || state.clone()))
+        .then(
+            |method: Method,
+             path: warp::path::FullPath,
+             headers: HeaderMap,
+             body,
+             peer: Option<PeerNode>,
+             state: Arc<AppState>| async move {
+                let request = Request {
+                    method,
+                    path: path.as_str().to_owned(),
+                    query: String::new(),
+                    headers,
+                    upgrade: None,
+                    peer,
+                };
+                let segments = request.segments();
+                let result = match segments.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+                    ["internal", "v1", what] => {
+                        let what = what.to_owned();
+                        internal::route(&state, request, &what, body).await
+                    }
+                    ["healthz"] => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
+                    _ => Err(ApiError::not_found(format!(
+                        "there is no {} {} on the internal listener",
+                        request.method, request.path
+                    ))),
+                };
+                result.unwrap_or_else(|error| error_response(&error))
             },
         )
 }
@@ -68,6 +118,8 @@ pub struct Request {
     pub query: String,
     pub headers: HeaderMap,
     pub upgrade: Option<OnUpgrade>,
+    /// The node the connection's certificate names (internal listener, mutual TLS).
+    pub peer: Option<PeerNode>,
 }
 
 impl Request {

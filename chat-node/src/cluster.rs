@@ -11,12 +11,18 @@
 //! - Ownership of the write path's units (channels, users' inboxes): the same rendezvous
 //!   over one consistent snapshot of the view ([`OwnerView`]), with the epoch the writer's
 //!   fence needs (`store::writer::fence`).
+//! - [`transport`]: mutual TLS between nodes: the internal listener's config, one client
+//!   per peer that only talks to that peer, node identities in certificates.
+//! - [`trust`]: a member's record in etcd is believed only once the node it names proved,
+//!   over mutual TLS, that it is that node and wrote that record.
 
 pub mod link;
 pub mod membership;
 pub mod rebalance;
 pub mod rendezvous;
 pub mod rpc;
+pub mod transport;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +49,10 @@ pub struct Member {
     /// Where clients open their WebSocket.
     #[serde(default)]
     pub ws_url: String,
+    /// Where peers reach the node's internal listener (links, status, probes): `https://`
+    /// with mutual TLS. Empty from nodes older than the internal listener.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub internal_url: String,
     #[serde(default)]
     pub zone: Option<String>,
     /// The node's weight in assignment.
@@ -70,13 +80,23 @@ pub struct Cluster {
     node_id: String,
     cluster: String,
     advertise_url: Option<String>,
+    internal_url: Option<String>,
     listen: SocketAddr,
+    /// `https` when the client port has TLS (`--tls-cert-file`).
+    client_scheme: &'static str,
     capacity: u64,
     zone: Option<String>,
     /// Whether etcd membership is on (`--etcd`).
     clustered: bool,
-    /// The other live members, by id (this node is never in it).
+    /// The other live members, by id (this node is never in it): the records of etcd that
+    /// are believed (all of them unless `require_proof`).
     peers: RwLock<Arc<HashMap<String, Member>>>,
+    /// What etcd holds, believed or not, and which identities were proved ([`trust`]).
+    records: RwLock<Records>,
+    /// Whether a record counts only once its node proved it over mutual TLS.
+    require_proof: bool,
+    /// Bumped when etcd's records change; the trust task waits on it.
+    record_changes: tokio::sync::watch::Sender<u64>,
     /// This node hands its users over (operator drain or SIGTERM).
     draining: AtomicBool,
     /// Bumped on every membership change; the rebalancer waits on it.
@@ -160,6 +180,31 @@ pub struct Settings {
     pub capacity: u64,
     pub zone: Option<String>,
     pub clustered: bool,
+    /// The node's internal URL as peers reach it (`--internal-advertise-url`).
+    pub internal_url: Option<String>,
+    /// Whether the client port speaks TLS (`ws_url` is then `wss://`).
+    pub client_tls: bool,
+    /// Believe a member only once it proved its record over mutual TLS.
+    pub require_proof: bool,
+}
+
+/// etcd's records and the proved identities.
+#[derive(Default)]
+struct Records {
+    all: HashMap<String, Member>,
+    /// Node id → the record (its identity fields) the node itself confirmed.
+    proved: HashMap<String, Member>,
+}
+
+/// A record with what changes at run time blanked: two records of one node are "the same
+/// identity" when they agree on everything else (URLs, capacity, zone, and any field added
+/// later), so a forged record that moves a node's URLs or weight is not believed.
+pub fn identity_of(m: &Member) -> Member {
+    Member {
+        connections: 0,
+        draining: false,
+        ..m.clone()
+    }
 }
 
 impl Cluster {
@@ -168,7 +213,12 @@ impl Cluster {
             node_id: s.node_id,
             cluster: s.cluster,
             advertise_url: s.advertise_url,
+            internal_url: s.internal_url,
             listen: s.listen,
+            client_scheme: if s.client_tls { "https" } else { "http" },
+            records: RwLock::new(Records::default()),
+            require_proof: s.require_proof,
+            record_changes: tokio::sync::watch::channel(0).0,
             capacity: s.capacity.max(1),
             zone: s.zone,
             clustered: s.clustered,
@@ -229,6 +279,9 @@ impl Cluster {
             capacity: 1,
             zone: None,
             clustered: false,
+            internal_url: None,
+            client_tls: false,
+            require_proof: false,
         })
     }
 
@@ -264,9 +317,75 @@ impl Cluster {
         self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replace the view of the other members (from etcd).
+    /// Replace the view of the other members (etcd's records). Only the records whose node
+    /// proved them (see [`trust`]) become peers when proof is required.
     pub fn set_peers(&self, mut peers: HashMap<String, Member>) {
         peers.remove(&self.node_id);
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        records.proved.retain(|id, _| peers.contains_key(id));
+        let changed = records.all != peers;
+        records.all = peers;
+        self.publish(&records);
+        drop(records);
+        if changed {
+            self.record_changes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// etcd's records of the other nodes, believed or not.
+    pub fn records(&self) -> HashMap<String, Member> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .all
+            .clone()
+    }
+
+    /// Records of etcd that are not (or no longer) believed.
+    pub fn unproved(&self) -> Vec<Member> {
+        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
+        records
+            .all
+            .values()
+            .filter(|m| !Self::is_proved(&records, m))
+            .cloned()
+            .collect()
+    }
+
+    /// `member` (as etcd holds it) was confirmed by its node over mutual TLS.
+    pub fn prove(&self, member: &Member) {
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        records
+            .proved
+            .insert(member.node_id.clone(), identity_of(member));
+        self.publish(&records);
+    }
+
+    /// Whether proof is required before a record is believed (mutual TLS is on).
+    pub fn requires_proof(&self) -> bool {
+        self.require_proof
+    }
+
+    /// A receiver that sees every change of etcd's records.
+    pub fn subscribe_records(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.record_changes.subscribe()
+    }
+
+    fn is_proved(records: &Records, m: &Member) -> bool {
+        records
+            .proved
+            .get(&m.node_id)
+            .is_some_and(|p| *p == identity_of(m))
+    }
+
+    /// Recompute the believed peers from the records.
+    fn publish(&self, records: &Records) {
+        let peers: HashMap<String, Member> = records
+            .all
+            .iter()
+            .filter(|(_, m)| !self.require_proof || Self::is_proved(records, m))
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect();
         let mut current = self.peers.write().unwrap_or_else(|p| p.into_inner());
         if **current != peers {
             *current = Arc::new(peers);
@@ -359,10 +478,11 @@ impl Cluster {
 
     /// This node's HTTP base URL as peers and clients reach it.
     pub fn base_url(&self, host: Option<&str>) -> String {
+        let scheme = self.client_scheme;
         match (&self.advertise_url, host) {
             (Some(url), _) => url.trim_end_matches('/').to_owned(),
-            (None, Some(host)) if self.listen.ip().is_unspecified() => format!("http://{host}"),
-            (None, _) => format!("http://{}", self.listen),
+            (None, Some(host)) if self.listen.ip().is_unspecified() => format!("{scheme}://{host}"),
+            (None, _) => format!("{scheme}://{}", self.listen),
         }
     }
 
@@ -382,6 +502,7 @@ impl Cluster {
             node_id: self.node_id.clone(),
             advertise_url: self.base_url(None),
             ws_url: self.ws_url(None),
+            internal_url: self.internal_url.clone().unwrap_or_default(),
             zone: self.zone.clone(),
             capacity: self.capacity,
             connections,
@@ -429,6 +550,9 @@ mod tests {
             capacity: 10,
             zone: None,
             clustered: true,
+            internal_url: Some(format!("https://{id}:8081")),
+            client_tls: false,
+            require_proof: false,
         })
     }
 

@@ -1,5 +1,9 @@
 //! The node's configuration: the flags and `PARLEY_*` variables of PROTOCOL.md ("Running a
 //! node"), with their defaults, validated at start-up with messages that say what to fix.
+//! The security flags (internal listener, mutual TLS, etcd and TiKV credentials, client
+//! TLS) are in [`security`].
+
+pub mod security;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +99,11 @@ pub struct Config {
     /// answer in-flight work and close before it exits.
     #[arg(long, env = "PARLEY_DRAIN_SECONDS", default_value_t = 5)]
     pub drain_seconds: u64,
+
+    /// The internal listener, mutual TLS between nodes, TLS and credentials to etcd and
+    /// TiKV, client TLS, `--insecure-cluster` (see [`security`] and docs/operations.md).
+    #[command(flatten)]
+    pub security: security::SecurityConfig,
 }
 
 /// A configuration that cannot work, with what to change.
@@ -129,7 +138,7 @@ impl Config {
         if self.is_clustered() {
             if self.token_secret_file.is_none() {
                 return bad(
-                    "cluster mode (--etcd) needs --token-secret-file: every node must sign and check tokens, and authenticate its links, with the same secret",
+                    "cluster mode (--etcd) needs --token-secret-file: every node must sign and check tokens with the same secret",
                 );
             }
             if self.advertise_url.is_none() && self.listen.ip().is_unspecified() {
@@ -144,6 +153,12 @@ impl Config {
             return bad("--advertise-url must start with http:// or https://");
         }
         self.push.validate().map_err(|e| ConfigError(e.0))?;
+        self.security.validate(
+            self.is_clustered(),
+            self.store,
+            &self.node_id(),
+            &self.cluster,
+        )?;
         Ok(())
     }
 

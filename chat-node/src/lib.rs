@@ -9,14 +9,16 @@
 //!
 //! | layer | modules | role |
 //! | --- | --- | --- |
-//! | edge | [`api`], [`gateway`] | HTTP routes (the client API, and the node-to-node link routes) and WebSocket sessions: parse, authorise, call a service, encode |
+//! | edge | [`api`], [`gateway`] | HTTP routes (the client API on the client port; the node-to-node routes on the internal listener) and WebSocket sessions: parse, authorise, call a service, encode |
 //! | services | [`chat`], [`presence`], [`hub`], [`cluster`], [`push`] | the behaviour: sending and delivering, who is online, which node serves whom (etcd membership, rendezvous assignment) and the links between nodes, notifying offline devices |
 //! | storage | [`store`] | the ordered-KV trait, its backends, and the chat data model on top |
 //!
 //! Beside them: [`protocol`] (the wire types and limits of PROTOCOL.md), [`auth`] (password
 //! hashes and signed tokens), [`config`] (flags and `PARLEY_*` variables), [`metrics`]
 //! (Prometheus), [`state`] (the shared [`state::AppState`] every request and session holds),
-//! and [`server`] (start-up and shutdown).
+//! [`server`] (start-up and shutdown), [`tls`] (certificates and keys from files, reloaded
+//! when they change) and [`listener`] (serving the routes over TLS: the internal listener
+//! with mutual TLS, the client port with `--tls-cert-file`).
 
 pub mod accounts;
 pub mod api;
@@ -26,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
@@ -33,6 +36,7 @@ pub mod push;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch: the protocol's `ts`.
 pub fn now_ms() -> i64 {

@@ -79,8 +79,13 @@ pub struct Metrics {
     pub store_conflicts: Counter,
     /// 1 while the node is registered in etcd (cluster mode), else 0.
     pub etcd_up: Gauge,
-    /// Live members in this node's view, itself included.
+    /// Live members in this node's view, itself included (believed records only).
     pub cluster_members: Gauge,
+    /// Member records in etcd whose node has not proved them over mutual TLS (not used).
+    pub cluster_unproved_members: Gauge,
+    /// TLS handshakes refused on the internal and client listeners (no or a wrong
+    /// certificate, plain HTTP on a TLS port, a handshake that never finished).
+    pub tls_handshakes_refused: Counter,
     /// Events sent to other nodes over links (deliveries, presence, frames).
     pub link_events_sent: Counter,
     /// Events to other nodes dropped (queue full or peer unreachable); devices `sync`.
@@ -113,6 +118,8 @@ impl Metrics {
         let etcd_up = Gauge::default();
         let store_conflicts = Counter::default();
         let cluster_members = Gauge::default();
+        let cluster_unproved_members = Gauge::default();
+        let tls_handshakes_refused = Counter::default();
         let link_events_sent = Counter::default();
         let link_events_dropped = Counter::default();
         let users_moved = Counter::default();
@@ -173,6 +180,16 @@ impl Metrics {
             "cluster_members",
             "Live members in this node's view, itself included",
             cluster_members.clone(),
+        );
+        registry.register(
+            "cluster_unproved_members",
+            "Member records in etcd not proved by their node over mutual TLS (not used)",
+            cluster_unproved_members.clone(),
+        );
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS handshakes refused on the internal and client listeners",
+            tls_handshakes_refused.clone(),
         );
         registry.register(
             "link_events_sent",
@@ -242,6 +259,8 @@ impl Metrics {
             etcd_up,
             store_conflicts,
             cluster_members,
+            cluster_unproved_members,
+            tls_handshakes_refused,
             link_events_sent,
             link_events_dropped,
             users_moved,

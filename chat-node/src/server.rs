@@ -9,12 +9,16 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::listener::TlsListener;
+
 use crate::accounts::Accounts;
 use crate::auth::{TokenKeys, load_or_create_secret, read_secret_file};
 use crate::chat::Chat;
 use crate::cluster::link::Links;
 use crate::cluster::membership::Membership;
 use crate::cluster::rebalance::Rebalancer;
+use crate::cluster::transport::{Transport, TransportError};
+use crate::cluster::trust::Trust;
 use crate::cluster::{Cluster, Settings};
 use crate::config::{Config, StoreKind};
 use crate::hub::Hub;
@@ -27,6 +31,7 @@ use crate::store::etcd::EtcdKv;
 use crate::store::tikv::TikvKv;
 use crate::store::writer::{Writer, WriterConfig, WriterHooks};
 use crate::store::{ChatStore, Kv};
+use crate::tls::TlsError;
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,13 +50,32 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr} for node-to-node traffic: {source}; pick a free address with --internal-listen"
+    )]
+    InternalListen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("client TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("node-to-node mutual TLS: {0}")]
+    Transport(#[from] TransportError),
+    #[error("etcd connection settings: {0}")]
+    Etcd(#[from] parley_etcd_connect::Error),
 }
 
 /// A started node: its address, and the future that serves until shutdown.
 pub struct Node {
     pub addr: SocketAddr,
+    /// The internal (node-to-node) listener's address, in cluster mode.
+    pub internal_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     listener: TcpListener,
+    internal: Option<TcpListener>,
+    /// TLS of the client port (`--tls-cert-file`).
+    client_tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The key prefix of a cluster's history in a shared store (etcd, TiKV): `/parley-store/<cluster>/`.
@@ -62,6 +86,16 @@ fn store_prefix(config: &Config) -> String {
 /// Open the store, bind the port, and build the state. Serve with [`Node::serve`].
 pub async fn start(config: Config) -> Result<Node, StartError> {
     config.validate()?;
+    if config.security.insecure_cluster {
+        for part in config
+            .security
+            .plain_text_parts(config.is_clustered(), config.store)
+        {
+            tracing::warn!(
+                "INSECURE CLUSTER (--insecure-cluster): {part}. Anyone who reaches these ports can read and forge cluster traffic; never run this in production"
+            );
+        }
+    }
     let metrics = Arc::new(Metrics::new());
     let kv: Arc<dyn Kv> = match config.store {
         StoreKind::Embedded => {
@@ -82,11 +116,17 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                     3 * config.max_group_members + 16
                 );
             }
-            Arc::new(EtcdKv::connect(&config.etcd, &store_prefix(&config)).await?)
+            let etcd = config.security.etcd_files().load(&config.etcd)?;
+            Arc::new(EtcdKv::connect_with(&etcd, &store_prefix(&config)).await?)
         }
-        StoreKind::Tikv => {
-            Arc::new(TikvKv::connect(&config.tikv_pd, &store_prefix(&config)).await?)
-        }
+        StoreKind::Tikv => Arc::new(
+            TikvKv::connect_with(
+                &config.tikv_pd,
+                &store_prefix(&config),
+                config.security.tikv_files().as_ref(),
+            )
+            .await?,
+        ),
     };
     let errors = metrics.store_errors.clone();
     let conflicts = metrics.store_conflicts.clone();
@@ -112,22 +152,57 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         source,
     })?;
 
+    let client_tls = match (
+        &config.security.tls_cert_file,
+        &config.security.tls_key_file,
+    ) {
+        (Some(cert), Some(key)) => Some(crate::tls::client_server_config(cert, key)?),
+        _ => None,
+    };
+    let node_id = config.node_id();
+    let transport = Arc::new(match config.security.transport_files() {
+        Some(files) if config.is_clustered() => {
+            Transport::mutual_tls(&config.cluster, &node_id, &files)?
+        }
+        _ => Transport::insecure(&config.cluster, &node_id),
+    });
+    let (internal, internal_addr) = if config.is_clustered() {
+        let at = config.security.internal_listen(config.listen)?;
+        let bound = |source| StartError::InternalListen { addr: at, source };
+        let listener = bind(at).map_err(bound)?;
+        let local = listener.local_addr().map_err(bound)?;
+        (Some(listener), Some(local))
+    } else {
+        (None, None)
+    };
+    let internal_url = internal_addr.map(|a| {
+        config
+            .security
+            .internal_advertise_url
+            .clone()
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| default_internal_url(&config, transport.scheme(), a))
+    });
+
     let limits = config.limits();
     let hub = Arc::new(Hub::new());
     let cluster = Arc::new(Cluster::new(Settings {
-        node_id: config.node_id(),
+        node_id,
         cluster: config.cluster.clone(),
         advertise_url: config.advertise_url.clone(),
         listen: addr,
         capacity: config.capacity as u64,
         zone: None,
         clustered: config.is_clustered(),
+        internal_url,
+        client_tls: client_tls.is_some(),
+        require_proof: transport.is_secure(),
     }));
     let links = Arc::new(Links::new(
         cluster.clone(),
         hub.clone(),
         metrics.clone(),
-        &secret,
+        transport,
     ));
     let presence = Arc::new(Presence::new(
         store.clone(),
@@ -186,8 +261,11 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     });
     Ok(Node {
         addr,
+        internal_addr,
         state,
         listener,
+        internal,
+        client_tls,
     })
 }
 
@@ -209,6 +287,21 @@ fn write_hooks(metrics: &Arc<Metrics>) -> WriterHooks {
             seconds.observe(took.as_secs_f64());
         })),
     }
+}
+
+/// This node's internal URL when `--internal-advertise-url` is not given: the host of
+/// `--advertise-url` (else of the listen address) with the internal listener's port.
+fn default_internal_url(config: &Config, scheme: &str, internal: SocketAddr) -> String {
+    let host = config
+        .advertise_url
+        .as_deref()
+        .and_then(|u| reqwest::Url::parse(u).ok())
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| match internal.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        });
+    format!("{scheme}://{host}:{}", internal.port())
 }
 
 /// Listen with a deep accept backlog, so a reconnect storm is queued, not refused. The kernel
@@ -240,10 +333,68 @@ impl Node {
         });
         let push_worker = state.push.as_ref().map(|p| p.spawn(shutdown.clone()));
         let routes = crate::api::filter(state.clone());
-        let server = warp::serve(routes)
-            .incoming(self.listener)
-            .graceful(shutdown.clone().cancelled_owned())
-            .run();
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let server: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match self.client_tls {
+            Some(config) => Box::pin(crate::listener::serve(
+                TlsListener {
+                    tcp: self.listener,
+                    config,
+                    identify: None,
+                    refused: state.metrics.tls_handshakes_refused.clone(),
+                    name: "client",
+                },
+                routes,
+                shutdown.clone(),
+            )),
+            None => Box::pin(
+                warp::serve(routes)
+                    .incoming(self.listener)
+                    .graceful(shutdown.clone().cancelled_owned())
+                    .run(),
+            ),
+        };
+        // Node-to-node traffic outlives the client port during a drain (peers still deliver
+        // to the sessions this node is handing over); it stops once the sessions are done.
+        let internal_stop = CancellationToken::new();
+        let internal_server = self.internal.map(|listener| {
+            let routes = crate::api::internal_filter(state.clone());
+            let stop = internal_stop.clone();
+            let transport = state.links.transport().clone();
+            match transport.server_config() {
+                Some(config) => tokio::spawn(crate::listener::serve(
+                    TlsListener {
+                        tcp: listener,
+                        config,
+                        identify: Some(transport),
+                        refused: state.metrics.tls_handshakes_refused.clone(),
+                        name: "internal",
+                    },
+                    routes,
+                    stop,
+                )),
+                None => tokio::spawn(
+                    warp::serve(routes)
+                        .incoming(listener)
+                        .graceful(stop.cancelled_owned())
+                        .run(),
+                ),
+            }
+        });
+        if state.cluster.requires_proof() {
+            tokio::spawn(
+                Trust {
+                    cluster: state.cluster.clone(),
+                    transport: state.links.transport().clone(),
+                    metrics: state.metrics.clone(),
+                    shutdown: internal_stop.clone(),
+                }
+                .run(),
+            );
+        }
         let membership = state.config.is_clustered().then(|| {
             tokio::spawn(
                 Rebalancer {
@@ -260,13 +411,22 @@ impl Node {
             Membership::start(
                 state.cluster.clone(),
                 state.config.etcd.clone(),
+                state.config.security.etcd_files(),
                 state.hub.clone(),
                 state.metrics.clone(),
                 shutdown.clone(),
             )
         });
         state.mark_ready();
-        tracing::info!(node_id = %state.cluster.node_id(), store = state.store.kv().name(), cluster = state.config.is_clustered(), "listening on http://{}", self.addr);
+        if let Some(at) = self.internal_addr {
+            let transport = state.links.transport();
+            tracing::info!(
+                mutual_tls = transport.is_secure(),
+                "internal listener on {}://{at}",
+                transport.scheme()
+            );
+        }
+        tracing::info!(node_id = %state.cluster.node_id(), store = state.store.kv().name(), cluster = state.config.is_clustered(), "listening on {scheme}://{}", self.addr);
         server.await;
 
         state.sessions.close();
@@ -284,6 +444,10 @@ impl Node {
         }
         if let Some(membership) = membership {
             membership.leave().await;
+        }
+        internal_stop.cancel();
+        if let Some(internal) = internal_server {
+            let _ = tokio::time::timeout(Duration::from_secs(5), internal).await;
         }
         if let Err(e) = state.store.kv().sync().await {
             tracing::error!(error = %e, "final store sync failed");

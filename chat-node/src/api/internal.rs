@@ -1,5 +1,6 @@
-//! The node-to-node routes (`/internal/v1/...`): not for clients. Every request must carry
-//! the cluster's link key (see [`crate::cluster::link`]).
+//! The node-to-node routes (`/internal/v1/...`), served on the internal listener only (never
+//! on the client port). With mutual TLS the connection itself proves which node calls
+//! ([`crate::cluster::transport`]); a batch must come `from` that node.
 
 use bytes::Buf;
 use futures_util::Stream;
@@ -24,14 +25,15 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let header = req
-        .headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !state.links.authorized(header) {
+    if state.links.transport().is_secure() && req.peer.is_none() {
         return Err(ApiError::unauthorized(
-            "this route is for the cluster's nodes and needs their link key",
+            "this route is for the cluster's nodes: connect with a node certificate of the cluster CA",
         ));
+    }
+    if what == "identity" && req.method == Method::GET {
+        // How a peer proves its etcd record (cluster::trust): this node's own registration.
+        let me = state.cluster.registration(state.hub.connection_count());
+        return Ok(json(StatusCode::OK, &me));
     }
     if req.method != Method::POST {
         return Err(ApiError::new(
@@ -43,6 +45,12 @@ where
     match what {
         "link" => {
             let batch: Batch = json_body(&bytes)?;
+            if let Some(peer) = req.peer.as_ref().filter(|p| p.0 != batch.from) {
+                return Err(ApiError::forbidden(format!(
+                    "this connection's certificate names node {}, not {}",
+                    peer.0, batch.from
+                )));
+            }
             receive(state, batch);
             Ok(no_content())
         }

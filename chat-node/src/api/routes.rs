@@ -59,7 +59,6 @@ where
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
         .into_response()),
-        ["internal", "v1", what] => super::internal::route(state, req, what, body).await,
         ["v1", "ws"] => match m {
             Method::GET => {
                 let token = req.query("token");

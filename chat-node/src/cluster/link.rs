@@ -6,21 +6,19 @@
 //! queue is bounded and a batch that cannot be delivered after a few tries is dropped (and
 //! counted), never buffered without bound.
 //!
-//! Links are authenticated with a key derived from the cluster's token secret (every node
-//! of a cluster shares it): HMAC-SHA256(secret, "parley node link v1"), sent as a bearer
-//! token. Clients hold tokens signed with the secret, never the secret, so they cannot
-//! forge it.
+//! Links go to a peer's internal listener (`internal_url`) through [`Transport`]: with
+//! mutual TLS, each peer's client accepts only that peer's certificate, and the peer checks
+//! ours (see [`super::transport`]). Only believed members are peers ([`super::trust`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use super::transport::Transport;
 use super::{Cluster, Member};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -31,8 +29,6 @@ use crate::protocol::types::Message;
 const QUEUE: usize = 65_536;
 /// A batch stops growing past this many bytes (after its first event).
 const BATCH_BYTES: usize = 1024 * 1024;
-/// Bound on one batch or status request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest body a node accepts on its link routes: one full batch plus one largest event.
 pub const MAX_BODY: usize = 64 * 1024 * 1024;
 
@@ -90,37 +86,25 @@ pub struct Links {
     cluster: Arc<Cluster>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    http: reqwest::Client,
-    bearer: String,
+    transport: Arc<Transport>,
     peers: Mutex<HashMap<String, Peer>>,
-    /// Calls that need an answer, over the same connections and key.
+    /// Calls that need an answer, over the same transport.
     rpc: super::rpc::Rpc,
 }
 
-/// The link key for a cluster secret.
-pub fn link_key(secret: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(b"parley node link v1");
-    hex::encode(mac.finalize().into_bytes())
-}
-
 impl Links {
-    pub fn new(cluster: Arc<Cluster>, hub: Arc<Hub>, metrics: Arc<Metrics>, secret: &[u8]) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .expect("a plain HTTP client builds");
-        let bearer = format!("Bearer {}", link_key(secret));
+    pub fn new(
+        cluster: Arc<Cluster>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        transport: Arc<Transport>,
+    ) -> Self {
         Self {
-            rpc: super::rpc::Rpc::new(cluster.clone(), http.clone(), bearer.clone()),
+            rpc: super::rpc::Rpc::new(cluster.clone(), transport.clone()),
             cluster,
             hub,
             metrics,
-            http,
-            bearer,
+            transport,
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -134,12 +118,9 @@ impl Links {
         &self.cluster
     }
 
-    /// Whether an `Authorization` header carries this cluster's link key. Compared in
-    /// constant time (a few lines, not worth a crate).
-    pub fn authorized(&self, header: Option<&str>) -> bool {
-        let Some(got) = header else { return false };
-        let (a, b) = (got.as_bytes(), self.bearer.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    /// How this node reaches its peers (and proves itself to them).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
     }
 
     /// Queue `frame` on the sockets of `users`, here or on the nodes they belong on.
@@ -181,17 +162,16 @@ impl Links {
     fn queue(&self, member: &Member) -> mpsc::Sender<String> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(peer) = peers.get(&member.node_id)
-            && peer.url == member.advertise_url
+            && peer.url == member.internal_url
             && !peer.tx.is_closed()
         {
             return peer.tx.clone();
         }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let url = member.advertise_url.trim_end_matches('/').to_owned();
+        let url = member.internal_url.trim_end_matches('/').to_owned();
         tokio::spawn(run_peer(
-            self.http.clone(),
+            self.transport.client(&member.node_id),
             format!("{url}/internal/v1/link"),
-            self.bearer.clone(),
             self.cluster.node_id().to_owned(),
             member.node_id.clone(),
             rx,
@@ -200,7 +180,7 @@ impl Links {
         peers.insert(
             member.node_id.clone(),
             Peer {
-                url: member.advertise_url.clone(),
+                url: member.internal_url.clone(),
                 tx: tx.clone(),
             },
         );
@@ -215,6 +195,7 @@ impl Links {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| members.contains_key(id));
+        self.transport.retain(|id| members.contains_key(id));
     }
 
     /// Ask `node_id` which of `users` are online there.
@@ -227,15 +208,15 @@ impl Links {
             .ok_or_else(|| format!("node {node_id} is not a live member"))?;
         let url = format!(
             "{}/internal/v1/status",
-            member.advertise_url.trim_end_matches('/')
+            member.internal_url.trim_end_matches('/')
         );
         let query = StatusQuery {
             users: users.iter().map(|u| (*u).to_owned()).collect(),
         };
         let response = self
-            .http
+            .transport
+            .client(node_id)
             .post(&url)
-            .header("authorization", &self.bearer)
             .json(&query)
             .send()
             .await
@@ -255,7 +236,6 @@ impl Links {
 async fn run_peer(
     http: reqwest::Client,
     url: String,
-    bearer: String,
     from: String,
     peer: String,
     mut rx: mpsc::Receiver<String>,
@@ -288,7 +268,6 @@ async fn run_peer(
             }
             let result = http
                 .post(&url)
-                .header("authorization", &bearer)
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
@@ -332,11 +311,5 @@ mod tests {
         let back: Batch = serde_json::from_str(&json).unwrap();
         assert_eq!(back.from, "n1");
         assert!(matches!(&back.events[0], Event::Frame { to, .. } if to == &["u"]));
-    }
-
-    #[test]
-    fn the_link_key_depends_on_the_secret() {
-        assert_eq!(link_key(b"0123456789abcdef"), link_key(b"0123456789abcdef"));
-        assert_ne!(link_key(b"0123456789abcdef"), link_key(b"0123456789abcdeX"));
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use parley_etcd_connect::EtcdFiles;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +62,7 @@ impl Membership {
     pub fn start(
         cluster: Arc<Cluster>,
         endpoints: Vec<String>,
+        files: EtcdFiles,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -69,6 +71,7 @@ impl Membership {
         let task = Task {
             cluster,
             endpoints,
+            files,
             hub,
             metrics,
             shutdown,
@@ -90,6 +93,8 @@ impl Membership {
 struct Task {
     cluster: Arc<Cluster>,
     endpoints: Vec<String>,
+    /// TLS and credential files, re-read at every (re)connect (so rotated ones are used).
+    files: EtcdFiles,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -165,9 +170,13 @@ impl Task {
             .with_connect_timeout(TIMEOUT)
             .with_timeout(TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3));
+        let etcd = self
+            .files
+            .load(&self.endpoints)
+            .map_err(|e| End::Failed(e.to_string()))?;
         let mut client = call(
             "connect",
-            Client::connect(self.endpoints.clone(), Some(options)),
+            Client::connect(etcd.urls(), Some(etcd.options(options))),
         )
         .await?;
         let lease = call("grant a lease", client.lease_grant(LEASE_TTL, None))
@@ -319,7 +328,7 @@ impl Task {
         }
         self.metrics
             .cluster_members
-            .set(view.nodes.len() as i64 + 1);
+            .set(self.cluster.peers().len() as i64 + 1);
     }
 }
 

@@ -5,8 +5,9 @@
 //! with an error the caller acts on (retry elsewhere, or `unavailable`).
 //!
 //! Calls to one peer are batched: a sender task per peer takes what is queued (up to a
-//! batch's bytes), posts it as one request to `/internal/v1/rpc` with the link key, and
-//! hands each answer back, in order; a few batches may be in flight at once.
+//! batch's bytes), posts it as one request to the peer's `/internal/v1/rpc` over the
+//! transport (mutual TLS, [`super::transport`]), and hands each answer back, in order; a few
+//! batches may be in flight at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Cluster;
+use super::transport::Transport;
 use crate::protocol::ApiError;
 use crate::protocol::types::{Ack, Message};
 use crate::store::GroupRecord;
@@ -107,18 +109,16 @@ struct Peer {
 /// This node's calls to its peers.
 pub struct Rpc {
     cluster: Arc<Cluster>,
-    http: reqwest::Client,
-    bearer: String,
+    transport: Arc<Transport>,
     peers: Mutex<HashMap<String, Peer>>,
 }
 
 impl Rpc {
-    /// Calls authenticated with `bearer` (the links' `Authorization` value).
-    pub fn new(cluster: Arc<Cluster>, http: reqwest::Client, bearer: String) -> Self {
+    /// Calls over `transport` (the links' one).
+    pub fn new(cluster: Arc<Cluster>, transport: Arc<Transport>) -> Self {
         Self {
             cluster,
-            http,
-            bearer,
+            transport,
             peers: Mutex::new(HashMap::new()),
         }
     }
@@ -146,7 +146,7 @@ impl Rpc {
             .ok_or_else(|| format!("node {node_id} is not a live member"))?;
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(peer) = peers.get(node_id)
-            && peer.url == member.advertise_url
+            && peer.url == member.internal_url
             && !peer.tx.is_closed()
         {
             return Ok(peer.tx.clone());
@@ -154,19 +154,18 @@ impl Rpc {
         let (tx, rx) = mpsc::channel(QUEUE);
         let url = format!(
             "{}/internal/v1/rpc",
-            member.advertise_url.trim_end_matches('/')
+            member.internal_url.trim_end_matches('/')
         );
         tokio::spawn(run_peer(
-            self.http.clone(),
+            self.transport.client(node_id),
             url,
-            self.bearer.clone(),
             self.cluster.node_id().to_owned(),
             rx,
         ));
         peers.insert(
             node_id.to_owned(),
             Peer {
-                url: member.advertise_url.clone(),
+                url: member.internal_url.clone(),
                 tx: tx.clone(),
             },
         );
@@ -187,7 +186,6 @@ impl Rpc {
 async fn run_peer(
     http: reqwest::Client,
     url: String,
-    bearer: String,
     from: String,
     mut rx: mpsc::Receiver<Pending>,
 ) {
@@ -212,10 +210,10 @@ async fn run_peer(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (http, url, bearer) = (http.clone(), url.clone(), bearer.clone());
+        let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match post(&http, &url, &bearer, body).await {
+            match post(&http, &url, body).await {
                 Ok(batch) if batch.answers.len() == waiting.len() => {
                     for (answer, tx) in batch.answers.into_iter().zip(waiting) {
                         let _ = tx.send(Ok(answer));
@@ -245,13 +243,11 @@ async fn run_peer(
 async fn post(
     http: &reqwest::Client,
     url: &str,
-    bearer: &str,
     body: String,
 ) -> Result<AnswerBatch, String> {
     let response = tokio::time::timeout(
         TIMEOUT,
         http.post(url)
-            .header("authorization", bearer)
             .header("content-type", "application/json")
             .body(body)
             .send(),

@@ -54,6 +54,8 @@ use etcd_client::{
     TxnOp, TxnOpResponse,
 };
 
+use parley_etcd_connect::EtcdConnect;
+
 use super::overlay::WriteBuffer;
 use super::{Batch, Guard, Kv, KvTxn, Order, Pair, StoreError};
 
@@ -85,19 +87,27 @@ impl EtcdKv {
     /// answers. Every key is stored as `key_prefix ++ key`; the node passes
     /// `/parley-store/<cluster>/`.
     pub async fn connect(endpoints: &[String], key_prefix: &str) -> Result<Self, StoreError> {
-        let names = endpoints.join(",");
-        if endpoints.is_empty() {
-            return Err(StoreError::Unavailable(
-                "no etcd endpoints given: pass --etcd host:port[,host:port…]".into(),
-            ));
-        }
-        let options = ConnectOptions::new()
-            .with_connect_timeout(CALL_TIMEOUT)
-            .with_timeout(CALL_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT);
-        let client = bounded(&names, "connect", Client::connect(endpoints, Some(options)))
-            .await?
-            .map_err(|e| unavailable(&names, "cannot connect", e))?;
+        Self::connect_with(&EtcdConnect::plain(endpoints.iter().cloned()), key_prefix).await
+    }
+
+    /// [`EtcdKv::connect`] with TLS and credentials (`--etcd-ca-file` and the others).
+    pub async fn connect_with(etcd: &EtcdConnect, key_prefix: &str) -> Result<Self, StoreError> {
+        let names = etcd.describe();
+        etcd.validate()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let options = etcd.options(
+            ConnectOptions::new()
+                .with_connect_timeout(CALL_TIMEOUT)
+                .with_timeout(CALL_TIMEOUT)
+                .with_keep_alive(Duration::from_secs(10), CALL_TIMEOUT),
+        );
+        let client = bounded(
+            &names,
+            "connect",
+            Client::connect(etcd.urls(), Some(options)),
+        )
+        .await?
+        .map_err(|e| unavailable(&names, "cannot connect", e))?;
         let kv = EtcdKv {
             kv: client
                 .kv_client()

@@ -58,20 +58,62 @@ pub struct TikvKv {
     endpoints: String,
 }
 
+/// TLS to PD and TiKV (`--tikv-ca-file`, `--tikv-cert-file`, `--tikv-key-file`): the
+/// cluster's CA, and the client certificate and key TiKV's `security` section checks.
+#[derive(Debug, Clone)]
+pub struct TikvSecurity {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TikvSecurity {
+    /// Read each file once, so a wrong path is reported by its flag (tikv-client's own
+    /// message does not say which file).
+    fn check(&self) -> Result<(), StoreError> {
+        for (path, flag) in [
+            (&self.ca, "--tikv-ca-file"),
+            (&self.cert, "--tikv-cert-file"),
+            (&self.key, "--tikv-key-file"),
+        ] {
+            std::fs::read(path).map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot read {} ({flag}): {e}; check the path and its permissions",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
 impl TikvKv {
     /// Connect to the TiKV cluster whose PD answers at `pd` (`host:port`), and check that it
     /// answers. Every key is stored as `key_prefix ++ key`; the node passes
     /// `/parley-store/<cluster>/`.
     pub async fn connect(pd: &[String], key_prefix: &str) -> Result<Self, StoreError> {
+        Self::connect_with(pd, key_prefix, None).await
+    }
+
+    /// [`TikvKv::connect`], over TLS with a client certificate when `security` is given.
+    pub async fn connect_with(
+        pd: &[String],
+        key_prefix: &str,
+        security: Option<&TikvSecurity>,
+    ) -> Result<Self, StoreError> {
         let names = pd.join(",");
         if pd.is_empty() {
             return Err(StoreError::Unavailable(
                 "no PD endpoints given: pass --tikv-pd host:port[,host:port…]".into(),
             ));
         }
-        let config = Config::default()
+        let mut config = Config::default()
             .with_timeout(CALL_TIMEOUT)
             .with_grpc_max_decoding_message_size(MAX_RESPONSE_BYTES);
+        if let Some(s) = security {
+            s.check()?;
+            config = config.with_security(&s.ca, &s.cert, &s.key);
+        }
         let client = bounded(
             &names,
             "connect",

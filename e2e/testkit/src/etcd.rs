@@ -6,16 +6,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use parley_etcd_connect::EtcdConnect;
+
+use crate::pki::{CertFiles, Pki};
 use crate::{PARLEY_ETCD_FLAGS, bounded};
 
 /// A real etcd on loopback. Dropping it kills the process and deletes its data.
 pub struct TestEtcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
-    client_port: u16,
     peer_port: u16,
     endpoint: String,
     extra: Vec<String>,
+    /// How clients reach it (TLS and a client certificate for [`TestEtcd::start_tls`]).
+    connect: EtcdConnect,
+    /// TLS flags of etcd itself.
+    tls_flags: Vec<String>,
 }
 
 fn etcd_binary() -> PathBuf {
@@ -50,26 +56,68 @@ impl TestEtcd {
     /// Starts etcd with [`PARLEY_ETCD_FLAGS`] followed by `extra` flags (a later flag wins,
     /// e.g. `["--max-txn-ops", "128"]` for etcd's default).
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::start_inner(extra, None).await
+    }
+
+    /// Starts etcd over TLS with its own server certificate from `pki` and
+    /// `--client-cert-auth`: every client must present a certificate of `pki`'s CA
+    /// ([`Pki::client`]). [`TestEtcd::connect`] says how (the test kit's own client uses
+    /// the certificate `test-admin`).
+    pub async fn start_tls(pki: &Pki) -> Self {
+        Self::start_inner(&[], Some(pki)).await
+    }
+
+    async fn start_inner(extra: &[&str], pki: Option<&Pki>) -> Self {
         let client_port = free_port();
         let mut peer_port = free_port();
         while peer_port == client_port {
             peer_port = free_port();
         }
+        let scheme = if pki.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
+        let (connect, tls_flags) = match pki {
+            None => (EtcdConnect::plain([endpoint.clone()]), Vec::new()),
+            Some(pki) => {
+                let server: CertFiles = pki.etcd_server();
+                let admin = pki.client("test-admin");
+                let flags = [
+                    "--cert-file",
+                    &server.cert.display().to_string(),
+                    "--key-file",
+                    &server.key.display().to_string(),
+                    "--trusted-ca-file",
+                    &pki.ca_file.display().to_string(),
+                    "--client-cert-auth",
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                (
+                    pki.etcd_connect(std::slice::from_ref(&endpoint), &admin),
+                    flags,
+                )
+            }
+        };
         let mut etcd = TestEtcd {
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
-            client_port,
             peer_port,
-            endpoint: format!("http://127.0.0.1:{client_port}"),
+            endpoint,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            connect,
+            tls_flags,
         };
         etcd.spawn().await;
         etcd
     }
 
-    /// `http://127.0.0.1:<port>`: what a client connects to.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS): what a client connects to.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// How the test kit's own client reaches this etcd (TLS and its certificate, if any).
+    pub fn connect(&self) -> &EtcdConnect {
+        &self.connect
     }
 
     /// The data directory (kept across [`TestEtcd::stop`] and [`TestEtcd::restart`]).
@@ -117,7 +165,7 @@ impl TestEtcd {
 
     async fn spawn(&mut self) {
         let bin = etcd_binary();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint.clone();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -141,6 +189,7 @@ impl TestEtcd {
             ])
             .args(["--initial-cluster", &format!("t={peer}")])
             .args(PARLEY_ETCD_FLAGS)
+            .args(&self.tls_flags)
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -149,11 +198,10 @@ impl TestEtcd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(Ok(mut c)) = tokio::time::timeout(
-                Duration::from_secs(2),
-                etcd_client::Client::connect([&self.endpoint], None),
-            )
-            .await
+            if let Ok(mut c) = self
+                .connect
+                .connect(etcd_client::ConnectOptions::new(), Duration::from_secs(2))
+                .await
                 && let Ok(Ok(_)) =
                     tokio::time::timeout(Duration::from_secs(2), c.get("/ready-probe", None)).await
             {
@@ -183,7 +231,8 @@ impl TestEtcd {
         bounded(
             10,
             "connecting to the test etcd",
-            etcd_client::Client::connect([&self.endpoint], None),
+            self.connect
+                .connect(etcd_client::ConnectOptions::new(), Duration::from_secs(8)),
         )
         .await
         .expect("connect to the test etcd")

@@ -10,6 +10,7 @@
 //! | --- | --- |
 //! | [`etcd`] ([`TestEtcd`]) | start, stop, restart a real etcd; read and write its keys |
 //! | [`node`] | a real `chat-node` process, its HTTP API, and real WebSocket clients |
+//! | [`pki`] ([`Pki`]) | a throwaway CA (rcgen): node, etcd server and client certificates as PEM files |
 //! | [`standin`] | a recording HTTP/1.1 + h2c server standing in for push providers (FCM, APNs and webhooks cannot be reached here) |
 //! | [`bounded`] | await with a timeout that fails the test naming what did not happen |
 //!
@@ -17,9 +18,11 @@
 
 pub mod etcd;
 pub mod node;
+pub mod pki;
 pub mod standin;
 
 pub use etcd::TestEtcd;
+pub use pki::Pki;
 
 use std::future::Future;
 use std::time::Duration;

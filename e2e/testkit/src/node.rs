@@ -41,6 +41,8 @@ pub struct Node {
     pub child: Child,
     pub base: String,
     pub addr: String,
+    /// The internal (node-to-node) listener's `host:port`, in cluster mode.
+    pub internal: Option<String>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
@@ -80,20 +82,30 @@ impl Node {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let addr = loop {
+        let mut internal = None;
+        let (scheme, addr) = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("chat-node did not log `listening on` within 30 s"));
-            if let Some(at) = line.find("listening on http://") {
-                let rest = &line[at + "listening on http://".len()..];
-                break rest.split_whitespace().next().expect("address").to_owned();
+            if let Some(at) = line.find("internal listener on ") {
+                let rest = &line[at + "internal listener on ".len()..];
+                let url = rest.split_whitespace().next().expect("internal address");
+                internal = url.split_once("://").map(|(_, a)| a.to_owned());
+            }
+            if let Some(at) = line.find("listening on ") {
+                let rest = &line[at + "listening on ".len()..];
+                let url = rest.split_whitespace().next().expect("address");
+                if let Some((scheme, addr)) = url.split_once("://") {
+                    break (scheme.to_owned(), addr.to_owned());
+                }
             }
         };
         Self {
             child,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             addr,
+            internal,
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             http: reqwest::Client::new(),

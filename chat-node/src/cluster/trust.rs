@@ -1,0 +1,155 @@
+//! Membership that cannot be forged: a record in etcd names a node, its URLs and its
+//! weight, but anyone who can write to etcd can write one. So a record is believed (used by
+//! `/v1/assign`, the rebalancer, links and push ownership) only once this node has asked
+//! the node it names, over mutual TLS, and the answer matches:
+//!
+//! 1. `GET <internal_url>/internal/v1/identity` with the client that accepts only a server
+//!    certificate naming that node id ([`Transport::client`]);
+//! 2. the node answers with its own registration; every field but the live ones
+//!    (`connections`, `draining`) must equal etcd's record ([`identity_of`]).
+//!
+//! A record that fails is retried with backoff (a node registers a moment before it
+//! serves) and stays unbelieved meanwhile; a record whose identity fields change is asked
+//! again. Without mutual TLS (`--insecure-cluster`) every record is believed and this task
+//! does not run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::transport::Transport;
+use super::{Cluster, Member, identity_of};
+use crate::metrics::Metrics;
+
+/// First retry of a record that could not be proved; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// Asks each new record's node to prove it.
+pub struct Trust {
+    pub cluster: Arc<Cluster>,
+    pub transport: Arc<Transport>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+/// A record's failed attempts: when to try again, and what failed last (logged once).
+struct Pending {
+    identity: Member,
+    attempts: u32,
+    next: Instant,
+    last_error: String,
+}
+
+impl Trust {
+    pub async fn run(self) {
+        let mut changes = self.cluster.subscribe_records();
+        let mut pending: HashMap<String, Pending> = HashMap::new();
+        loop {
+            let now = Instant::now();
+            let unproved = self.cluster.unproved();
+            pending.retain(|id, p| {
+                unproved
+                    .iter()
+                    .any(|m| &m.node_id == id && identity_of(m) == p.identity)
+            });
+            let due: Vec<Member> = unproved
+                .into_iter()
+                .filter(|m| pending.get(&m.node_id).is_none_or(|p| p.next <= now))
+                .collect();
+            let results = futures_util::future::join_all(due.iter().map(|m| self.prove(m))).await;
+            for (member, result) in due.into_iter().zip(results) {
+                match result {
+                    Ok(()) => {
+                        pending.remove(&member.node_id);
+                        self.cluster.prove(&member);
+                        tracing::info!(peer = %member.node_id, url = %member.internal_url, "member proved its record over mutual TLS");
+                    }
+                    Err(error) => {
+                        let p = pending
+                            .entry(member.node_id.clone())
+                            .or_insert_with(|| Pending {
+                                identity: identity_of(&member),
+                                attempts: 0,
+                                next: now,
+                                last_error: String::new(),
+                            });
+                        p.attempts += 1;
+                        let delay = FIRST_RETRY
+                            .saturating_mul(1 << p.attempts.min(8))
+                            .min(MAX_RETRY);
+                        p.next = Instant::now() + delay;
+                        if p.last_error != error {
+                            tracing::warn!(peer = %member.node_id, url = %member.internal_url, %error, "not believing a member record: its node did not prove it (it gets no users and no traffic until it does)");
+                            p.last_error = error;
+                        }
+                    }
+                }
+            }
+            let unproved = self.cluster.unproved().len();
+            self.metrics.cluster_unproved_members.set(unproved as i64);
+            self.metrics
+                .cluster_members
+                .set(self.cluster.peers().len() as i64 + 1);
+            let wake = pending.values().map(|p| p.next).min();
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                () = sleep_until(wake) => {}
+                () = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Ask `member`'s node for its registration over mutual TLS and compare.
+    async fn prove(&self, member: &Member) -> Result<(), String> {
+        if member.internal_url.is_empty() {
+            return Err("the record has no internal_url (a node without an internal listener cannot prove who it is)".into());
+        }
+        let url = format!(
+            "{}/internal/v1/identity",
+            member.internal_url.trim_end_matches('/')
+        );
+        let response = self
+            .transport
+            .client(&member.node_id)
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{}", error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!("{url} answered HTTP {}", response.status()));
+        }
+        let own: Member = response
+            .json()
+            .await
+            .map_err(|e| format!("{url} answered something that is not a registration: {e}"))?;
+        if identity_of(&own) != identity_of(member) {
+            return Err(format!(
+                "the node's own registration differs from etcd's record (node says {own:?})"
+            ));
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An error with its causes (reqwest hides the TLS reason in its sources).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
