@@ -118,7 +118,7 @@ impl Trust {
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("{}", error_chain(&e)))?;
+            .map_err(|e| error_chain(&e))?;
         if !response.status().is_success() {
             return Err(format!("{url} answered HTTP {}", response.status()));
         }

@@ -3,15 +3,21 @@
 //! The tests in `tests/` start real processes: an etcd (from the system's `etcd-server`
 //! package) and several `chat-node` binaries, and drive them with real WebSocket and HTTP
 //! clients. This library holds the cluster fixture they share; the single-process pieces
-//! (etcd, one node, clients) come from `parley-testkit`.
+//! (etcd, one node, clients, the throwaway CA) come from `parley-testkit`.
+//!
+//! Everything runs with TLS, as a production cluster does: etcd has its own server
+//! certificate and `--client-cert-auth`, every node has an etcd client certificate and a
+//! node certificate naming it, and the nodes' links are mutual TLS.
 
 use std::time::Duration;
 
-use parley_testkit::TestEtcd;
 use parley_testkit::node::{Client, Node, User};
+use parley_testkit::{Pki, TestEtcd};
 
 /// A real etcd and three (or more) real chat nodes sharing it (`--store etcd`), ids `n1`, `n2`, ….
 pub struct TestCluster {
+    /// The cluster's throwaway CA (etcd's, the nodes' and the clients' certificates).
+    pub pki: Pki,
     pub etcd: TestEtcd,
     pub nodes: Vec<Node>,
     /// The `--cluster` name (its etcd keys live under `/parley/<name>/`).
@@ -28,13 +34,16 @@ impl TestCluster {
 
     /// Start with `extra` flags for every node.
     pub async fn start_with(extra: &[&str]) -> Self {
-        let etcd = TestEtcd::start().await;
+        let name = format!("t{}", std::process::id());
+        let pki = Pki::new(&name);
+        let etcd = TestEtcd::start_tls(&pki).await;
         let secret = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(secret.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
         let mut c = Self {
+            pki,
             etcd,
             nodes: Vec::new(),
-            name: format!("t{}", std::process::id()),
+            name,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _secret: secret,
         };
@@ -54,6 +63,7 @@ impl TestCluster {
     fn spawn_node(&mut self) {
         let id = format!("n{}", self.nodes.len() + 1);
         let secret = self._secret.path().to_str().unwrap().to_owned();
+        let tls = self.pki.node_flags(&id);
         let mut args: Vec<&str> = vec![
             "--etcd",
             self.etcd.endpoint(),
@@ -68,6 +78,7 @@ impl TestCluster {
             "--drain-seconds",
             "2",
         ];
+        args.extend(tls.iter().map(String::as_str));
         args.extend(self.extra.iter().map(String::as_str));
         let node = Node::start(&args);
         self.nodes.push(node);
@@ -96,6 +107,38 @@ impl TestCluster {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the nodes did not all see {n} members within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of a metric (without labels) on node `i`, 0 when absent.
+    pub async fn metric(&self, i: usize, name: &str) -> i64 {
+        let text = self.nodes[i]
+            .http
+            .get(self.nodes[i].url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Wait (at most 30 s) until node `i` reports `name` = `value`.
+    pub async fn wait_metric(&self, i: usize, name: &str, value: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.metric(i, name).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {i}: {name} stayed {now}, not {value}, for 30 s"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -138,9 +138,7 @@ async fn a_drained_node_moves_its_users_and_empties() {
     // "online" when the two connect at once: settle before the drain.
     cw.drain(Duration::from_millis(500)).await;
     // The operator's drain request.
-    let mut etcd = etcd_client::Client::connect([&c.etcd.endpoint()], None)
-        .await
-        .unwrap();
+    let mut etcd = c.etcd.client().await;
     etcd.put(
         format!("/parley/{}/drain/n1", c.name),
         r#"{"requested_at":0,"deadline":0}"#,
