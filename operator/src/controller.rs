@@ -9,6 +9,8 @@
 //!   `Controller` watching ChatClusters and the children it owns.
 
 mod apply;
+pub mod certificates;
+pub mod credentials;
 pub mod status;
 
 use std::collections::HashMap;
@@ -51,6 +53,11 @@ pub enum Error {
     /// etcd failed (only where the operator cannot go on without it: the finalizer).
     #[error(transparent)]
     Etcd(#[from] drain::Error),
+    /// Issuing a node certificate failed (selfSigned; a corrupt `<name>-ca` Secret).
+    #[error(
+        "cannot issue node certificates: {0}; if the <name>-ca Secret is corrupt, delete it to roll a new CA"
+    )]
+    Pki(#[from] crate::pki::PkiError),
     /// The finalizer helper failed (wraps the errors above).
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -66,6 +73,7 @@ impl Error {
             Error::InvalidSpec(_) => "invalid_spec",
             Error::Kube { .. } => "kube",
             Error::Etcd(_) => "etcd",
+            Error::Pki(_) => "pki",
             Error::Finalizer(_) => "finalizer",
         }
     }
@@ -201,7 +209,8 @@ pub fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> A
 /// Children go with the ChatCluster through their owner references.
 async fn cleanup(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
     let cluster = cc.cluster_id();
-    let mut etcd = Etcd::connect(&cc.spec.etcd.endpoints).await?;
+    let connect = credentials::etcd_connect(cc, &ctx.client).await?;
+    let mut etcd = Etcd::connect(&connect).await?;
     let deleted = etcd.clear_cluster(&cluster).await?;
     info!(%cluster, deleted, "cleared the cluster's etcd keys");
     ctx.event(

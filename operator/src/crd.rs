@@ -98,6 +98,10 @@ pub struct ChatClusterSpec {
     /// How a leaving node hands its clients over.
     #[serde(default)]
     pub drain: DrainSpec,
+    /// Certificates for mutual TLS between the chat nodes (their internal port). Default:
+    /// `selfSigned`, the operator's own CA.
+    #[serde(default)]
+    pub tls: TlsSpec,
     /// The PodDisruptionBudget that guards the chat nodes against voluntary evictions.
     #[serde(default)]
     pub pod_disruption_budget: PdbSpec,
@@ -126,6 +130,15 @@ pub struct EtcdSpec {
     /// connect to them.
     #[schemars(length(min = 1))]
     pub endpoints: Vec<String>,
+    /// A Secret with TLS material for etcd: `ca.crt` (the CA that signed etcd's server
+    /// certificate) and the client certificate etcd's `--client-cert-auth` checks, `tls.crt`
+    /// and `tls.key` (a `kubernetes.io/tls` Secret with `ca.crt`, as cert-manager writes
+    /// it). Used by the nodes and by the operator; the endpoints must then be `https://`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<LocalSecretRef>,
+    /// A Secret with `username` and `password` for etcd's user + password auth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<LocalSecretRef>,
 }
 
 /// History store choice. The backend and the embedded volume cannot change after creation:
@@ -179,6 +192,10 @@ pub struct TikvSpec {
     /// PD endpoints, e.g. `http://pd.tikv.svc:2379`.
     #[schemars(length(min = 1))]
     pub pd_endpoints: Vec<String>,
+    /// A Secret with `ca.crt`, `tls.crt` and `tls.key` for TiKV's `security` section (PD
+    /// and TiKV check the client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<LocalSecretRef>,
 }
 
 /// The embedded store's volume.
@@ -303,6 +320,76 @@ pub struct PushSpec {
     pub secret_ref: Option<SecretKeyRef>,
 }
 
+/// A Secret of the ChatCluster's namespace, by name (its keys are fixed by the field).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+}
+
+/// Mutual TLS between the chat nodes. Each node's certificate names it as
+/// `spiffe://parley/<namespace>.<name>/node/<pod>` (and its pod DNS name); the nodes check
+/// each other's on every connection of their internal port (8081).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.mode != 'certManager' || has(self.issuerRef)").message("tls.mode certManager needs tls.issuerRef: the cert-manager Issuer or ClusterIssuer that signs the node certificates"))]
+pub struct TlsSpec {
+    /// `selfSigned`: the operator keeps a CA in the Secret `<name>-ca` and issues every pod
+    /// a certificate, renewed when a third of its lifetime is left. `certManager`: one
+    /// cert-manager `Certificate` per pod, signed by `issuerRef`. `disabled`: no mutual TLS
+    /// (the nodes run with `--insecure-cluster`; anyone who reaches their internal port can
+    /// forge cluster traffic).
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// The cert-manager issuer of the node certificates (`certManager` mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// Lifetime of a node certificate, in hours (default 2160: 90 days).
+    #[serde(default = "default_certificate_hours")]
+    #[schemars(range(min = 2, max = 87600))]
+    pub certificate_hours: i32,
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::default(),
+            issuer_ref: None,
+            certificate_hours: default_certificate_hours(),
+        }
+    }
+}
+
+/// Who issues the node certificates.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsMode {
+    /// The operator's own CA (a Secret `<name>-ca`).
+    #[default]
+    SelfSigned,
+    /// cert-manager `Certificate` resources, signed by `issuerRef`.
+    CertManager,
+    /// No mutual TLS between nodes (insecure: for trials only).
+    Disabled,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer (in the ChatCluster's namespace) or ClusterIssuer.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// `Issuer` or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    /// API group of the issuer.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
 /// A key in a Secret of the ChatCluster's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -405,6 +492,15 @@ fn default_drain_timeout() -> i64 {
 }
 fn default_max_unavailable() -> i32 {
     1
+}
+fn default_certificate_hours() -> i32 {
+    2160
+}
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
 }
 
 impl ChatCluster {

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use parley_etcd_connect::EtcdConnect;
 use serde::{Deserialize, Serialize};
 
 /// Root of every key Parley keeps in etcd.
@@ -142,24 +143,18 @@ async fn bounded<T>(
 }
 
 impl Etcd {
-    /// Connects (bounded by [`ETCD_TIMEOUT`]).
-    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+    /// Connects (bounded by [`ETCD_TIMEOUT`]) with the TLS and credentials `etcd` carries
+    /// (from the Secrets `spec.etcd` names, see `controller::credentials`).
+    pub async fn connect(etcd: &EtcdConnect) -> Result<Self> {
         let opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(ETCD_TIMEOUT)
             .with_timeout(ETCD_TIMEOUT);
-        let fail = |reason: String| Error::Connect {
-            endpoints: endpoints.join(","),
-            reason,
-        };
-        match tokio::time::timeout(
-            ETCD_TIMEOUT,
-            etcd_client::Client::connect(endpoints, Some(opts)),
-        )
-        .await
-        {
-            Ok(Ok(client)) => Ok(Self { client }),
-            Ok(Err(e)) => Err(fail(e.to_string())),
-            Err(_) => Err(fail(format!("no answer in {ETCD_TIMEOUT:?}"))),
+        match etcd.connect(opts, ETCD_TIMEOUT).await {
+            Ok(client) => Ok(Self { client }),
+            Err(e) => Err(Error::Connect {
+                endpoints: etcd.describe(),
+                reason: e.to_string(),
+            }),
         }
     }
 

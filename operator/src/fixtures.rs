@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::crd::{
     AuthSpec, ChatCluster, ChatClusterSpec, DrainSpec, EmbeddedSpec, EtcdSpec, LimitsSpec, PdbSpec,
-    PushSpec, SecretKeyRef, ServiceSpec, StorageBackend, StorageSpec, TikvSpec,
+    PushSpec, SecretKeyRef, ServiceSpec, StorageBackend, StorageSpec, TikvSpec, TlsSpec,
 };
 
 impl ChatCluster {
@@ -21,6 +21,8 @@ impl ChatCluster {
                 image: "registry.example.com/parley/chat-node:0.1.0".into(),
                 etcd: EtcdSpec {
                     endpoints: vec!["http://etcd.chat.svc:2379".into()],
+                    tls_secret_ref: None,
+                    auth_secret_ref: None,
                 },
                 storage: StorageSpec::default(),
                 service: ServiceSpec::default(),
@@ -28,6 +30,7 @@ impl ChatCluster {
                 auth: None,
                 push: None,
                 drain: DrainSpec::default(),
+                tls: TlsSpec::default(),
                 pod_disruption_budget: PdbSpec::default(),
                 resources: None,
                 node_selector: None,
@@ -63,6 +66,7 @@ impl ChatCluster {
         self.spec.storage.backend = StorageBackend::Tikv;
         self.spec.storage.tikv = Some(TikvSpec {
             pd_endpoints: pd.iter().map(|e| e.to_string()).collect(),
+            tls_secret_ref: None,
         });
         self
     }
@@ -97,6 +101,32 @@ impl ChatCluster {
                 key: key.into(),
             }),
         });
+        self
+    }
+
+    /// Sets `spec.tls.mode`.
+    pub fn tls_mode(mut self, mode: crate::crd::TlsMode) -> Self {
+        self.spec.tls.mode = mode;
+        self
+    }
+
+    /// Issues node certificates with cert-manager's Issuer `issuer`.
+    pub fn cert_manager(mut self, issuer: &str) -> Self {
+        self.spec.tls.mode = crate::crd::TlsMode::CertManager;
+        self.spec.tls.issuer_ref = Some(crate::crd::IssuerRef {
+            name: issuer.into(),
+            kind: "Issuer".into(),
+            group: "cert-manager.io".into(),
+        });
+        self
+    }
+
+    /// Reaches etcd over TLS with the client certificate in Secret `tls` and, when given,
+    /// the user in Secret `auth`.
+    pub fn etcd_secrets(mut self, tls: &str, auth: Option<&str>) -> Self {
+        self.spec.etcd.tls_secret_ref = Some(crate::crd::LocalSecretRef { name: tls.into() });
+        self.spec.etcd.auth_secret_ref =
+            auth.map(|a| crate::crd::LocalSecretRef { name: a.into() });
         self
     }
 

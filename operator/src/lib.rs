@@ -10,6 +10,7 @@
 //! - [`controller`]: step 3 and 4, apply (server-side apply under one field manager) and
 //!   status; the reconcile entry point, `error_policy`, the finalizer and the controller loop.
 //! - [`drain`]: graceful scale-down through etcd (the etcd contract with the chat nodes).
+//! - [`pki`]: the operator's own CA for `spec.tls.mode: selfSigned` (rcgen): one certificate per pod.
 //! - [`leader`]: leader election over a `coordination.k8s.io` Lease, so two replicas can run.
 //! - [`fixtures`]: small builders of ChatClusters for tests (`ChatCluster::test()`).
 //! - [`metrics`]: Prometheus metrics and the `/healthz` + `/metrics` HTTP server.
@@ -23,6 +24,7 @@ pub mod drain;
 pub mod fixtures;
 pub mod leader;
 pub mod metrics;
+pub mod pki;
 pub mod resources;
 pub mod validate;
 

@@ -9,6 +9,7 @@ mod pdb;
 mod secret;
 mod service;
 mod statefulset;
+pub mod tls;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,9 @@ pub use service::{client_service, headless_service};
 pub use statefulset::{
     CONTAINER_NAME, DATA_DIR, HTTP_PORT, PRESTOP_SLEEP_SECONDS, PUSH_MOUNT, TOKEN_MOUNT,
     statefulset, termination_grace_seconds,
+};
+pub use tls::{
+    INTERNAL_PORT, NODE_TLS_MOUNT, ca_secret, certificates, node_tls_secret, plain_text_parts,
 };
 
 use crate::crd::{ChatCluster, SecretKeyRef};
@@ -125,6 +129,12 @@ pub struct Children {
     /// The generated token Secret, when the spec references none (its data is filled in only
     /// when the operator creates it, never by `render`).
     pub token_secret: Option<Secret>,
+    /// The CA Secret (selfSigned) and the node certificates Secret every pod mounts (not
+    /// certManager's per-pod ones), without data: the operator fills them in when it
+    /// applies, `render` shows what it will manage.
+    pub tls_secrets: Vec<Secret>,
+    /// cert-manager `Certificate`s, one per pod (certManager mode).
+    pub certificates: Vec<kube::api::DynamicObject>,
 }
 
 /// Builds every child. `sts_replicas` is the StatefulSet size to apply, which differs from
@@ -144,6 +154,17 @@ pub fn children(cc: &ChatCluster, sts_replicas: i32) -> Children {
         pdb: pdb(cc),
         statefulset: statefulset(cc, sts_replicas, &hash),
         token_secret: needs_token.then(|| token_secret(cc, None)),
+        tls_secrets: match cc.spec.tls.mode {
+            crate::crd::TlsMode::SelfSigned => vec![
+                ca_secret(cc, None),
+                node_tls_secret(cc, None, &BTreeMap::new()),
+            ],
+            crate::crd::TlsMode::CertManager => {
+                vec![node_tls_secret(cc, None, &BTreeMap::new())]
+            }
+            crate::crd::TlsMode::Disabled => Vec::new(),
+        },
+        certificates: certificates(cc, sts_replicas),
         configmap,
     }
 }
@@ -166,6 +187,12 @@ impl Children {
         let mut docs = Vec::new();
         if let Some(s) = &self.token_secret {
             docs.push(doc("Secret", s)?);
+        }
+        for s in &self.tls_secrets {
+            docs.push(doc("Secret", s)?);
+        }
+        for c in &self.certificates {
+            docs.push(doc("Certificate", c)?);
         }
         docs.push(doc("ConfigMap", &self.configmap)?);
         docs.push(doc("Service", &self.headless_service)?);

@@ -120,6 +120,8 @@ fn render_prints_every_child_of_a_valid_chatcluster() {
         kinds,
         [
             "Secret/demo-token",
+            "Secret/demo-ca",
+            "Secret/demo-node-tls",
             "ConfigMap/demo-config",
             "Service/demo-headless",
             "Service/demo",
@@ -127,16 +129,68 @@ fn render_prints_every_child_of_a_valid_chatcluster() {
             "StatefulSet/demo"
         ]
     );
-    let sts = &docs[5];
+    let sts = &docs[7];
     assert_eq!(sts["spec"]["replicas"].as_i64(), Some(3));
     assert_eq!(
-        docs[1]["data"]["PARLEY_TIKV_PD"].as_str(),
-        Some("http://pd.tikv.svc:2379")
+        docs[3]["data"]["PARLEY_TIKV_PD"].as_str(),
+        Some("https://pd.tikv.svc:2379")
     );
-    assert_eq!(docs[3]["spec"]["type"].as_str(), Some("LoadBalancer"));
     assert!(
-        docs[0]["data"].is_null(),
-        "render never invents a signing key"
+        docs[3]["data"]["PARLEY_INSECURE_CLUSTER"].is_null(),
+        "the example secures every connection"
+    );
+    assert_eq!(docs[5]["spec"]["type"].as_str(), Some("LoadBalancer"));
+    for d in &docs[..3] {
+        assert!(
+            d["data"].is_null(),
+            "render never invents a key: {:?}",
+            d["metadata"]["name"]
+        );
+    }
+    // The mounts render shows: node certificates, etcd's and TiKV's client certificates.
+    let volumes: Vec<(&str, &str)> = sts["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?, v["secret"]["secretName"].as_str()?)))
+        .collect();
+    for want in [
+        ("node-tls", "demo-node-tls"),
+        ("etcd-tls", "etcd-client"),
+        ("tikv-tls", "tikv-client"),
+    ] {
+        assert!(volumes.contains(&want), "{want:?} in {volumes:?}");
+    }
+}
+
+#[test]
+fn render_of_the_cert_manager_example_shows_a_certificate_per_pod() {
+    let text = operator::resources::render(&read(
+        "charts/parley-operator/examples/chatcluster-cert-manager.yaml",
+    ))
+    .expect("valid example");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
+        .collect();
+    let certs: Vec<&serde_yaml::Value> =
+        docs.iter().filter(|d| d["kind"] == "Certificate").collect();
+    assert_eq!(certs.len(), 2, "one per pod");
+    assert_eq!(certs[0]["apiVersion"].as_str(), Some("cert-manager.io/v1"));
+    assert_eq!(
+        certs[1]["spec"]["secretName"].as_str(),
+        Some("managed-node-tls-1")
+    );
+    assert_eq!(
+        certs[1]["spec"]["uris"][0].as_str(),
+        Some("spiffe://parley/chat.managed/node/managed-1")
+    );
+    assert_eq!(
+        certs[1]["spec"]["issuerRef"]["name"].as_str(),
+        Some("parley-nodes")
+    );
+    assert!(
+        !docs.iter().any(|d| d["metadata"]["name"] == "managed-ca"),
+        "no operator CA with cert-manager"
     );
 }
 
@@ -151,8 +205,8 @@ fn render_of_the_embedded_example_claims_a_volume_for_its_single_node() {
         .collect();
     assert_eq!(
         docs.len(),
-        5,
-        "no generated Secret when tokenSecretRef is given"
+        7,
+        "no generated token Secret when tokenSecretRef is given (the CA and node-tls are there)"
     );
     let sts = docs
         .iter()

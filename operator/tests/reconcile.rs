@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kube::runtime::controller::Action;
 use operator::controller::{Context, Error, error_policy, reconcile};
-use operator::crd::ChatCluster;
+use operator::crd::{ChatCluster, TlsMode};
 use operator::metrics::Metrics;
 use parley_testkit::TestEtcd;
 use serde_json::{Value, json};
@@ -110,6 +110,11 @@ async fn create_applies_every_child_with_server_side_apply_against_scripted_api(
             "GET /api/v1/namespaces/chat/secrets/demo-token",
             "POST /api/v1/namespaces/chat/secrets",
             "GET /apis/apps/v1/namespaces/chat/statefulsets/demo",
+            // spec.tls defaults to selfSigned: the CA is created, the pods' certificates issued
+            "GET /api/v1/namespaces/chat/secrets/demo-ca",
+            "POST /api/v1/namespaces/chat/secrets",
+            "GET /api/v1/namespaces/chat/secrets/demo-node-tls",
+            "PATCH /api/v1/namespaces/chat/secrets/demo-node-tls",
             "PATCH /api/v1/namespaces/chat/configmaps/demo-config",
             "PATCH /api/v1/namespaces/chat/services/demo-headless",
             "PATCH /api/v1/namespaces/chat/services/demo",
@@ -142,7 +147,12 @@ async fn create_applies_every_child_with_server_side_apply_against_scripted_api(
             r.path
         );
     }
-    let secret = api.body_of("POST", "/secrets");
+    let secret = api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.body["metadata"]["name"] == "demo-token")
+        .expect("the token Secret is created")
+        .body;
     let key = secret["data"]["secret"]
         .as_str()
         .expect("generated key (base64)");
@@ -162,7 +172,10 @@ async fn create_applies_every_child_with_server_side_apply_against_scripted_api(
     assert_eq!(condition(&status, "Ready").0, "False");
     assert_eq!(condition(&status, "Degraded").0, "False");
     assert_eq!(condition(&status, "Progressing").1, "ScalingUp");
-    assert_eq!(event_reasons(&api), ["TokenSecretCreated"]);
+    assert_eq!(
+        event_reasons(&api),
+        ["TokenSecretCreated", "CaCreated", "CertificatesIssued"]
+    );
 }
 
 #[tokio::test]
@@ -172,6 +185,7 @@ async fn spec_change_reapplies_children_and_reports_ready_against_scripted_api()
         register(&etcd, &format!("demo-{n}"), 10 + n, false).await;
     }
     let old = ChatCluster::test()
+        .tls_mode(TlsMode::Disabled) // about scaling and Secrets; spec.tls has its own tests
         .with_finalizer()
         .etcd(&[etcd.endpoint()])
         .token_secret("parley-token", "secret");
@@ -222,6 +236,7 @@ async fn spec_change_reapplies_children_and_reports_ready_against_scripted_api()
 async fn missing_referenced_secret_is_reported_as_degraded_against_scripted_api() {
     let etcd = TestEtcd::start().await;
     let cc = ChatCluster::test()
+        .tls_mode(TlsMode::Disabled) // about scaling and Secrets; spec.tls has its own tests
         .with_finalizer()
         .etcd(&[etcd.endpoint()])
         .token_secret("parley-token", "secret")
@@ -260,6 +275,7 @@ async fn scale_up_is_immediate_and_cancels_stale_drains_against_scripted_api() {
     )
     .await;
     let cc = ChatCluster::test()
+        .tls_mode(TlsMode::Disabled) // about scaling and Secrets; spec.tls has its own tests
         .with_finalizer()
         .etcd(&[etcd.endpoint()])
         .replicas(5);
@@ -298,6 +314,7 @@ async fn scale_down_drains_leaving_nodes_before_shrinking_against_scripted_api()
     register(&etcd, "demo-2", 7, false).await;
     register(&etcd, "demo-3", 0, false).await;
     let cc = ChatCluster::test()
+        .tls_mode(TlsMode::Disabled) // about scaling and Secrets; spec.tls has its own tests
         .with_finalizer()
         .etcd(&[etcd.endpoint()])
         .replicas(2)
@@ -378,6 +395,7 @@ async fn scale_down_shrinks_anyway_when_the_drain_timeout_passes_against_scripte
     let etcd = TestEtcd::start().await;
     register(&etcd, "demo-2", 9, false).await;
     let cc = ChatCluster::test()
+        .tls_mode(TlsMode::Disabled) // about scaling and Secrets; spec.tls has its own tests
         .with_finalizer()
         .etcd(&[etcd.endpoint()])
         .replicas(2)

@@ -4,7 +4,9 @@
 //! 1. the generated token Secret: GET, and POST only when it does not exist (never
 //!    re-applied: a new key would log everyone out); GET of referenced Secrets (a missing
 //!    one is reported as `Degraded`/`SecretMissing`, the children are applied anyway);
-//! 2. GET the StatefulSet, to know its current size (scale-down drains first);
+//! 2. GET the StatefulSet, to know its current size (scale-down drains first); then the
+//!    node certificates of `spec.tls` (see `certificates` for their calls), and GETs of the
+//!    etcd Secrets `spec.etcd` names, for the operator's own etcd connection;
 //! 3. server-side apply of ConfigMap, headless Service, client Service, PDB, StatefulSet;
 //! 4. merge patch of the ChatCluster's `status`.
 //!
@@ -74,7 +76,14 @@ pub(super) async fn apply(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
         .map_err(Error::kube(format!("get StatefulSet {ns}/{name}")))?
         .and_then(|s| s.spec.and_then(|s| s.replicas));
     let cluster = cc.cluster_id();
-    let mut etcd = connect_and_view(cc, &cluster).await;
+    // 3b. node certificates for every pod there is or will be (before their StatefulSet)
+    let pods = current.unwrap_or(0).max(cc.spec.replicas);
+    super::certificates::ensure(cc, ctx, pods, Timestamp::now().as_second()).await?;
+    let plain = resources::plain_text_parts(cc);
+    if !plain.is_empty() {
+        warn!(parts = ?plain, "the nodes run with --insecure-cluster: {}", plain.join("; "));
+    }
+    let mut etcd = connect_and_view(cc, ctx, &cluster).await;
     let plan = drain::plan(current, cc.spec.replicas, |o| resources::pod_name(cc, o));
     let (sts_replicas, drain_state, shrunk) =
         scale_step(cc, ctx, &cluster, &mut etcd, current, &plan).await?;
@@ -116,9 +125,11 @@ pub(super) async fn apply(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
 
 async fn connect_and_view(
     cc: &ChatCluster,
+    ctx: &Context,
     cluster: &str,
 ) -> Result<(Etcd, EtcdView), drain::Error> {
-    let mut etcd = Etcd::connect(&cc.spec.etcd.endpoints).await?;
+    let connect = super::credentials::etcd_connect(cc, &ctx.client).await?;
+    let mut etcd = Etcd::connect(&connect).await?;
     let view = etcd.view(cluster).await?;
     Ok((etcd, view))
 }
@@ -266,6 +277,46 @@ async fn missing_secrets(cc: &ChatCluster, ctx: &Context) -> Result<Vec<String>>
             cc.spec.push.as_ref().and_then(|p| p.secret_ref.clone()),
         ),
     ];
+    // The Secrets named without a key: each key the nodes mount must be there.
+    let whole = |field: &'static str, r: Option<&crate::crd::LocalSecretRef>, keys: &[&str]| {
+        r.map(|r| {
+            keys.iter()
+                .map(|k| {
+                    (
+                        field,
+                        Some(crate::crd::SecretKeyRef {
+                            name: r.name.clone(),
+                            key: (*k).to_string(),
+                        }),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+    };
+    let tls_keys = ["ca.crt", "tls.crt", "tls.key"];
+    let refs = refs
+        .into_iter()
+        .chain(whole(
+            "spec.etcd.tlsSecretRef",
+            cc.spec.etcd.tls_secret_ref.as_ref(),
+            &tls_keys,
+        ))
+        .chain(whole(
+            "spec.etcd.authSecretRef",
+            cc.spec.etcd.auth_secret_ref.as_ref(),
+            &["username", "password"],
+        ))
+        .chain(whole(
+            "spec.storage.tikv.tlsSecretRef",
+            cc.spec
+                .storage
+                .tikv
+                .as_ref()
+                .and_then(|t| t.tls_secret_ref.as_ref())
+                .filter(|_| cc.spec.storage.backend == crate::crd::StorageBackend::Tikv),
+            &tls_keys,
+        ));
     let mut missing = Vec::new();
     for (field, r) in refs {
         let Some(r) = r else { continue };

@@ -47,6 +47,15 @@ pub fn configmap(cc: &ChatCluster) -> ConfigMap {
     if let Some(url) = spec.push.as_ref().and_then(|p| p.webhook_url.as_ref()) {
         data.insert("PARLEY_PUSH_WEBHOOK".into(), url.clone());
     }
+    data.insert(
+        "PARLEY_INTERNAL_LISTEN".into(),
+        format!("0.0.0.0:{}", super::INTERNAL_PORT),
+    );
+    // The nodes refuse plain text in cluster mode; what the spec leaves open is said here
+    // (and in an InsecureCluster event), never silently.
+    if !super::plain_text_parts(cc).is_empty() {
+        data.insert("PARLEY_INSECURE_CLUSTER".into(), "true".into());
+    }
     ConfigMap {
         metadata: child_meta(cc, configmap_name(cc)),
         data: Some(data),
@@ -96,7 +105,14 @@ mod tests {
         assert_eq!(d["PARLEY_CAPACITY"], "10000");
         assert!(!d.contains_key("PARLEY_TIKV_PD"));
         assert!(!d.contains_key("PARLEY_PUSH_WEBHOOK"));
-        assert_eq!(d.len(), 9);
+        assert_eq!(d["PARLEY_INTERNAL_LISTEN"], "0.0.0.0:8081");
+        assert_eq!(
+            d["PARLEY_INSECURE_CLUSTER"], "true",
+            "etcd without spec.etcd.tlsSecretRef is plain text, said out loud"
+        );
+        assert_eq!(d.len(), 11);
+        let secure = data(&cc.etcd_secrets("etcd-client", None));
+        assert!(!secure.contains_key("PARLEY_INSECURE_CLUSTER"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub fn headless_service(cc: &ChatCluster) -> Service {
             cluster_ip: Some("None".into()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(cc)),
-            ports: Some(vec![http_port(HTTP_PORT)]),
+            ports: Some(vec![http_port(HTTP_PORT), internal_port()]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -34,6 +34,17 @@ pub fn client_service(cc: &ChatCluster) -> Service {
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// The node-to-node port (mutual TLS), on the headless Service only: clients never see it.
+fn internal_port() -> ServicePort {
+    ServicePort {
+        name: Some("internal".into()),
+        port: super::INTERNAL_PORT,
+        target_port: Some(IntOrString::String("internal".into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
     }
 }
 
@@ -63,8 +74,13 @@ mod tests {
         assert_eq!(spec.publish_not_ready_addresses, Some(true));
         assert_eq!(spec.selector, Some(selector_labels(&ChatCluster::test())));
         let ports = spec.ports.unwrap_or_default();
-        assert_eq!(ports.len(), 1);
+        assert_eq!(ports.len(), 2);
         assert_eq!(ports[0].port, 8080);
+        assert_eq!(ports[1].name.as_deref(), Some("internal"));
+        assert_eq!(
+            ports[1].port, 8081,
+            "the node-to-node port, for the pods' DNS names"
+        );
         assert_eq!(
             ports[0].target_port,
             Some(IntOrString::String("http".into()))

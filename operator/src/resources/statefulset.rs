@@ -21,10 +21,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::tls::{
+    ETCD_AUTH_MOUNT, ETCD_TLS_MOUNT, INTERNAL_PORT, NODE_TLS_MOUNT, TIKV_TLS_MOUNT,
+    node_tls_secret_name,
+};
 use super::{
     base_name, child_meta, configmap_name, headless_name, labels, selector_labels, token_secret_ref,
 };
-use crate::crd::{ChatCluster, EmbeddedSpec, StorageBackend};
+use crate::crd::{ChatCluster, EmbeddedSpec, StorageBackend, TlsMode};
 
 /// Port of the chat node (HTTP, WebSocket and `/metrics`).
 pub const HTTP_PORT: i32 = 8080;
@@ -141,6 +145,7 @@ fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTempl
             &format!("{TOKEN_MOUNT}/{}", token.key),
         ),
     ];
+    security_mounts(cc, &mut volumes, &mut mounts, &mut env);
     if let Some(secret) = spec.push.as_ref().and_then(|p| p.secret_ref.as_ref()) {
         volumes.push(Volume {
             name: "push".into(),
@@ -170,12 +175,20 @@ fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTempl
     let container = Container {
         name: CONTAINER_NAME.into(),
         image: Some(spec.image.clone()),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("internal".into()),
+                container_port: INTERNAL_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
         env: Some(env),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
@@ -250,6 +263,128 @@ fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTempl
             ),
             ..PodSpec::default()
         }),
+    }
+}
+
+/// A read-only Secret volume of `keys` (each kept under its own name).
+fn secret_volume(name: &str, secret: &str, keys: Option<&[&str]>) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: keys.map(|keys| {
+                keys.iter()
+                    .map(|k| KeyToPath {
+                        key: (*k).into(),
+                        path: (*k).into(),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn read_only(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The internal listener's certificates, and etcd's and TiKV's client credentials: mounted
+/// Secrets and the `PARLEY_*` variables naming their files (docs/operations.md, "Security").
+fn security_mounts(
+    cc: &ChatCluster,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+    env: &mut Vec<EnvVar>,
+) {
+    let spec = &cc.spec;
+    let scheme = if spec.tls.mode == TlsMode::Disabled {
+        "http"
+    } else {
+        "https"
+    };
+    env.push(value_env(
+        "PARLEY_INTERNAL_ADVERTISE_URL",
+        &format!(
+            "{scheme}://$(POD_NAME).{}.{}.svc:{INTERNAL_PORT}",
+            headless_name(cc),
+            cc.namespace_or_default()
+        ),
+    ));
+    if spec.tls.mode != TlsMode::Disabled {
+        // Mounted whole: the operator adds pods' keys as the cluster grows.
+        volumes.push(secret_volume("node-tls", &node_tls_secret_name(cc), None));
+        mounts.push(read_only("node-tls", NODE_TLS_MOUNT));
+        env.push(value_env(
+            "PARLEY_INTERNAL_CERT_FILE",
+            &format!("{NODE_TLS_MOUNT}/$(POD_NAME).crt"),
+        ));
+        env.push(value_env(
+            "PARLEY_INTERNAL_KEY_FILE",
+            &format!("{NODE_TLS_MOUNT}/$(POD_NAME).key"),
+        ));
+        env.push(value_env(
+            "PARLEY_INTERNAL_CA_FILE",
+            &format!("{NODE_TLS_MOUNT}/ca.crt"),
+        ));
+    }
+    if let Some(tls) = &spec.etcd.tls_secret_ref {
+        let keys = ["ca.crt", "tls.crt", "tls.key"];
+        volumes.push(secret_volume("etcd-tls", &tls.name, Some(&keys)));
+        mounts.push(read_only("etcd-tls", ETCD_TLS_MOUNT));
+        for (var, key) in [
+            ("PARLEY_ETCD_CA_FILE", "ca.crt"),
+            ("PARLEY_ETCD_CERT_FILE", "tls.crt"),
+            ("PARLEY_ETCD_KEY_FILE", "tls.key"),
+        ] {
+            env.push(value_env(var, &format!("{ETCD_TLS_MOUNT}/{key}")));
+        }
+    }
+    if let Some(auth) = &spec.etcd.auth_secret_ref {
+        volumes.push(secret_volume("etcd-auth", &auth.name, Some(&["password"])));
+        mounts.push(read_only("etcd-auth", ETCD_AUTH_MOUNT));
+        env.push(EnvVar {
+            name: "PARLEY_ETCD_USER".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(k8s_openapi::api::core::v1::SecretKeySelector {
+                    name: auth.name.clone(),
+                    key: "username".into(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+        env.push(value_env(
+            "PARLEY_ETCD_PASSWORD_FILE",
+            &format!("{ETCD_AUTH_MOUNT}/password"),
+        ));
+    }
+    if let (StorageBackend::Tikv, Some(tls)) = (
+        spec.storage.backend,
+        spec.storage
+            .tikv
+            .as_ref()
+            .and_then(|t| t.tls_secret_ref.as_ref()),
+    ) {
+        let keys = ["ca.crt", "tls.crt", "tls.key"];
+        volumes.push(secret_volume("tikv-tls", &tls.name, Some(&keys)));
+        mounts.push(read_only("tikv-tls", TIKV_TLS_MOUNT));
+        for (var, key) in [
+            ("PARLEY_TIKV_CA_FILE", "ca.crt"),
+            ("PARLEY_TIKV_CERT_FILE", "tls.crt"),
+            ("PARLEY_TIKV_KEY_FILE", "tls.key"),
+        ] {
+            env.push(value_env(var, &format!("{TIKV_TLS_MOUNT}/{key}")));
+        }
     }
 }
 

@@ -259,3 +259,80 @@ fn statefulset_is_non_root_and_takes_scheduling_from_the_spec() {
     assert_eq!(csc.allow_privilege_escalation, Some(false));
     assert_eq!(csc.read_only_root_filesystem, Some(true));
 }
+
+#[test]
+fn statefulset_mounts_node_certificates_and_etcd_and_tikv_credentials() {
+    let cc = ChatCluster::test()
+        .etcd_secrets("etcd-client", Some("etcd-user"))
+        .tikv(&["http://pd:2379"]);
+    let mut cc = cc;
+    cc.spec.storage.tikv.as_mut().unwrap().tls_secret_ref = Some(crate::crd::LocalSecretRef {
+        name: "tikv-client".into(),
+    });
+    let sts = statefulset(&cc, 3, "h");
+    let c = container(&sts);
+    let ports = c.ports.clone().unwrap_or_default();
+    assert_eq!(
+        (ports[1].name.as_deref(), ports[1].container_port),
+        (Some("internal"), 8081)
+    );
+    for (var, value) in [
+        (
+            "PARLEY_INTERNAL_ADVERTISE_URL",
+            "https://$(POD_NAME).demo-headless.chat.svc:8081",
+        ),
+        (
+            "PARLEY_INTERNAL_CERT_FILE",
+            "/etc/parley/node-tls/$(POD_NAME).crt",
+        ),
+        (
+            "PARLEY_INTERNAL_KEY_FILE",
+            "/etc/parley/node-tls/$(POD_NAME).key",
+        ),
+        ("PARLEY_INTERNAL_CA_FILE", "/etc/parley/node-tls/ca.crt"),
+        ("PARLEY_ETCD_CA_FILE", "/etc/parley/etcd-tls/ca.crt"),
+        ("PARLEY_ETCD_CERT_FILE", "/etc/parley/etcd-tls/tls.crt"),
+        ("PARLEY_ETCD_KEY_FILE", "/etc/parley/etcd-tls/tls.key"),
+        (
+            "PARLEY_ETCD_PASSWORD_FILE",
+            "/etc/parley/etcd-auth/password",
+        ),
+        ("PARLEY_TIKV_CA_FILE", "/etc/parley/tikv-tls/ca.crt"),
+        ("PARLEY_TIKV_CERT_FILE", "/etc/parley/tikv-tls/tls.crt"),
+        ("PARLEY_TIKV_KEY_FILE", "/etc/parley/tikv-tls/tls.key"),
+    ] {
+        assert_eq!(env_value(&c, var).as_deref(), Some(value), "{var}");
+    }
+    let user = env(&c, "PARLEY_ETCD_USER")
+        .and_then(|e| e.value_from)
+        .and_then(|v| v.secret_key_ref)
+        .expect("the etcd user comes from its Secret");
+    assert_eq!(
+        (user.name.as_str(), user.key.as_str()),
+        ("etcd-user", "username")
+    );
+    let volumes = pod_spec(&sts).volumes.unwrap_or_default();
+    let secret_of = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.secret.clone())
+            .and_then(|s| s.secret_name)
+    };
+    assert_eq!(secret_of("node-tls").as_deref(), Some("demo-node-tls"));
+    assert_eq!(secret_of("etcd-tls").as_deref(), Some("etcd-client"));
+    assert_eq!(secret_of("etcd-auth").as_deref(), Some("etcd-user"));
+    assert_eq!(secret_of("tikv-tls").as_deref(), Some("tikv-client"));
+
+    let open = statefulset(
+        &ChatCluster::test().tls_mode(crate::crd::TlsMode::Disabled),
+        3,
+        "h",
+    );
+    let c = container(&open);
+    assert_eq!(env(&c, "PARLEY_INTERNAL_CERT_FILE"), None);
+    assert_eq!(
+        env_value(&c, "PARLEY_INTERNAL_ADVERTISE_URL").as_deref(),
+        Some("http://$(POD_NAME).demo-headless.chat.svc:8081")
+    );
+}
