@@ -542,7 +542,11 @@ mod tests {
     }
 
     fn node(id: &str) -> Cluster {
-        Cluster::new(Settings {
+        Cluster::new(settings(id))
+    }
+
+    fn settings(id: &str) -> Settings {
+        Settings {
             node_id: id.into(),
             cluster: "c".into(),
             advertise_url: Some(format!("http://{id}")),
@@ -553,7 +557,51 @@ mod tests {
             internal_url: Some(format!("https://{id}:8081")),
             client_tls: false,
             require_proof: false,
-        })
+        }
+    }
+
+    #[test]
+    fn with_proof_required_only_proved_records_are_peers_and_a_moved_record_is_not() {
+        let n = Cluster::new(Settings {
+            require_proof: true,
+            ..settings("a")
+        });
+        let b = member("b", false);
+        n.set_peers([("b".to_string(), b.clone())].into());
+        assert!(n.peers().is_empty(), "an unproved record is not a peer");
+        assert_eq!(n.unproved().len(), 1);
+        for k in 0..20 {
+            assert_eq!(n.owner(&format!("u{k}")), Owner::Here);
+        }
+        n.prove(&b);
+        assert_eq!(n.peers().len(), 1);
+        // Live fields move freely; the identity (URLs, weight) may not.
+        let busy = Member {
+            connections: 500,
+            draining: true,
+            ..b.clone()
+        };
+        n.set_peers([("b".to_string(), busy)].into());
+        assert_eq!(
+            n.peers()["b"].connections,
+            500,
+            "live fields come from etcd"
+        );
+        let moved = Member {
+            ws_url: "ws://evil/v1/ws".into(),
+            ..b.clone()
+        };
+        n.set_peers([("b".to_string(), moved)].into());
+        assert!(
+            n.peers().is_empty(),
+            "a record pointing b elsewhere is not believed"
+        );
+        n.set_peers(HashMap::new());
+        n.set_peers([("b".to_string(), b)].into());
+        assert!(
+            n.peers().is_empty(),
+            "a node that left proves itself again when it returns"
+        );
     }
 
     #[test]

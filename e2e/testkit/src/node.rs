@@ -43,6 +43,8 @@ pub struct Node {
     pub addr: String,
     /// The internal (node-to-node) listener's `host:port`, in cluster mode.
     pub internal: Option<String>,
+    /// The lines the node logged up to `listening on` (start-up warnings among them).
+    pub startup: Vec<String>,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub http: reqwest::Client,
@@ -83,11 +85,13 @@ impl Node {
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut internal = None;
+        let mut startup = Vec::new();
         let (scheme, addr) = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("chat-node did not log `listening on` within 30 s"));
+            startup.push(line.clone());
             if let Some(at) = line.find("internal listener on ") {
                 let rest = &line[at + "internal listener on ".len()..];
                 let url = rest.split_whitespace().next().expect("internal address");
@@ -106,6 +110,7 @@ impl Node {
             base: format!("{scheme}://{addr}"),
             addr,
             internal,
+            startup,
             data_dir: data_dir.to_path_buf(),
             _tmp: None,
             http: reqwest::Client::new(),
