@@ -20,5 +20,5 @@ FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /chat-node /usr/local/bin/chat-node
 USER 65532:65532
 ENV PARLEY_LISTEN=0.0.0.0:8080 PARLEY_DATA_DIR=/var/lib/parley
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/chat-node"]
