@@ -9,7 +9,8 @@
 //! names reaches the routes as a [`PeerNode`] request extension.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -26,6 +27,19 @@ use crate::cluster::transport::{PeerNode, Transport};
 
 /// A TLS handshake must finish within this.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused handshakes are logged at most this often per listener (all are counted): a
+/// scanner must not flood the log.
+const LOG_REFUSALS_EVERY: Duration = Duration::from_secs(10);
+
+/// Whether a refusal may be logged now (at most once per [`LOG_REFUSALS_EVERY`]).
+fn may_log(last: &AtomicU64, started: Instant) -> bool {
+    let now = started.elapsed().as_secs();
+    let prev = last.load(Ordering::Relaxed);
+    (prev == 0 || now >= prev + LOG_REFUSALS_EVERY.as_secs())
+        && last
+            .compare_exchange(prev, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
 
 /// A bound listener and how to secure it.
 pub struct TlsListener {
@@ -53,6 +67,8 @@ where
     } = listener;
     let acceptor = TlsAcceptor::from(config);
     let graceful = GracefulShutdown::new();
+    let started = Instant::now();
+    let last_logged = Arc::new(AtomicU64::new(0));
     loop {
         let (stream, remote) = tokio::select! {
             accepted = tcp.accept() => match accepted {
@@ -70,6 +86,7 @@ where
         let acceptor = acceptor.clone();
         let identify = identify.clone();
         let refused = refused.clone();
+        let last_logged = last_logged.clone();
         let svc = warp::service(filter.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -77,12 +94,16 @@ where
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     refused.inc();
-                    tracing::info!(listener = name, peer = %remote, error = %e, "refused a TLS handshake");
+                    if may_log(&last_logged, started) {
+                        tracing::info!(listener = name, peer = %remote, error = %e, "refused a TLS handshake (further refusals within 10 s are only counted: parley_tls_handshakes_refused_total)");
+                    }
                     return;
                 }
                 Err(_) => {
                     refused.inc();
-                    tracing::info!(listener = name, peer = %remote, "a TLS handshake did not finish in time");
+                    if may_log(&last_logged, started) {
+                        tracing::info!(listener = name, peer = %remote, "a TLS handshake did not finish in time");
+                    }
                     return;
                 }
             };
