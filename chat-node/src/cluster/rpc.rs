@@ -240,11 +240,7 @@ async fn run_peer(
     }
 }
 
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    body: String,
-) -> Result<AnswerBatch, String> {
+async fn post(http: &reqwest::Client, url: &str, body: String) -> Result<AnswerBatch, String> {
     let response = tokio::time::timeout(
         TIMEOUT,
         http.post(url)
