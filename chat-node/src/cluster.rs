@@ -92,7 +92,7 @@ pub struct Cluster {
     /// are believed (all of them unless `require_proof`).
     peers: RwLock<Arc<HashMap<String, Member>>>,
     /// What etcd holds, believed or not, and which identities were proved ([`trust`]).
-    records: RwLock<Records>,
+    records: RwLock<trust::Records>,
     /// Whether a record counts only once its node proved it over mutual TLS.
     require_proof: bool,
     /// Bumped when etcd's records change; the trust task waits on it.
@@ -188,25 +188,6 @@ pub struct Settings {
     pub require_proof: bool,
 }
 
-/// etcd's records and the proved identities.
-#[derive(Default)]
-struct Records {
-    all: HashMap<String, Member>,
-    /// Node id → the record (its identity fields) the node itself confirmed.
-    proved: HashMap<String, Member>,
-}
-
-/// A record with what changes at run time blanked: two records of one node are "the same
-/// identity" when they agree on everything else (URLs, capacity, zone, and any field added
-/// later), so a forged record that moves a node's URLs or weight is not believed.
-pub fn identity_of(m: &Member) -> Member {
-    Member {
-        connections: 0,
-        draining: false,
-        ..m.clone()
-    }
-}
-
 impl Cluster {
     pub fn new(s: Settings) -> Self {
         Self {
@@ -216,7 +197,7 @@ impl Cluster {
             internal_url: s.internal_url,
             listen: s.listen,
             client_scheme: if s.client_tls { "https" } else { "http" },
-            records: RwLock::new(Records::default()),
+            records: RwLock::new(trust::Records::default()),
             require_proof: s.require_proof,
             record_changes: tokio::sync::watch::channel(0).0,
             capacity: s.capacity.max(1),
@@ -322,9 +303,7 @@ impl Cluster {
     pub fn set_peers(&self, mut peers: HashMap<String, Member>) {
         peers.remove(&self.node_id);
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        records.proved.retain(|id, _| peers.contains_key(id));
-        let changed = records.all != peers;
-        records.all = peers;
+        let changed = records.replace(peers);
         self.publish(&records);
         drop(records);
         if changed {
@@ -337,27 +316,22 @@ impl Cluster {
         self.records
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .all
+            .all()
             .clone()
     }
 
     /// Records of etcd that are not (or no longer) believed.
     pub fn unproved(&self) -> Vec<Member> {
-        let records = self.records.read().unwrap_or_else(|p| p.into_inner());
-        records
-            .all
-            .values()
-            .filter(|m| !Self::is_proved(&records, m))
-            .cloned()
-            .collect()
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .unproved()
     }
 
     /// `member` (as etcd holds it) was confirmed by its node over mutual TLS.
     pub fn prove(&self, member: &Member) {
         let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        records
-            .proved
-            .insert(member.node_id.clone(), identity_of(member));
+        records.prove(member);
         self.publish(&records);
     }
 
@@ -371,21 +345,9 @@ impl Cluster {
         self.record_changes.subscribe()
     }
 
-    fn is_proved(records: &Records, m: &Member) -> bool {
-        records
-            .proved
-            .get(&m.node_id)
-            .is_some_and(|p| *p == identity_of(m))
-    }
-
     /// Recompute the believed peers from the records.
-    fn publish(&self, records: &Records) {
-        let peers: HashMap<String, Member> = records
-            .all
-            .iter()
-            .filter(|(_, m)| !self.require_proof || Self::is_proved(records, m))
-            .map(|(id, m)| (id.clone(), m.clone()))
-            .collect();
+    fn publish(&self, records: &trust::Records) {
+        let peers = records.believed(self.require_proof);
         let mut current = self.peers.write().unwrap_or_else(|p| p.into_inner());
         if **current != peers {
             *current = Arc::new(peers);
@@ -558,50 +520,6 @@ mod tests {
             client_tls: false,
             require_proof: false,
         }
-    }
-
-    #[test]
-    fn with_proof_required_only_proved_records_are_peers_and_a_moved_record_is_not() {
-        let n = Cluster::new(Settings {
-            require_proof: true,
-            ..settings("a")
-        });
-        let b = member("b", false);
-        n.set_peers([("b".to_string(), b.clone())].into());
-        assert!(n.peers().is_empty(), "an unproved record is not a peer");
-        assert_eq!(n.unproved().len(), 1);
-        for k in 0..20 {
-            assert_eq!(n.owner(&format!("u{k}")), Owner::Here);
-        }
-        n.prove(&b);
-        assert_eq!(n.peers().len(), 1);
-        // Live fields move freely; the identity (URLs, weight) may not.
-        let busy = Member {
-            connections: 500,
-            draining: true,
-            ..b.clone()
-        };
-        n.set_peers([("b".to_string(), busy)].into());
-        assert_eq!(
-            n.peers()["b"].connections,
-            500,
-            "live fields come from etcd"
-        );
-        let moved = Member {
-            ws_url: "ws://evil/v1/ws".into(),
-            ..b.clone()
-        };
-        n.set_peers([("b".to_string(), moved)].into());
-        assert!(
-            n.peers().is_empty(),
-            "a record pointing b elsewhere is not believed"
-        );
-        n.set_peers(HashMap::new());
-        n.set_peers([("b".to_string(), b)].into());
-        assert!(
-            n.peers().is_empty(),
-            "a node that left proves itself again when it returns"
-        );
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct NodeRegistration {
     /// Where clients open their WebSocket.
     #[serde(default)]
     pub ws_url: String,
+    /// The node's internal (mutual-TLS) listener, where peers verify this record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub internal_url: String,
     /// Failure domain, if the node knows it.
     #[serde(default)]
     pub zone: Option<String>,

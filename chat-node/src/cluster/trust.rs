@@ -21,8 +21,73 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::transport::Transport;
-use super::{Cluster, Member, identity_of};
+use super::{Cluster, Member};
 use crate::metrics::Metrics;
+
+/// A record with what changes at run time blanked: two records of one node are "the same
+/// identity" when they agree on everything else (URLs, capacity, zone, and any field added
+/// later), so a forged record that moves a node's URLs or weight is not believed.
+pub fn identity_of(m: &Member) -> Member {
+    Member {
+        connections: 0,
+        draining: false,
+        ..m.clone()
+    }
+}
+
+/// etcd's records of the other nodes and the identities their nodes proved (held by
+/// [`Cluster`], which publishes the believed ones as its peers).
+#[derive(Default)]
+pub struct Records {
+    all: HashMap<String, Member>,
+    /// Node id → the record (its identity fields) the node itself confirmed.
+    proved: HashMap<String, Member>,
+}
+
+impl Records {
+    /// Replace etcd's records (a node that left must prove itself again when it returns).
+    /// Returns whether they changed.
+    pub fn replace(&mut self, records: HashMap<String, Member>) -> bool {
+        self.proved.retain(|id, _| records.contains_key(id));
+        let changed = self.all != records;
+        self.all = records;
+        changed
+    }
+
+    pub fn all(&self) -> &HashMap<String, Member> {
+        &self.all
+    }
+
+    /// `member`'s node confirmed this record.
+    pub fn prove(&mut self, member: &Member) {
+        self.proved
+            .insert(member.node_id.clone(), identity_of(member));
+    }
+
+    fn is_proved(&self, m: &Member) -> bool {
+        self.proved
+            .get(&m.node_id)
+            .is_some_and(|p| *p == identity_of(m))
+    }
+
+    /// The records not (or no longer) proved.
+    pub fn unproved(&self) -> Vec<Member> {
+        self.all
+            .values()
+            .filter(|m| !self.is_proved(m))
+            .cloned()
+            .collect()
+    }
+
+    /// The records to believe: the proved ones, or all when no proof is required.
+    pub fn believed(&self, require_proof: bool) -> HashMap<String, Member> {
+        self.all
+            .iter()
+            .filter(|(_, m)| !require_proof || self.is_proved(m))
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect()
+    }
+}
 
 /// First retry of a record that could not be proved; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(200);
@@ -152,4 +217,81 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Owner, Settings};
+    use super::*;
+
+    fn member(id: &str, draining: bool) -> Member {
+        Member {
+            node_id: id.into(),
+            advertise_url: format!("http://{id}"),
+            ws_url: format!("ws://{id}/v1/ws"),
+            internal_url: format!("https://{id}:8081"),
+            capacity: 10,
+            draining,
+            ..Member::default()
+        }
+    }
+
+    fn settings(id: &str) -> Settings {
+        Settings {
+            node_id: id.into(),
+            cluster: "c".into(),
+            advertise_url: Some(format!("http://{id}")),
+            listen: "127.0.0.1:1".parse().unwrap(),
+            capacity: 10,
+            zone: None,
+            clustered: true,
+            internal_url: Some(format!("https://{id}:8081")),
+            client_tls: false,
+            require_proof: false,
+        }
+    }
+
+    #[test]
+    fn with_proof_required_only_proved_records_are_peers_and_a_moved_record_is_not() {
+        let n = Cluster::new(Settings {
+            require_proof: true,
+            ..settings("a")
+        });
+        let b = member("b", false);
+        n.set_peers([("b".to_string(), b.clone())].into());
+        assert!(n.peers().is_empty(), "an unproved record is not a peer");
+        assert_eq!(n.unproved().len(), 1);
+        for k in 0..20 {
+            assert_eq!(n.owner(&format!("u{k}")), Owner::Here);
+        }
+        n.prove(&b);
+        assert_eq!(n.peers().len(), 1);
+        // Live fields move freely; the identity (URLs, weight) may not.
+        let busy = Member {
+            connections: 500,
+            draining: true,
+            ..b.clone()
+        };
+        n.set_peers([("b".to_string(), busy)].into());
+        assert_eq!(
+            n.peers()["b"].connections,
+            500,
+            "live fields come from etcd"
+        );
+        let moved = Member {
+            ws_url: "ws://evil/v1/ws".into(),
+            ..b.clone()
+        };
+        n.set_peers([("b".to_string(), moved)].into());
+        assert!(
+            n.peers().is_empty(),
+            "a record pointing b elsewhere is not believed"
+        );
+        n.set_peers(HashMap::new());
+        n.set_peers([("b".to_string(), b)].into());
+        assert!(
+            n.peers().is_empty(),
+            "a node that left proves itself again when it returns"
+        );
+    }
 }
