@@ -69,6 +69,13 @@ impl Chat {
         &self.limits
     }
 
+    /// Write every user's channel index out (the node stops).
+    pub async fn flush(&self) {
+        if let Err(e) = self.writer.flush().await {
+            tracing::warn!(error = ?e, "could not write the channel indexes out; the next start replays the inboxes");
+        }
+    }
+
     // --- contacts -------------------------------------------------------------------------
 
     pub async fn add_contact(&self, owner: &str, contact: &str) -> Result<(), ApiError> {

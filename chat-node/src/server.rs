@@ -449,6 +449,7 @@ impl Node {
         if let Some(internal) = internal_server {
             let _ = tokio::time::timeout(Duration::from_secs(5), internal).await;
         }
+        state.chat.flush().await;
         if let Err(e) = state.store.kv().sync().await {
             tracing::error!(error = %e, "final store sync failed");
         }

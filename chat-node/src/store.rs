@@ -17,11 +17,14 @@
 //! | `overlay` | the write buffer the remote backends lay over their snapshot reads |
 //! | [`writer`] | the write path: one writer per node, many sends per durable batch |
 //! | [`conformance`] | the checks every backend passes |
-//! | [`keys`], `records`, `model` | the chat data model's key layout, values and operations |
+//! | [`keys`], `records`, `binary`, `model` | the chat data model's key layout, values (the hot ones packed) and operations |
+//! | [`index`] | each user's channel index, written behind the inbox |
 
+mod binary;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod index;
 pub mod keys;
 mod model;
 mod overlay;

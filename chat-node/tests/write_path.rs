@@ -297,8 +297,64 @@ async fn overload_is_shed_within_the_deadline_and_the_writer_recovers_injected_d
         refused,
         "every refusal is counted"
     );
-    writer
-        .send(send("a", &dm, "after".into()))
+    // Once the load is gone the writer takes sends again at once (what it still writes in
+    // the background, index changes under this store's 300 ms apply, may delay the first).
+    let recovered = async {
+        loop {
+            if writer.send(send("a", &dm, "after".into())).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), recovered)
         .await
         .expect("once the load is gone, sends are acked again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channel_index_written_behind_the_inbox_is_whole_after_a_crash_and_after_a_flush() {
+    use chat_node::store::index;
+    let dir = tempfile::tempdir().unwrap();
+    let users = vec!["a".to_owned(), "b".to_owned()];
+    let store = store_with_users(Arc::new(Embedded::open(dir.path()).unwrap()), &users).await;
+    let writer = Writer::spawn(
+        store.kv().clone(),
+        WriterConfig::default(),
+        Default::default(),
+    );
+    let dm = Channel::direct("a", "b");
+    for n in 0..5 {
+        writer.send(send("a", &dm, format!("m{n}"))).await.unwrap();
+    }
+    let name = dm.to_string();
+    // No flush yet (the writer writes its index a second after the changes): what a crash
+    // now would leave is the inbox, and the index is rebuilt from it.
+    let b = index::load(store.kv().as_ref(), "b", std::slice::from_ref(&name))
+        .await
+        .unwrap();
+    let entry = b.channels[&name];
+    assert_eq!(
+        (b.head, entry.last_seq, entry.unread, entry.read_seq),
+        (5, 5, 5, 0),
+        "b's index, replayed from the inbox: five unread"
+    );
+    let a = index::load(store.kv().as_ref(), "a", std::slice::from_ref(&name))
+        .await
+        .unwrap();
+    let entry = a.channels[&name];
+    assert_eq!(
+        (entry.last_seq, entry.unread, entry.read_seq),
+        (5, 0, 5),
+        "the sender's own messages are read"
+    );
+    writer.flush().await.unwrap();
+    let b = index::load(store.kv().as_ref(), "b", std::slice::from_ref(&name))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.channels[&name].unread, 5,
+        "the written index says the same"
+    );
+    assert!(!b.is_dirty(), "after the flush nothing is left to replay");
 }

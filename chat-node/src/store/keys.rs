@@ -8,17 +8,17 @@
 //! c/{owner}/{contact}           -> ContactRecord (JSON)          owner's contact list
 //! g/{group_id}                  -> GroupRecord (JSON)
 //! ug/{user_id}/{group_id}       -> ""                            the groups a user is in
-//! cs/{channel}                  -> ChannelHead (binary)         newest seq and its ts
-//! m/{channel}/{seq:be64}        -> MessageRecord (JSON)          the one copy of a message
+//! cs/{channel}                  -> last seq (be64)               written by the first version only
+//! m/{channel}/{seq:be64}        -> MessageRecord (binary)        the one copy of a message
 //! is/{user_id}                  -> last inbox_id (be64)          written by the first version only
-//! i/{user_id}/{inbox_id:be64}   -> InboxEntry (JSON)            a pointer: channel + seq
-//! d/{user_id}/{client_msg_id}   -> Ack (JSON)                    durable send dedupe
+//! i/{user_id}/{inbox_id:be64}   -> InboxEntry (binary)          a pointer: channel + seq
+//! d/{user_id}/{client_msg_id}   -> Ack (binary)                  durable send dedupe
 //! cd/{channel}/{user_id}/{client_msg_id}
 //!                               -> seq (be64)                    a cluster's send dedupe while the
 //!                                                                sender's inbox is another node's
 //! fence/{node_id}               -> epoch (be64)                  store::writer::fence
 //! uc/{user_id}/{channel}        -> UserChannel (binary)          the user's channels: last item, read marker
-//! uci/{user_id}                 -> ""                            the user's channel index is complete
+//! uci/{user_id}                 -> inbox_id (be64)               the index accounts for the inbox up to it
 //! dv/{user_id}/{device_id}      -> DeviceRecord (JSON)           cursor, last seen, push
 //! ls/{user_id}                  -> last seen ts (be64)
 //! po/{due_ms:be64}/{channel}/{seq:be64}
@@ -27,7 +27,8 @@
 //!                               -> PushJob (JSON)                one device's push, to (re)try
 //! ```
 //!
-//! The two push tables sort by due time first, so the push worker reads what is due with one
+//! The binary records are described in `store/binary.rs`, the channel index and its
+//! checkpoint in `store/index.rs`. The two push tables sort by due time first, so the push worker reads what is due with one
 //! range scan from the start of the table (see `store/model/push.rs` and docs/push.md).
 
 fn join(parts: &[&[u8]]) -> Vec<u8> {
@@ -68,9 +69,6 @@ pub fn user_group(user_id: &str, group_id: &str) -> Vec<u8> {
 }
 pub fn groups_of(user_id: &str) -> Vec<u8> {
     join(&[b"ug", user_id.as_bytes(), b""])
-}
-pub fn channel_seq(channel: &str) -> Vec<u8> {
-    join(&[b"cs", channel.as_bytes()])
 }
 /// `m/{channel}/`: the prefix of a channel's messages.
 pub fn messages_of(channel: &str) -> Vec<u8> {

@@ -84,11 +84,15 @@ impl MessageRecord {
     }
 }
 
-/// An inbox entry: a pointer to a channel's message, not a copy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An inbox entry: a pointer to a channel's item, not a copy (encoded in `store::binary`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxEntry {
     pub channel: String,
     pub seq: u64,
+    /// The item's time (0 in the first version's pointers).
+    pub ts: i64,
+    /// The inbox's user sent the item (it moves their read marker, it is not unread).
+    pub own: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -127,47 +131,17 @@ pub fn decode_u64(key: &[u8], bytes: &[u8]) -> Result<u64, StoreError> {
         })
 }
 
-/// A channel's head (`cs/{channel}`): its newest `seq` and when it was written. Binary:
-/// `last_seq` be64, then `last_ts` be64. The first version stored only the be64 counter;
-/// such a head reads with `last_ts` 0.
+/// A channel's head as the write path holds it: its newest `seq` and that item's time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ChannelHead {
     pub last_seq: u64,
     pub last_ts: i64,
 }
 
-impl ChannelHead {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16);
-        out.extend_from_slice(&self.last_seq.to_be_bytes());
-        out.extend_from_slice(&self.last_ts.to_be_bytes());
-        out
-    }
-
-    pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
-        let number = |at: usize| -> Option<[u8; 8]> { bytes.get(at..at + 8)?.try_into().ok() };
-        match (bytes.len(), number(0), number(8)) {
-            (8, Some(seq), _) => Ok(Self {
-                last_seq: u64::from_be_bytes(seq),
-                last_ts: 0,
-            }),
-            (16.., Some(seq), Some(ts)) => Ok(Self {
-                last_seq: u64::from_be_bytes(seq),
-                last_ts: i64::from_be_bytes(ts),
-            }),
-            _ => Err(StoreError::Corrupt {
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason: format!("a channel head is 8 or 16 bytes, found {}", bytes.len()),
-            }),
-        }
-    }
-}
-
-/// A user's entry for one channel (`uc/{user}/{channel}`), written with every item the user's
-/// inbox takes from the channel: the newest such item, the user's read marker, and the
-/// items after the marker. The user's channel list reads it without scanning the inbox,
-/// and the write path knows from it which of the channel's items the inbox holds. Binary:
-/// four be64 numbers in this order (later versions may append more).
+/// A user's entry for one channel (`uc/{user}/{channel}`): the newest item of the channel
+/// the user's inbox holds, the user's read marker, and the items after the marker. Written
+/// behind the inbox (`store::index`). Binary: four be64 numbers in this order (later
+/// versions may append more).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UserChannel {
     /// The channel's newest item in the user's inbox.
@@ -220,18 +194,6 @@ impl UserChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn channel_heads_of_both_versions_decode() {
-        let head = ChannelHead {
-            last_seq: 42,
-            last_ts: 1_700_000_000_000,
-        };
-        assert_eq!(ChannelHead::decode(b"cs/x", &head.encode()).unwrap(), head);
-        let old = ChannelHead::decode(b"cs/x", &7u64.to_be_bytes()).unwrap();
-        assert_eq!((old.last_seq, old.last_ts), (7, 0));
-        assert!(ChannelHead::decode(b"cs/x", b"short").is_err());
-    }
 
     #[test]
     fn user_channels_round_trip() {

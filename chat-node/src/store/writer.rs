@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::index as store_index;
 use super::records::GroupRecord;
 use super::{Batch, Kv, StoreError};
 use crate::protocol::ApiError;
@@ -52,6 +53,9 @@ pub use op::{
     WriteError,
 };
 pub(crate) use units::inbox_head;
+
+/// Users whose channel index one batch writes at most (the rest wait for the next).
+const FLUSH_USERS: usize = 512;
 
 /// Tunables of the write path.
 #[derive(Debug, Clone)]
@@ -210,6 +214,12 @@ impl Writer {
         }
     }
 
+    /// Write every user's channel index (at shutdown, so that the next start replays no
+    /// inbox).
+    pub async fn flush(&self) -> Result<(), WriteError> {
+        self.submit(Op::Flush).await.map(|_| ())
+    }
+
     /// Run a group change; see [`Op::AddMember`] and [`Op::RemoveMember`].
     pub async fn group_change(&self, op: Op) -> Result<GroupRecord, WriteError> {
         match self.submit(op).await? {
@@ -264,7 +274,23 @@ impl Task {
         let mut taken = Vec::new();
         loop {
             if backlog.is_empty() {
-                if rx.recv_many(&mut taken, max_ops).await == 0 {
+                // Idle with index changes unwritten: write them when they are due.
+                let wait = self.units.unwritten.front().map(|(since, _)| {
+                    (*since + store_index::FLUSH_AFTER).saturating_duration_since(Instant::now())
+                });
+                let received = match wait {
+                    Some(wait) => {
+                        match tokio::time::timeout(wait, rx.recv_many(&mut taken, max_ops)).await {
+                            Ok(n) => n,
+                            Err(_) => {
+                                self.round(&mut backlog, max_ops).await;
+                                continue;
+                            }
+                        }
+                    }
+                    None => rx.recv_many(&mut taken, max_ops).await,
+                };
+                if received == 0 {
                     return;
                 }
                 backlog.extend(taken.drain(..));
@@ -305,7 +331,7 @@ impl Task {
             }
             live.push(q);
         }
-        if live.is_empty() {
+        if live.is_empty() && self.units.unwritten.is_empty() && self.units.pending.is_empty() {
             return;
         }
         // In a cluster, the round works under one snapshot of the view, adopted (fenced)
@@ -325,6 +351,10 @@ impl Task {
             }
             return;
         }
+        // Index changes that have waited long enough ride along (all of them when asked).
+        let all = live.iter().any(|q| matches!(q.op, Op::Flush));
+        self.units
+            .flush_due(started, all, if all { usize::MAX } else { FLUSH_USERS });
         let pending = std::mem::take(&mut self.units.pending);
         let mut batch = apply::BatchBuilder::new(self.kv.max_batch_ops(), pending);
         let mut answers = Vec::with_capacity(live.len());

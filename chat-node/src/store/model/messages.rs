@@ -6,7 +6,7 @@ use super::{ChatStore, get_json};
 use crate::protocol::ApiError;
 use crate::protocol::types::Message;
 use crate::protocol::validate::Channel;
-use crate::store::records::{ChannelHead, GroupRecord, InboxEntry, MessageRecord, decode};
+use crate::store::records::{GroupRecord, InboxEntry, MessageRecord};
 use crate::store::{KvTxn, Order, keys};
 
 /// Who belongs to a channel now, and when the members who joined a group later joined.
@@ -98,7 +98,7 @@ async fn read_messages(
                 .await?;
             for (key, value) in pairs {
                 let seq = keys::trailing_number(&key).unwrap_or_default();
-                found.insert((channel, seq), decode(&key, &value)?);
+                found.insert((channel, seq), MessageRecord::decode(&key, &value)?);
             }
         }
     }
@@ -106,7 +106,13 @@ async fn read_messages(
     for (inbox_id, e) in entries {
         let record = match found.remove(&(e.channel.as_str(), e.seq)) {
             Some(r) => Some(r),
-            None => get_json(txn, &keys::message(&e.channel, e.seq)).await?,
+            None => {
+                let key = keys::message(&e.channel, e.seq);
+                match txn.get(&key).await? {
+                    Some(bytes) => Some(MessageRecord::decode(&key, &bytes)?),
+                    None => None,
+                }
+            }
         };
         out.push(record.ok_or_else(|| {
             ApiError::internal(format!(
@@ -185,7 +191,7 @@ impl ChatStore {
                 let mut out = Vec::with_capacity(pairs.len());
                 for (key, value) in pairs {
                     let seq = keys::trailing_number(&key).unwrap_or_default();
-                    let record: MessageRecord = decode(&key, &value)?;
+                    let record = MessageRecord::decode(&key, &value)?;
                     out.push((seq, record.into_wire(channel, seq, None)));
                 }
                 Ok(out)
@@ -210,11 +216,19 @@ impl ChatStore {
         self.read(|txn, _| {
             Box::pin(async move {
                 members(txn, caller, channel).await?;
-                let head_key = keys::channel_seq(name);
-                let last = match txn.get(&head_key).await? {
-                    Some(bytes) => ChannelHead::decode(&head_key, &bytes)?.last_seq,
-                    None => 0,
-                };
+                // Sequence numbers are gapless: the last message's is the count.
+                let prefix = keys::messages_of(name);
+                let last = txn
+                    .scan(
+                        &prefix,
+                        &crate::store::prefix_end(&prefix),
+                        1,
+                        Order::Descending,
+                    )
+                    .await?
+                    .first()
+                    .and_then(|(key, _)| keys::trailing_number(key))
+                    .unwrap_or(0);
                 // Sequence numbers are gapless: the window is [lo, hi].
                 let hi = before_seq.map_or(last, |b| b.saturating_sub(1).min(last));
                 let lo = after_seq.map_or(1, |a| a.saturating_add(1));
@@ -242,7 +256,7 @@ impl ChatStore {
                     }
                     bytes += value.len();
                     let seq = keys::trailing_number(&key).unwrap_or_default();
-                    let record: MessageRecord = decode(&key, &value)?;
+                    let record = MessageRecord::decode(&key, &value)?;
                     messages.push(record.into_wire(name, seq, None));
                 }
                 let more = match order {
@@ -274,7 +288,7 @@ impl ChatStore {
                 let mut entries = Vec::with_capacity(pairs.len().min(limit));
                 for (key, value) in pairs.into_iter().take(limit) {
                     let inbox_id = keys::trailing_number(&key).unwrap_or_default();
-                    entries.push((inbox_id, decode::<InboxEntry>(&key, &value)?));
+                    entries.push((inbox_id, InboxEntry::decode(&key, &value)?));
                 }
                 // The messages are read in chunks that double while the page stays small: a
                 // catch-up of small messages takes few, large range reads, and a page of

@@ -12,17 +12,20 @@ use super::units::{Members, Units};
 use crate::protocol::ApiError;
 use crate::protocol::types::Ack;
 use crate::protocol::validate::Channel;
+use crate::store::binary::encode_ack;
+use crate::store::index as store_index;
 use crate::store::model::{OutboxEntry, group_full, preview};
 use crate::store::records::{ChannelHead, GroupRecord, InboxEntry, MessageRecord, encode};
 use crate::store::{Batch, keys};
+use std::time::Instant;
 
-/// The batch being built, and what it moved: channel heads are written once per batch,
-/// at the end; sends are deduplicated within the batch too.
+/// The batch being built; sends are deduplicated within the batch too.
 pub(super) struct BatchBuilder {
     batch: Batch,
-    heads: HashMap<String, ChannelHead>,
     sent: HashMap<(String, String), Ack>,
     max_ops: usize,
+    /// When the batch was begun: index changes made in it are due from then.
+    now: Instant,
 }
 
 impl BatchBuilder {
@@ -33,24 +36,19 @@ impl BatchBuilder {
         }
         Self {
             batch,
-            heads: HashMap::new(),
             sent: HashMap::new(),
             max_ops,
+            now: Instant::now(),
         }
     }
 
     /// Whether another operation of about `writes` writes fits (a first one always does).
     pub(super) fn fits(&self, writes: usize, max_bytes: usize) -> bool {
         self.batch.is_empty()
-            || (self.batch.bytes() < max_bytes
-                && self.batch.len() + self.heads.len() + writes <= self.max_ops)
+            || (self.batch.bytes() < max_bytes && self.batch.len() + writes <= self.max_ops)
     }
 
-    /// The batch, with the channel heads it moved.
-    pub(super) fn finish(mut self) -> Batch {
-        for (channel, head) in self.heads {
-            self.batch.put(keys::channel_seq(&channel), head.encode());
-        }
+    pub(super) fn finish(self) -> Batch {
         self.batch
     }
 }
@@ -63,10 +61,11 @@ pub(super) fn writes_of(units: &Units, op: &Op) -> usize {
                 .channels
                 .peek(&send.channel.to_string())
                 .map_or(2, |c| c.members.list().len());
-            2 * members + 4
+            members + 3
         }
         Op::Append(append) => append.items.iter().map(|i| 2 * i.members.len() + 1).sum(),
         Op::AddMember { .. } | Op::RemoveMember { .. } => 2,
+        Op::Flush => 0,
     }
 }
 
@@ -92,6 +91,7 @@ pub(super) fn apply(
             send_message(units, batch, send, view).map(Reply::Sent)
         }
         Op::Append(append) => Ok(Reply::Appended(append_items(units, batch, append, view))),
+        Op::Flush => Ok(Reply::Flushed),
         Op::AddMember {
             caller,
             group_id,
@@ -136,43 +136,41 @@ fn duplicate(ack: Ack, redrive: bool) -> SendOutcome {
     }
 }
 
-/// Append `seq` of `channel` to `member`'s inbox: the pointer, and their channel entry.
-/// Returns the `inbox_id` it took.
-#[allow(clippy::too_many_arguments)]
+/// Append item `seq` of `channel` to `member`'s inbox: the pointer, and (in memory, written
+/// behind: `store::index`) their channel entry. Returns the `inbox_id` it took.
 fn append_one(
     units: &mut Units,
     batch: &mut BatchBuilder,
     member: &str,
-    channel: &str,
-    seq: u64,
-    ts: i64,
-    pointer: &[u8],
-    is_sender: bool,
+    pointer: &InboxEntry,
 ) -> Result<u64, ApiError> {
-    let head = units
+    let index = units
         .inboxes
         .get_mut(member)
         .ok_or_else(|| ApiError::internal(format!("the inbox of {member} was not loaded")))?;
-    *head += 1;
-    let inbox_id = *head;
+    index.head += 1;
+    let inbox_id = index.head;
     batch
         .batch
-        .put(keys::inbox(member, inbox_id), pointer.to_vec());
-    let entry_key = keys::user_channel(member, channel);
-    let entry = units.user_channels.get_mut(&entry_key).ok_or_else(|| {
+        .put(keys::inbox(member, inbox_id), pointer.encode());
+    let entry = index.entry(&pointer.channel).ok_or_else(|| {
         ApiError::internal(format!("the channel entry of {member} was not loaded"))
     })?;
-    entry.last_seq = seq;
-    entry.last_ts = ts;
-    if is_sender {
-        // Sending to a channel moves the sender's read marker to what they sent.
-        entry.read_seq = seq;
-        entry.unread = 0;
-    } else {
-        entry.unread += 1;
-    }
-    batch.batch.put(entry_key, entry.encode());
+    store_index::apply(entry, pointer);
+    units.touched(member, &pointer.channel, batch.now);
     Ok(inbox_id)
+}
+
+/// [`append_one`] with the pointer marked as the member's own or not.
+fn append_as(
+    units: &mut Units,
+    batch: &mut BatchBuilder,
+    member: &str,
+    pointer: &mut InboxEntry,
+    own: bool,
+) -> Result<u64, ApiError> {
+    pointer.own = own;
+    append_one(units, batch, member, pointer)
 }
 
 /// Where a member's inbox stands for a channel before one of its items.
@@ -188,8 +186,9 @@ enum Continuity {
 
 fn continuity(units: &Units, member: &str, channel: &str, seq: u64, first: bool) -> Continuity {
     let last = units
-        .user_channels
-        .peek(&keys::user_channel(member, channel))
+        .inboxes
+        .peek(member)
+        .and_then(|index| index.channels.get(channel))
         .map_or(0, |e| e.last_seq);
     if last >= seq {
         Continuity::Held
@@ -252,7 +251,6 @@ fn send_message(
         last_seq: seq,
         last_ts: send.ts,
     };
-    batch.heads.insert(name.clone(), channel.head);
     let members = channel.members.clone();
 
     let record = MessageRecord {
@@ -262,11 +260,13 @@ fn send_message(
         text: send.text,
         ts: send.ts,
     };
-    batch.batch.put(keys::message(&name, seq), encode(&record));
-    let pointer = encode(&InboxEntry {
+    batch.batch.put(keys::message(&name, seq), record.encode());
+    let mut pointer = InboxEntry {
         channel: name.clone(),
         seq,
-    });
+        ts: send.ts,
+        own: false,
+    };
     let mut recipients = Vec::with_capacity(members.list().len());
     let mut remote = Vec::new();
     let mut sender_inbox_id = 0;
@@ -285,9 +285,8 @@ fn send_message(
             continue;
         }
         let is_sender = *member == sender;
-        let inbox_id = append_one(
-            units, batch, member, &name, seq, send.ts, &pointer, is_sender,
-        )?;
+        pointer.own = is_sender;
+        let inbox_id = append_one(units, batch, member, &pointer)?;
         if is_sender {
             sender_inbox_id = inbox_id;
         }
@@ -323,7 +322,7 @@ fn send_message(
     if sender_inbox_id > 0 {
         batch
             .batch
-            .put(keys::dedupe(&sender, &ack.client_msg_id), encode(&ack));
+            .put(keys::dedupe(&sender, &ack.client_msg_id), encode_ack(&ack));
     } else {
         // The sender's inbox is another node's: that node writes the ack with its append;
         // until then a resend finds the message here.
@@ -357,10 +356,12 @@ fn append_items(
 ) -> AppendOutcome {
     let mut outcome = AppendOutcome::default();
     for item in &append.items {
-        let pointer = encode(&InboxEntry {
+        let mut pointer = InboxEntry {
             channel: append.channel.clone(),
             seq: item.seq,
-        });
+            ts: item.ts,
+            own: false,
+        };
         let mut results = Vec::with_capacity(item.members.len());
         for member in &item.members {
             let user = member.user.as_str();
@@ -369,39 +370,33 @@ fn append_items(
                 MemberAppend::NotOwner
             } else {
                 match continuity(units, user, &append.channel, item.seq, member.first) {
-                    Continuity::Ready => match append_one(
-                        units,
-                        batch,
-                        user,
-                        &append.channel,
-                        item.seq,
-                        item.ts,
-                        &pointer,
-                        is_sender,
-                    ) {
-                        Ok(inbox_id) => {
-                            if is_sender {
-                                let ack = Ack {
-                                    client_msg_id: item.client_msg_id.clone(),
-                                    channel: append.channel.clone(),
-                                    seq: item.seq,
-                                    inbox_id,
-                                    ts: item.ts,
-                                };
-                                batch
-                                    .batch
-                                    .put(keys::dedupe(user, &item.client_msg_id), encode(&ack));
-                                batch
-                                    .sent
-                                    .insert((user.to_owned(), item.client_msg_id.clone()), ack);
+                    Continuity::Ready => {
+                        match append_as(units, batch, user, &mut pointer, is_sender) {
+                            Ok(inbox_id) => {
+                                if is_sender {
+                                    let ack = Ack {
+                                        client_msg_id: item.client_msg_id.clone(),
+                                        channel: append.channel.clone(),
+                                        seq: item.seq,
+                                        inbox_id,
+                                        ts: item.ts,
+                                    };
+                                    batch.batch.put(
+                                        keys::dedupe(user, &item.client_msg_id),
+                                        encode_ack(&ack),
+                                    );
+                                    batch
+                                        .sent
+                                        .insert((user.to_owned(), item.client_msg_id.clone()), ack);
+                                }
+                                MemberAppend::Appended { inbox_id }
                             }
-                            MemberAppend::Appended { inbox_id }
+                            Err(e) => {
+                                tracing::error!(error = %e.message, "append failed");
+                                MemberAppend::NotOwner
+                            }
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e.message, "append failed");
-                            MemberAppend::NotOwner
-                        }
-                    },
+                    }
                     Continuity::Held => MemberAppend::Duplicate {
                         inbox_id: is_sender
                             .then(|| {

@@ -74,6 +74,9 @@ pub enum Op {
         group_id: String,
         user: String,
     },
+    /// Write every user's channel index now (the node stops: the next start replays no
+    /// inbox).
+    Flush,
 }
 
 /// What a send did.
@@ -122,6 +125,7 @@ pub enum Reply {
     Sent(SendOutcome),
     Appended(AppendOutcome),
     Group(GroupRecord),
+    Flushed,
 }
 
 /// Why an operation was not done.

@@ -5,9 +5,10 @@
 //! the least recently used entries beyond the capacity are forgotten and reloaded when next
 //! needed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Instant;
 
 use lru::LruCache;
 
@@ -15,9 +16,9 @@ use super::op::Op;
 use crate::protocol::ApiError;
 use crate::protocol::types::Ack;
 use crate::protocol::validate::Channel;
-use crate::store::records::{
-    ChannelHead, GroupRecord, InboxEntry, UserChannel, decode, decode_u64,
-};
+use crate::store::binary::decode_ack;
+use crate::store::index::{self, UserIndex};
+use crate::store::records::{ChannelHead, GroupRecord, MessageRecord, decode, decode_u64};
 use crate::store::{Kv, Order, keys, prefix_end};
 
 /// Who belongs to a channel.
@@ -61,10 +62,10 @@ pub(super) struct Units {
     /// channel too (`cd/`); a single node never writes those.
     clustered: bool,
     pub channels: LruCache<String, ChannelState>,
-    /// Each user's newest `inbox_id`.
-    pub inboxes: LruCache<String, u64>,
-    /// Users' entries in their channel index, by their `uc/{user}/{channel}` key.
-    pub user_channels: LruCache<Vec<u8>, UserChannel>,
+    /// Each user's inbox head and channel index entries (`store::index`).
+    pub inboxes: LruCache<String, UserIndex>,
+    /// Users with unwritten index changes, in the order they became so.
+    pub unwritten: VecDeque<(Instant, String)>,
     /// This round's send dedupe records, by `(sender, client_msg_id)`.
     pub dedupe: HashMap<(String, String), Ack>,
     /// This round's per-channel dedupe records, by `(channel, sender, client_msg_id)`.
@@ -86,7 +87,7 @@ impl Units {
             clustered,
             channels: LruCache::new(cap),
             inboxes: LruCache::new(cap),
-            user_channels: LruCache::new(cap),
+            unwritten: VecDeque::new(),
             dedupe: HashMap::new(),
             channel_dedupe: HashMap::new(),
             missing: HashMap::new(),
@@ -100,7 +101,7 @@ impl Units {
     pub(super) fn clear(&mut self) {
         self.channels.clear();
         self.inboxes.clear();
-        self.user_channels.clear();
+        self.unwritten.clear();
     }
 
     /// Load what the operations of a round need and the memory lacks: their channels,
@@ -147,6 +148,7 @@ impl Units {
                     Channel::Group(group_id.clone())
                 }
                 Op::RemoveMember { group_id, .. } => Channel::Group(group_id.clone()),
+                Op::Flush => continue,
             };
             let name = channel.to_string();
             if !self.channels.contains(&name) {
@@ -159,7 +161,8 @@ impl Units {
         for (sender, cmid) in reads.dedupes {
             let key = keys::dedupe(&sender, &cmid);
             if let Some(bytes) = values.next().flatten() {
-                self.dedupe.insert((sender, cmid), decode(&key, &bytes)?);
+                self.dedupe
+                    .insert((sender, cmid), decode_ack(&key, &bytes)?);
             }
         }
         for (channel, sender, cmid) in reads.channel_dedupes {
@@ -171,10 +174,7 @@ impl Units {
         }
         let mut loaded = Vec::new();
         for (name, channel) in reads.channels {
-            let head = match values.next().flatten() {
-                Some(bytes) => ChannelHead::decode(&keys::channel_seq(&name), &bytes)?,
-                None => ChannelHead::default(),
-            };
+            let head = channel_head(self.kv.as_ref(), &name).await?;
             let members = match &channel {
                 Channel::Direct(a, b) => {
                     let a_exists = values.next().flatten().is_some();
@@ -223,93 +223,99 @@ impl Units {
         self.load_inboxes(inboxes).await
     }
 
-    /// Load what memory lacks of these `(user, channel)` pairs: the users' inbox heads (one
-    /// reverse scan each, run together) and their entries for the channels (one batched
-    /// read).
+    /// Load what memory lacks of these `(user, channel)` pairs: the users' inbox heads and
+    /// indexes ([`index::load`], users run together) and their entries for the channels.
     async fn load_inboxes(&mut self, pairs: Vec<(String, String)>) -> Result<(), ApiError> {
-        let mut wanted: Vec<String> = Vec::new();
-        let mut entries: Vec<Vec<u8>> = Vec::new();
-        let mut seen_users = HashSet::new();
-        let mut seen_entries = HashSet::new();
+        let mut per_user: HashMap<String, Vec<String>> = HashMap::new();
         for (user, channel) in pairs {
-            let key = keys::user_channel(&user, &channel);
-            if !self.user_channels.contains(&key) && seen_entries.insert(key.clone()) {
-                entries.push(key);
-            }
-            if !self.inboxes.contains(&user) && seen_users.insert(user.clone()) {
-                wanted.push(user);
+            let wanted = per_user.entry(user).or_default();
+            if !wanted.contains(&channel) {
+                wanted.push(channel);
             }
         }
-        let values = self.kv.get_many(&entries).await?;
-        for (key, value) in entries.into_iter().zip(values) {
-            let entry = match value {
-                Some(bytes) => UserChannel::decode(&key, &bytes)?,
-                None => UserChannel::default(),
-            };
-            self.user_channels.put(key, entry);
-        }
-        let heads = futures_util::future::try_join_all(
-            wanted.iter().map(|user| inbox_head(self.kv.as_ref(), user)),
+        let (cold, warm): (Vec<_>, Vec<_>) = per_user
+            .into_iter()
+            .partition(|(user, _)| !self.inboxes.contains(user));
+        let kv = self.kv.clone();
+        let loaded = futures_util::future::try_join_all(
+            cold.iter()
+                .map(|(user, channels)| index::load(kv.as_ref(), user, channels)),
         )
         .await?;
-        let markers: Vec<Vec<u8>> = wanted.iter().map(|u| keys::user_indexed(u)).collect();
-        let marked = self.kv.get_many(&markers).await?;
-        for ((user, head), marker) in wanted.into_iter().zip(heads).zip(marked) {
-            if marker.is_none() {
-                if head > 0 {
-                    self.index_old_inbox(&user).await?;
-                }
-                self.pending.push((keys::user_indexed(&user), Vec::new()));
+        let now = Instant::now();
+        for ((user, _), loaded) in cold.into_iter().zip(loaded) {
+            if loaded.is_dirty() {
+                self.unwritten.push_back((now, user.clone()));
             }
-            self.inboxes.put(user, head);
+            self.keep(user, loaded);
+        }
+        for (user, channels) in warm {
+            if let Some(index) = self.inboxes.get_mut(&user) {
+                index::load_channels(self.kv.as_ref(), &user, index, &channels).await?;
+            }
         }
         Ok(())
     }
 
-    /// `user`'s inbox holds entries from before the channel index existed: build their
-    /// entry per channel from the inbox itself (once per user; everything there counts as
-    /// read), so that the write path knows which items the inbox holds.
-    async fn index_old_inbox(&mut self, user: &str) -> Result<(), ApiError> {
-        let prefix = keys::inbox_of(user);
-        let end = prefix_end(&prefix);
-        let mut start = prefix.clone();
-        let mut last: HashMap<String, u64> = HashMap::new();
-        loop {
-            let mut txn = self.kv.begin().await?;
-            let page = txn.scan(&start, &end, 1000, Order::Ascending).await?;
-            for (key, value) in &page {
-                let entry: InboxEntry = decode(key, value)?;
-                let seq = last.entry(entry.channel).or_insert(0);
-                *seq = (*seq).max(entry.seq);
-            }
-            match page.last() {
-                Some((key, _)) if page.len() == 1000 => {
-                    start = key.clone();
-                    start.push(0);
-                }
-                _ => break,
-            }
+    /// Keep a user's index in memory; one the memory bound pushes out is written first (in
+    /// the next batch) if it has unwritten changes.
+    fn keep(&mut self, user: String, index: UserIndex) {
+        if let Some((evicted, mut old)) = self.inboxes.push(user, index)
+            && old.is_dirty()
+        {
+            old.flush(&evicted, &mut self.pending);
         }
-        tracing::info!(user_id = %user, channels = last.len(), "indexed an inbox from before the channel index");
-        for (channel, seq) in last {
-            let key = keys::user_channel(user, &channel);
-            let entry = UserChannel {
-                last_seq: seq,
-                last_ts: 0,
-                read_seq: seq,
-                unread: 0,
-            };
-            match self.user_channels.get_mut(&key) {
-                Some(known) if known.last_seq >= seq => continue,
-                Some(known) => *known = entry,
-                None => {
-                    self.user_channels.put(key.clone(), entry);
-                }
-            }
-            self.pending.push((key, entry.encode()));
-        }
-        Ok(())
     }
+
+    /// Queue the index writes of users whose changes are older than [`index::FLUSH_AFTER`]
+    /// (all of them when `all`), at most `max` users.
+    pub(super) fn flush_due(&mut self, now: Instant, all: bool, max: usize) {
+        let mut flushed = 0;
+        while flushed < max {
+            let Some((since, _)) = self.unwritten.front() else {
+                break;
+            };
+            if !all && now.duration_since(*since) < index::FLUSH_AFTER {
+                break;
+            }
+            let Some((_, user)) = self.unwritten.pop_front() else {
+                break;
+            };
+            // Skip a user already written (or forgotten) since.
+            if let Some(index) = self.inboxes.peek_mut(&user)
+                && index.is_dirty()
+            {
+                index.flush(&user, &mut self.pending);
+                flushed += 1;
+            }
+        }
+    }
+
+    /// A user's index changed: remember to write it.
+    pub(super) fn touched(&mut self, user: &str, channel: &str, now: Instant) {
+        if let Some(index) = self.inboxes.peek_mut(user)
+            && index.touched(channel, now)
+        {
+            self.unwritten.push_back((now, user.to_owned()));
+        }
+    }
+}
+
+/// A channel's newest `seq` and its time, from its last message (the channel's messages are
+/// gapless, so the last key is the count).
+async fn channel_head(kv: &dyn Kv, channel: &str) -> Result<ChannelHead, ApiError> {
+    let prefix = keys::messages_of(channel);
+    let mut txn = kv.begin().await?;
+    let last = txn
+        .scan(&prefix, &prefix_end(&prefix), 1, Order::Descending)
+        .await?;
+    Ok(match last.first() {
+        Some((key, value)) => ChannelHead {
+            last_seq: keys::trailing_number(key).unwrap_or(0),
+            last_ts: MessageRecord::decode(key, value)?.ts,
+        },
+        None => ChannelHead::default(),
+    })
 }
 
 /// The newest `inbox_id` of `user` in the store (0 when the inbox is empty): the last key of
@@ -360,7 +366,7 @@ impl Reads {
     }
 
     fn channel(&mut self, name: String, channel: Channel) {
-        if self.seen.insert(keys::channel_seq(&name)) {
+        if self.seen.insert(keys::messages_of(&name)) {
             self.channels.push((name, channel));
         }
     }
@@ -375,7 +381,7 @@ impl Reads {
         let mut keys = Vec::with_capacity(
             self.dedupes.len()
                 + self.channel_dedupes.len()
-                + 3 * self.channels.len()
+                + 2 * self.channels.len()
                 + self.users.len(),
         );
         keys.extend(self.dedupes.iter().map(|(s, c)| keys::dedupe(s, c)));
@@ -384,8 +390,7 @@ impl Reads {
                 .iter()
                 .map(|(ch, s, c)| keys::channel_dedupe(ch, s, c)),
         );
-        for (name, channel) in &self.channels {
-            keys.push(keys::channel_seq(name));
+        for (_, channel) in &self.channels {
             match channel {
                 Channel::Direct(a, b) => {
                     keys.push(keys::user(a));
