@@ -50,9 +50,79 @@ pub struct DecodeError {
     pub error: ApiError,
 }
 
+/// The fields a well-formed frame may carry, borrowed from the frame's text where they can
+/// be: the fast path of [`Inbound::decode`]. A frame this does not take (a field of the
+/// wrong type, a missing one) goes the careful way, which says exactly what is wrong.
+#[derive(Deserialize)]
+struct Fast<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    req: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    client_msg_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    to: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    channel: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<u64>,
+    #[serde(default)]
+    inbox_id: Option<u64>,
+}
+
+impl Fast<'_> {
+    /// The frame, when this fast path can tell it whole.
+    fn frame(self) -> Option<Inbound> {
+        let frame = match self.kind.as_ref() {
+            "send" => ClientFrame::Send(SendRequest {
+                client_msg_id: self.client_msg_id.clone()?.into_owned(),
+                target: match (self.to, self.channel) {
+                    (Some(to), None) => SendTarget::User(to.into_owned()),
+                    (None, Some(ch)) => SendTarget::Channel(ch.into_owned()),
+                    _ => return None,
+                },
+                text: self.text?.into_owned(),
+            }),
+            "sync" => ClientFrame::Sync {
+                after: self.after.unwrap_or(0),
+                limit: self.limit,
+            },
+            "cursor" => ClientFrame::Cursor {
+                inbox_id: self.inbox_id?,
+            },
+            "heartbeat" => ClientFrame::Heartbeat,
+            "typing" => ClientFrame::Typing {
+                channel: self.channel?.into_owned(),
+            },
+            _ => return None,
+        };
+        Some(Inbound {
+            req: self.req.map(std::borrow::Cow::into_owned),
+            client_msg_id: self.client_msg_id.map(std::borrow::Cow::into_owned),
+            frame,
+        })
+    }
+}
+
 impl Inbound {
     /// Decode one text frame.
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        if let Ok(fast) = serde_json::from_str::<Fast<'_>>(text)
+            && let Some(inbound) = fast.frame()
+        {
+            return Ok(inbound);
+        }
+        Self::decode_carefully(text)
+    }
+
+    /// Decode a frame field by field, so that a bad one is named in the error and the
+    /// frame's correlation ids still come back.
+    fn decode_carefully(text: &str) -> Result<Self, DecodeError> {
         let mut obj: Map<String, Value> = match serde_json::from_str(text) {
             Ok(Value::Object(obj)) => obj,
             Ok(_) => {
@@ -329,6 +399,42 @@ mod tests {
             )
             .unwrap();
             assert_eq!(spliced, whole);
+        }
+    }
+
+    #[test]
+    fn the_fast_and_the_careful_decoders_agree() {
+        for text in [
+            r#"{"type":"send","req":"r1","client_msg_id":"c1","to":"u1","text":"hi \"you\" \u00e9"}"#,
+            r#"{"type":"send","client_msg_id":"c1","channel":"g:x","text":"","extra":[1,2]}"#,
+            r#"{"type":"sync","after":5,"limit":10,"req":"s"}"#,
+            r#"{"type":"sync"}"#,
+            r#"{"type":"cursor","inbox_id":3}"#,
+            r#"{"type":"heartbeat","req":null}"#,
+            r#"{"type":"typing","channel":"dm:a:b"}"#,
+        ] {
+            let fast = serde_json::from_str::<Fast<'_>>(text)
+                .ok()
+                .and_then(Fast::frame);
+            assert_eq!(
+                fast,
+                Some(Inbound::decode_carefully(text).unwrap()),
+                "{text}"
+            );
+        }
+        // What the fast path does not take goes the careful way.
+        for text in [
+            r#"{"type":"send","client_msg_id":"c","to":"u","channel":"g:x","text":"t"}"#,
+            r#"{"type":"cursor"}"#,
+            r#"{"type":"dance"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Fast<'_>>(text)
+                    .ok()
+                    .and_then(Fast::frame)
+                    .is_none(),
+                "{text}"
+            );
         }
     }
 
