@@ -48,6 +48,13 @@ pub enum Call {
     Group { change: GroupChange },
 }
 
+impl Call {
+    /// Whether answering it waits on other calls (so it must not share their lane).
+    fn waits_on_calls(&self) -> bool {
+        !matches!(self, Call::Append { .. })
+    }
+}
+
 /// A change of a group's members, as a call carries it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
@@ -110,7 +117,8 @@ struct Peer {
 pub struct Rpc {
     cluster: Arc<Cluster>,
     transport: Arc<Transport>,
-    peers: Mutex<HashMap<String, Peer>>,
+    /// Per (peer, lane: whether its calls wait on other calls).
+    peers: Mutex<HashMap<(String, bool), Peer>>,
 }
 
 impl Rpc {
@@ -128,7 +136,7 @@ impl Rpc {
     /// not have acted on it, so what is called must be safe to call again.
     pub async fn call(&self, node_id: &str, call: &Call) -> Result<Answer, String> {
         let body = serde_json::to_string(call).map_err(|e| format!("encoding a call: {e}"))?;
-        let tx = self.queue(node_id)?;
+        let tx = self.queue(node_id, call.waits_on_calls())?;
         let (answer_tx, answer) = oneshot::channel();
         tx.try_send((body, answer_tx))
             .map_err(|_| format!("the calls to {node_id} are backed up"))?;
@@ -137,7 +145,7 @@ impl Rpc {
             .map_err(|_| format!("the link to {node_id} closed"))?
     }
 
-    fn queue(&self, node_id: &str) -> Result<mpsc::Sender<Pending>, String> {
+    fn queue(&self, node_id: &str, lane: bool) -> Result<mpsc::Sender<Pending>, String> {
         let member = self
             .cluster
             .peers()
@@ -145,7 +153,8 @@ impl Rpc {
             .cloned()
             .ok_or_else(|| format!("node {node_id} is not a live member"))?;
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(peer) = peers.get(node_id)
+        let key = (node_id.to_owned(), lane);
+        if let Some(peer) = peers.get(&key)
             && peer.url == member.internal_url
             && !peer.tx.is_closed()
         {
@@ -163,7 +172,7 @@ impl Rpc {
             rx,
         ));
         peers.insert(
-            node_id.to_owned(),
+            key,
             Peer {
                 url: member.internal_url.clone(),
                 tx: tx.clone(),
@@ -178,7 +187,7 @@ impl Rpc {
         self.peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|id, _| members.contains_key(id));
+            .retain(|(id, _), _| members.contains_key(id));
     }
 }
 
@@ -240,6 +249,18 @@ async fn run_peer(
     }
 }
 
+/// An error with its causes, for the log (reqwest's own text hides them).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 async fn post(http: &reqwest::Client, url: &str, body: String) -> Result<AnswerBatch, String> {
     let response = tokio::time::timeout(
         TIMEOUT,
@@ -250,7 +271,7 @@ async fn post(http: &reqwest::Client, url: &str, body: String) -> Result<AnswerB
     )
     .await
     .map_err(|_| format!("{url}: no answer within {TIMEOUT:?}"))?
-    .map_err(|e| format!("{url}: {e}"))?;
+    .map_err(|e| format!("{url}: {}", chain(&e)))?;
     if !response.status().is_success() {
         return Err(format!("{url}: HTTP {}", response.status()));
     }
