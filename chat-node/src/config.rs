@@ -75,6 +75,11 @@ pub struct Config {
     #[command(flatten)]
     pub push: crate::push::PushConfig,
 
+    /// Limits against abuse: rates, counts and HTTP timeouts (see `crate::limits::config`
+    /// and docs/operations.md).
+    #[command(flatten)]
+    pub abuse: crate::limits::LimitsConfig,
+
     /// Seconds of silence after which a device is offline and its socket closed.
     #[arg(long, env = "PARLEY_HEARTBEAT_TIMEOUT", default_value_t = 30)]
     pub heartbeat_timeout: u64,
@@ -159,6 +164,7 @@ impl Config {
             &self.node_id(),
             &self.cluster,
         )?;
+        self.abuse.validate().map_err(ConfigError)?;
         Ok(())
     }
 
@@ -172,6 +178,7 @@ impl Config {
             max_message_chars: self.max_message_chars,
             max_group_members: self.max_group_members,
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout),
+            max_groups_per_user: self.abuse.max_groups_per_user,
             ..Limits::default()
         }
     }
@@ -207,5 +214,33 @@ mod tests {
         assert!(err.0.contains("--tikv-pd"), "{}", err.0);
         let err = parse(&["--store", "etcd"]).validate().unwrap_err();
         assert!(err.0.contains("--etcd"), "{}", err.0);
+    }
+
+    #[test]
+    fn abuse_limits_have_the_contract_defaults_and_zero_turns_them_off() {
+        let c = parse(&[]);
+        assert_eq!(
+            (c.abuse.max_sends_per_second, c.abuse.send_burst),
+            (20, 100)
+        );
+        assert_eq!(c.abuse.max_failed_logins, 10);
+        assert_eq!(c.abuse.max_logins_per_address, 60);
+        assert_eq!(c.abuse.max_sockets_per_user, 16);
+        assert_eq!(
+            (
+                c.abuse.header_timeout_secs,
+                c.abuse.body_timeout_secs,
+                c.abuse.idle_timeout_secs
+            ),
+            (10, 30, 60)
+        );
+        assert_eq!(c.abuse.max_groups_per_user, 1_000);
+        assert_eq!(c.abuse.max_devices_per_user, 100);
+        let off = parse(&["--max-sends-per-second", "0", "--header-timeout-secs", "0"]);
+        assert_eq!(off.abuse.header_timeout(), None);
+        off.validate().expect("0 turns a limit off");
+        let proxies = parse(&["--trusted-proxies", "10.0.0.0/8,::1/128"]);
+        assert_eq!(proxies.abuse.trusted_proxies.len(), 2);
+        assert!(Config::try_parse_from(["chat-node", "--trusted-proxies", "not-a-cidr"]).is_err());
     }
 }

@@ -198,7 +198,7 @@ async fn forged_and_missing_tokens_are_refused() {
     let alice = node.user("alice", "phone").await;
     let forger = chat_node::auth::TokenKeys::new(b"a secret that is not the node's one");
     let (forged, _) = forger
-        .issue(&alice.id, "phone", chat_node::now_ms())
+        .issue(&alice.id, "phone", 0, chat_node::now_ms())
         .unwrap();
     let mut tampered = alice.token.clone();
     tampered.pop();
