@@ -26,6 +26,8 @@ pub mod auth;
 pub mod chat;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http_server;
 pub mod hub;

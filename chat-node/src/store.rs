@@ -28,7 +28,7 @@ pub mod index;
 pub mod keys;
 mod model;
 mod overlay;
-mod records;
+pub mod records;
 pub mod tikv;
 pub mod writer;
 
