@@ -162,9 +162,24 @@ impl Request {
             .map(|(_, v)| v.into_owned())
     }
 
-    /// A numeric query parameter; 400 if present but not a non-negative integer.
+    /// A query parameter that may be given at most once; 400 if it is repeated (which value
+    /// would count is anyone's guess, so none does).
+    pub fn query_once(&self, name: &str) -> Result<Option<String>, ApiError> {
+        let mut values = form_urlencoded::parse(self.query.as_bytes()).filter(|(k, _)| k == name);
+        let first = values.next().map(|(_, v)| v.into_owned());
+        let more = values.count();
+        if more > 0 {
+            return Err(ApiError::bad_request(format!(
+                "query parameter {name} is given {} times; give it once",
+                more + 1
+            )));
+        }
+        Ok(first)
+    }
+
+    /// A numeric query parameter; 400 if present but not a non-negative integer, or repeated.
     pub fn query_u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        match self.query(name) {
+        match self.query_once(name)? {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
@@ -287,6 +302,13 @@ pub fn error_response(error: &ApiError) -> Response {
     let status =
         StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json(status, &error.to_body());
+    if let Some(allow) = error
+        .allow
+        .as_deref()
+        .and_then(|a| http::HeaderValue::from_str(a).ok())
+    {
+        response.headers_mut().insert(http::header::ALLOW, allow);
+    }
     if let Some(secs) = error.retry_after {
         response
             .headers_mut()

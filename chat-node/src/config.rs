@@ -216,6 +216,49 @@ mod tests {
         assert!(err.0.contains("--etcd"), "{}", err.0);
     }
 
+    /// The `maximum` the CRD's schema gives `field` (its first occurrence with one).
+    fn crd_maximum(field: &str) -> u64 {
+        let crd = include_str!("../../crds/chatclusters.parley.dev.yaml");
+        let lines: Vec<&str> = crd.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.trim() == format!("{field}:"))
+            .find_map(|(i, _)| {
+                lines[i + 1..(i + 10).min(lines.len())]
+                    .iter()
+                    .find_map(|l| l.trim().strip_prefix("maximum: "))
+            })
+            .and_then(|m| m.parse::<f64>().ok())
+            .map(|m| m as u64)
+            .unwrap_or_else(|| panic!("the CRD gives {field} no maximum"))
+    }
+
+    #[test]
+    fn the_crd_accepts_exactly_what_the_node_accepts() {
+        // A ChatCluster the CRD admits but the node refuses would crash-loop every pod.
+        let groups = crd_maximum("maxGroupMembers");
+        let chars = crd_maximum("maxMessageChars");
+        let with = |g: u64, c: u64| {
+            parse(&[
+                "--max-group-members",
+                &g.to_string(),
+                "--max-message-chars",
+                &c.to_string(),
+            ])
+            .validate()
+        };
+        with(groups, chars).expect("the CRD's maxima are valid for the node");
+        assert!(
+            with(groups + 1, chars).is_err(),
+            "maxGroupMembers {groups} is the node's bound too"
+        );
+        assert!(
+            with(groups, chars + 1).is_err(),
+            "maxMessageChars {chars} is the node's bound too"
+        );
+    }
+
     #[test]
     fn abuse_limits_have_the_contract_defaults_and_zero_turns_them_off() {
         let c = parse(&[]);

@@ -15,6 +15,7 @@ use crate::protocol::types::{
 };
 use crate::state::AppState;
 
+/// 405 naming the allowed methods (`allowed` reads "POST or GET"), with an `Allow` header.
 fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
     ApiError::new(
         crate::protocol::ErrorCode::MethodNotAllowed,
@@ -23,6 +24,7 @@ fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
             req.method, req.path
         ),
     )
+    .with_allow(allowed.replace(" or ", ", "))
 }
 
 fn not_found(req: &Request) -> ApiError {
@@ -47,7 +49,11 @@ where
     let limit = state.limits.max_frame_bytes();
     let m = req.method.clone();
 
+    let probe = m == Method::GET || m == Method::HEAD;
     match segs.as_slice() {
+        ["healthz" | "readyz" | "metrics"] if !probe => {
+            Err(method_not_allowed(&req, "GET or HEAD"))
+        }
         ["healthz"] => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         ["readyz"] => state
             .readiness()
@@ -61,7 +67,7 @@ where
         .into_response()),
         ["v1", "ws"] => match m {
             Method::GET => {
-                let token = req.query("token");
+                let token = req.query_once("token")?;
                 crate::gateway::upgrade(state, &req.headers, token, req.upgrade, req.control).await
             }
             _ => Err(method_not_allowed(&req, "GET")),
@@ -79,7 +85,7 @@ where
             }
             Method::GET => {
                 req.auth(state).await?;
-                let name = req.query("username").ok_or_else(|| {
+                let name = req.query_once("username")?.ok_or_else(|| {
                     ApiError::bad_request("look a user up with GET /v1/users?username=NAME")
                 })?;
                 Ok(json(

@@ -74,6 +74,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds after which a retry may succeed: the `Retry-After` header of a 429 or 503.
     pub retry_after: Option<u64>,
+    /// The methods a path serves: the `Allow` header of a 405.
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -82,7 +84,15 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
+    }
+
+    /// The same error with an `Allow` header (a 405) listing `methods` (e.g. `GET, POST`).
+    #[must_use]
+    pub fn with_allow(mut self, methods: impl Into<String>) -> Self {
+        self.allow = Some(methods.into());
+        self
     }
 
     /// The same error with a `Retry-After` of `secs` seconds.

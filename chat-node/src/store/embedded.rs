@@ -288,3 +288,20 @@ impl KvTxn for EmbeddedTxn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_poisoned_store_says_so_on_ping() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
+        store.ping().await.expect("a fresh store answers");
+        store.poison("fsync failed: injected");
+        match store.ping().await {
+            Err(StoreError::Poisoned(reason)) => assert!(reason.contains("injected")),
+            other => panic!("expected Poisoned, got {other:?}"),
+        }
+    }
+}
