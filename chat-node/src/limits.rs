@@ -106,14 +106,21 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
 pub struct Limiters {
     config: LimitsConfig,
     metrics: Arc<Metrics>,
-    sends: Bucket<String>,
+    /// Keyed by a 64-bit hash of the user id ([`key`]): a send allocates nothing here.
+    sends: Bucket<u64>,
     addresses: Bucket<IpAddr>,
-    /// Failed logins per username: one cell per failure.
-    failures: Bucket<String>,
+    /// Failed logins per username (hashed): one cell per failure.
+    failures: Bucket<u64>,
     /// Usernames whose failures ran out, and until when they are refused.
     blocked: Mutex<HashMap<String, Instant>>,
     /// Open sockets per user on this node.
     sockets: Mutex<HashMap<String, usize>>,
+}
+
+/// The limiter key of a user id or username: 64 bits of xxh3 (a collision would only share
+/// one allowance between two names, at odds of one in 2^64).
+fn key(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
 }
 
 fn nonzero(n: u32) -> Option<NonZeroU32> {
@@ -154,7 +161,7 @@ impl Limiters {
 
     /// One send (or edit, delete, reaction) by `user_id`, from any device and either edge.
     pub fn check_send(&self, user_id: &str) -> Result<(), ApiError> {
-        self.sends.take(&user_id.to_owned()).map_err(|wait| {
+        self.sends.take(&key(user_id)).map_err(|wait| {
             self.refused(Limit::Sends);
             rate_limited(
                 format!(
@@ -219,7 +226,7 @@ impl Limiters {
         let wait = if self.config.max_failed_logins == 1 {
             Some(FAILED_LOGIN_WINDOW)
         } else {
-            self.failures.take(&username.to_owned()).err()
+            self.failures.take(&key(username)).err()
         };
         if let Some(wait) = wait {
             let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
