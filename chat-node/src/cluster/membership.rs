@@ -22,12 +22,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use parley_etcd_connect::EtcdFiles;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use super::{Cluster, Member};
 use crate::hub::Hub;
