@@ -51,13 +51,15 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// A stored value of each record type, and a counter.
+/// A stored value of each record type (JSON and the write path's packed binary ones), and a
+/// counter.
 pub fn record(data: &[u8]) {
     let key = b"fuzz";
     let _ = records::decode::<records::UserRecord>(key, data);
     let _ = records::decode::<records::GroupRecord>(key, data);
-    let _ = records::decode::<records::MessageRecord>(key, data);
-    let _ = records::decode::<records::InboxEntry>(key, data);
+    let _ = records::MessageRecord::decode(key, data);
+    let _ = records::InboxEntry::decode(key, data);
+    let _ = records::UserChannel::decode(key, data);
     let _ = records::decode::<records::DeviceRecord>(key, data);
     let _ = records::decode::<records::ContactRecord>(key, data);
     let _ = records::decode_u64(key, data);
