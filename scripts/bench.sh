@@ -48,6 +48,12 @@ ulimit -n "$(ulimit -Hn)"
 NODE_BIN="${PARLEY_BENCH_NODE_BIN:-$CARGO_TARGET_DIR/release/chat-node}"
 # shellcheck disable=SC2206 # the extra flags are meant to split
 NODE=("$NODE_BIN" --listen "127.0.0.1:$PORT" --data-dir "$DATA" ${PARLEY_BENCH_NODE_FLAGS:-})
+# A benchmark is one client machine sending as fast as it can: the limits against abuse that
+# would throttle it (sends per user, logins and sign-ups per address) are turned off
+# explicitly, so the figures measure the node, not the limiter (docs/benchmarks.md). As
+# variables (= --max-sends-per-second 0 --max-logins-per-address 0), which a build from
+# before the limits (PARLEY_BENCH_NODE_BIN, scripts/bench-compare.sh) ignores.
+export PARLEY_MAX_SENDS_PER_SECOND=0 PARLEY_MAX_LOGINS_PER_ADDRESS=0
 LOG="$DATA.node.log"
 if [ -n "${PARLEY_BENCH_PERF:-}" ]; then
   # shellcheck disable=SC2086 # the flags are meant to split

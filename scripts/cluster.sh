@@ -48,6 +48,10 @@ urllib.request.urlopen('https://127.0.0.1:$client_port/health', timeout=1, conte
   sleep 0.1
 done
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secret"
+# A local cluster is driven by tools on this one machine (parley-bench, tests by hand): the
+# per-user send rate and logins per address are off unless set (PARLEY_* or a flag).
+export PARLEY_MAX_SENDS_PER_SECOND="${PARLEY_MAX_SENDS_PER_SECOND:-0}"
+export PARLEY_MAX_LOGINS_PER_ADDRESS="${PARLEY_MAX_LOGINS_PER_ADDRESS:-0}"
 for i in $(seq 1 "$nodes"); do
   port=$((base + i))
   ./target/release/chat-node --listen "127.0.0.1:$port" --internal-listen "127.0.0.1:$((base + 100 + i))" \

@@ -2,7 +2,8 @@
 # Install what building and testing Parley needs, on Debian/Ubuntu, if it is missing:
 #   protobuf-compiler  protoc, needed by etcd-client's build script
 #   etcd-server        (--test, --cluster) a real etcd for the tests and the local cluster script
-#   python3-venv       for the offline Kubernetes manifest checks
+#   python3-venv       for the offline Kubernetes manifest checks and schemathesis
+#   g++, curl          (--test) libFuzzer's C++ sources (the fuzz pass); the schema pass's set-up
 #   nodejs, npm, chromium  for the web client's browser tests (Playwright drives Debian's Chromium)
 # On other systems it says what to install and stops.
 set -euo pipefail
@@ -14,6 +15,8 @@ if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--cluster" ]; then
 fi
 if [ "${1:-}" = "--test" ]; then
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+  command -v g++ >/dev/null 2>&1 || need+=(g++)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
   command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
   [ -x /usr/bin/chromium ] || need+=(chromium)
 fi

@@ -12,6 +12,12 @@ cargo fmt --all -- --check
 echo "== cargo test (workspace)"
 cargo test --workspace --locked 2>&1
 
+echo "== fuzzing (libFuzzer, a bounded pass: scripts/fuzz.sh)"
+./scripts/fuzz.sh 12
+
+echo "== schema testing (schemathesis against docs/openapi.yaml on a real node)"
+./scripts/schemathesis.sh 10
+
 echo "== web client in a real browser (Playwright + Chromium)"
 ./e2e/browser/run.sh
 

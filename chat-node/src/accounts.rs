@@ -2,11 +2,14 @@
 
 use std::sync::Arc;
 
-use crate::auth::{TokenKeys, password};
+use crate::auth::{Claims, TokenKeys, password};
+use crate::limits::Limiters;
+use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::presence::Presence;
 use crate::protocol::types::{Device, Login, Profile, PushRegistration, Session, SignUp};
 use crate::protocol::{ApiError, validate};
+use crate::sessions::Sessions;
 use crate::store::{ChatStore, UserRecord};
 
 /// The accounts service.
@@ -14,6 +17,15 @@ pub struct Accounts {
     store: ChatStore,
     tokens: TokenKeys,
     presence: Arc<Presence>,
+    limiters: Arc<Limiters>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+}
+
+fn wrong_password() -> ApiError {
+    ApiError::unauthorized(
+        "the username or password is wrong; check both, or sign up with POST /v1/users",
+    )
 }
 
 /// A fresh random id: 16 lowercase hex digits (64 bits), valid in paths and channel names.
@@ -22,12 +34,92 @@ pub fn new_id() -> String {
 }
 
 impl Accounts {
-    pub fn new(store: ChatStore, tokens: TokenKeys, presence: Arc<Presence>) -> Self {
+    pub fn new(
+        store: ChatStore,
+        tokens: TokenKeys,
+        presence: Arc<Presence>,
+        limiters: Arc<Limiters>,
+        sessions: Arc<Sessions>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             tokens,
             presence,
+            limiters,
+            sessions,
+            metrics,
         }
+    }
+
+    /// A token's signature and expiry, then its session generation: 401 if any fails.
+    pub async fn authenticate(&self, token: &str) -> Result<Claims, ApiError> {
+        let claims = self.tokens.verify(token)?;
+        self.sessions.check(&claims).await?;
+        Ok(claims)
+    }
+
+    /// Check `password` against `username`'s, through the failed-login limit: while the
+    /// username is blocked every attempt is 429, right or wrong.
+    async fn check_password(
+        &self,
+        username: &str,
+        password: String,
+    ) -> Result<UserRecord, ApiError> {
+        self.limiters.login_blocked(username)?;
+        let user = self.store.user_by_name(username).await?;
+        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let right = password::verify(password, phc).await.inspect_err(|e| {
+            if e.retry_after.is_some() {
+                self.metrics.password_queue_full.inc();
+            }
+        })?;
+        match user {
+            Some(user) if right => Ok(user),
+            _ => {
+                self.limiters.login_failed(username);
+                Err(wrong_password())
+            }
+        }
+    }
+
+    /// `PUT /v1/users/me/password`: with the current password right, set the new one and
+    /// revoke every other session of the user.
+    pub async fn change_password(
+        &self,
+        me: &Claims,
+        current: String,
+        new_password: String,
+    ) -> Result<(), ApiError> {
+        validate::password(&new_password)?;
+        let user = self
+            .store
+            .user(&me.sub)
+            .await?
+            .ok_or_else(|| ApiError::not_found("your user no longer exists"))?;
+        self.check_password(&user.username, current)
+            .await
+            .map_err(|e| {
+                if e.code == crate::protocol::ErrorCode::Unauthorized {
+                    ApiError::unauthorized("the current password is wrong; nothing was changed")
+                } else {
+                    e
+                }
+            })?;
+        let hash = password::hash(new_password).await.inspect_err(|e| {
+            if e.retry_after.is_some() {
+                self.metrics.password_queue_full.inc();
+            }
+        })?;
+        let revoked = self
+            .store
+            .change_password(&me.sub, &hash, &me.dev, now_ms())
+            .await?;
+        for (device, generation) in &revoked {
+            self.sessions.apply(&me.sub, device, *generation);
+        }
+        tracing::info!(user_id = %me.sub, revoked = revoked.len(), "password changed");
+        Ok(())
     }
 
     pub fn tokens(&self) -> &TokenKeys {
@@ -45,11 +137,16 @@ impl Accounts {
                 body.username
             )));
         }
+        let password_hash = password::hash(body.password).await.inspect_err(|e| {
+            if e.retry_after.is_some() {
+                self.metrics.password_queue_full.inc();
+            }
+        })?;
         let user = UserRecord {
             user_id: new_id(),
             username: body.username,
             display_name,
-            password_hash: password::hash(body.password).await?,
+            password_hash,
             created_at: now_ms(),
         };
         self.store.create_user(&user).await?;
@@ -65,21 +162,30 @@ impl Accounts {
             }
             None => format!("d-{}", new_id()),
         };
-        let user = self.store.user_by_name(&body.username).await?;
-        let phc = user.as_ref().map(|u| u.password_hash.clone());
-        let user = match user {
-            Some(user) if password::verify(body.password, phc).await => user,
-            _ => {
-                return Err(ApiError::unauthorized(
-                    "the username or password is wrong; check both, or sign up with POST /v1/users",
-                ));
-            }
-        };
+        let user = self.check_password(&body.username, body.password).await?;
         let now = now_ms();
-        self.store
-            .touch_device(&user.user_id, &device_id, now)
+        let evicted = self
+            .store
+            .touch_device(
+                &user.user_id,
+                &device_id,
+                now,
+                self.limiters.config().max_devices_per_user,
+            )
             .await?;
-        let (token, expires_at) = self.tokens.issue(&user.user_id, &device_id, now)?;
+        if let Some((device, generation)) = evicted {
+            self.metrics.devices_evicted.inc();
+            self.sessions.apply(&user.user_id, &device, generation);
+            tracing::info!(user_id = %user.user_id, device_id = %device, "device limit reached: removed the longest-unused device");
+        }
+        // From the store, not the cache: a token issued now must carry the generation in force.
+        let generation = self
+            .store
+            .session_generation(&user.user_id, &device_id)
+            .await?;
+        let (token, expires_at) = self
+            .tokens
+            .issue(&user.user_id, &device_id, generation, now)?;
         Ok(Session {
             token,
             user_id: user.user_id,

@@ -27,6 +27,7 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::Claims;
 use crate::cluster::transport::PeerNode;
+use crate::http_server::{ConnControl, PeerAddr};
 use crate::protocol::ApiError;
 use crate::state::AppState;
 
@@ -41,6 +42,8 @@ pub fn filter(
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::optional::<PeerAddr>())
+        .and(warp::ext::optional::<ConnControl>())
         .and(warp::any().map(move || state.clone()))
         .then(
             |method: Method,
@@ -49,6 +52,8 @@ pub fn filter(
              headers: HeaderMap,
              body,
              upgrade,
+             remote: Option<PeerAddr>,
+             control: Option<ConnControl>,
              state: Arc<AppState>| async move {
                 state.metrics.http_requests.inc();
                 let request = Request {
@@ -58,6 +63,9 @@ pub fn filter(
                     headers,
                     upgrade,
                     peer: None,
+                    remote: remote.map(|p| p.0),
+                    control,
+                    body_timeout: state.limiters.config().body_timeout(),
                 };
                 match routes::route(&state, request, body).await {
                     Ok(response) => response,
@@ -93,6 +101,11 @@ pub fn internal_filter(
                     headers,
                     upgrade: None,
                     peer,
+                    remote: None,
+                    control: None,
+                    // Link bodies are the peers' (mutual TLS); the client deadlines are for
+                    // clients.
+                    body_timeout: None,
                 };
                 let segments = request.segments();
                 let result = match segments.iter().map(String::as_str).collect::<Vec<_>>()[..] {
@@ -120,6 +133,12 @@ pub struct Request {
     pub upgrade: Option<OnUpgrade>,
     /// The node the connection's certificate names (internal listener, mutual TLS).
     pub peer: Option<PeerNode>,
+    /// The TCP peer of a client connection (absent when the server did not say).
+    pub remote: Option<std::net::SocketAddr>,
+    /// The connection's handle, for the WebSocket upgrade.
+    pub control: Option<ConnControl>,
+    /// How long the body may take to arrive (`--body-timeout-secs`).
+    pub body_timeout: Option<std::time::Duration>,
 }
 
 impl Request {
@@ -143,9 +162,24 @@ impl Request {
             .map(|(_, v)| v.into_owned())
     }
 
-    /// A numeric query parameter; 400 if present but not a non-negative integer.
+    /// A query parameter that may be given at most once; 400 if it is repeated (which value
+    /// would count is anyone's guess, so none does).
+    pub fn query_once(&self, name: &str) -> Result<Option<String>, ApiError> {
+        let mut values = form_urlencoded::parse(self.query.as_bytes()).filter(|(k, _)| k == name);
+        let first = values.next().map(|(_, v)| v.into_owned());
+        let more = values.count();
+        if more > 0 {
+            return Err(ApiError::bad_request(format!(
+                "query parameter {name} is given {} times; give it once",
+                more + 1
+            )));
+        }
+        Ok(first)
+    }
+
+    /// A numeric query parameter; 400 if present but not a non-negative integer, or repeated.
     pub fn query_u64(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        match self.query(name) {
+        match self.query_once(name)? {
             None => Ok(None),
             Some(v) if v.is_empty() => Ok(None),
             Some(v) => v.parse().map(Some).map_err(|_| {
@@ -156,15 +190,46 @@ impl Request {
         }
     }
 
-    /// The bearer token from `Authorization`, checked; 401 if absent or invalid.
-    pub fn auth(&self, state: &AppState) -> Result<Claims, ApiError> {
-        state.authenticate(&self.headers)
+    /// The bearer token from `Authorization`, checked (signature, expiry, not revoked);
+    /// 401 if absent, invalid or revoked.
+    pub async fn auth(&self, state: &AppState) -> Result<Claims, ApiError> {
+        state.authenticate(&self.headers).await
+    }
+
+    /// The client's address for the per-address limits (the peer, or the first
+    /// `X-Forwarded-For` hop behind a trusted proxy).
+    pub fn client_address(&self, state: &AppState) -> Option<std::net::IpAddr> {
+        state
+            .limiters
+            .client_address(self.remote.map(|p| p.ip()), &self.headers)
+    }
+}
+
+/// [`read_body_bytes`] within the request's body deadline: a body that has not arrived in
+/// time is answered 408 and the connection closed.
+pub async fn read_body<S, B>(body: S, req: &Request, limit: usize) -> Result<bytes::Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let Some(deadline) = req.body_timeout else {
+        return read_body_bytes(body, &req.headers, limit).await;
+    };
+    match tokio::time::timeout(deadline, read_body_bytes(body, &req.headers, limit)).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::new(
+            crate::protocol::ErrorCode::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} s; send it whole, promptly",
+                deadline.as_secs()
+            ),
+        )),
     }
 }
 
 /// Read the whole body, refusing more than `limit` bytes with 413 (whether or not the
 /// client declared a length).
-pub async fn read_body<S, B>(
+pub async fn read_body_bytes<S, B>(
     body: S,
     headers: &HeaderMap,
     limit: usize,
@@ -237,7 +302,22 @@ pub fn error_response(error: &ApiError) -> Response {
     let status =
         StatusCode::from_u16(error.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json(status, &error.to_body());
-    if error.code == crate::protocol::ErrorCode::TooLarge {
+    if let Some(allow) = error
+        .allow
+        .as_deref()
+        .and_then(|a| http::HeaderValue::from_str(a).ok())
+    {
+        response.headers_mut().insert(http::header::ALLOW, allow);
+    }
+    if let Some(secs) = error.retry_after {
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
+    if matches!(
+        error.code,
+        crate::protocol::ErrorCode::TooLarge | crate::protocol::ErrorCode::RequestTimeout
+    ) {
         response.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

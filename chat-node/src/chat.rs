@@ -161,6 +161,11 @@ impl Chat {
         members: Vec<String>,
     ) -> Result<Group, ApiError> {
         validate::group_name(name)?;
+        // Dedupe with a set and stop at the size limit: a body of 100,000 ids costs one
+        // pass over what was read, never a comparison of every id with every other.
+        let max = self.limits.max_group_members;
+        let mut seen = std::collections::HashSet::with_capacity(members.len().min(max + 1));
+        seen.insert(owner.to_owned());
         let mut all = vec![owner.to_owned()];
         for m in members {
             if !validate::is_id(&m) {
@@ -168,8 +173,11 @@ impl Chat {
                     "member {m:?} is not a user id"
                 )));
             }
-            if !all.contains(&m) {
+            if seen.insert(m.clone()) {
                 all.push(m);
+                if all.len() > max {
+                    return Err(ApiError::group_full(max));
+                }
             }
         }
         let group = GroupRecord {
@@ -181,7 +189,11 @@ impl Chat {
             joined: Default::default(),
         };
         self.store
-            .create_group(&group, self.limits.max_group_members)
+            .create_group(
+                &group,
+                self.limits.max_group_members,
+                self.limits.max_groups_per_user,
+            )
             .await?;
         Ok(group.to_wire())
     }

@@ -99,6 +99,9 @@ pub struct Cluster {
     record_changes: tokio::sync::watch::Sender<u64>,
     /// This node hands its users over (operator drain or SIGTERM).
     draining: AtomicBool,
+    /// Registered in etcd under a live lease (always true on a single node): only then
+    /// does the node take users. See `membership` (fail safe).
+    serving: AtomicBool,
     /// Bumped on every membership change; the rebalancer waits on it.
     changes: tokio::sync::watch::Sender<u64>,
     /// Who owns the write path's units: the view as etcd last said, as one snapshot.
@@ -205,6 +208,7 @@ impl Cluster {
             clustered: s.clustered,
             peers: RwLock::new(Arc::new(HashMap::new())),
             draining: AtomicBool::new(false),
+            serving: AtomicBool::new(!s.clustered),
             changes: tokio::sync::watch::channel(0).0,
             owners: RwLock::new(Arc::new(OwnerView::default())),
         }
@@ -278,6 +282,18 @@ impl Cluster {
     /// Whether this node is one of several, through etcd.
     pub fn is_clustered(&self) -> bool {
         self.clustered
+    }
+
+    /// Whether the node serves users: on a single node always; in a cluster while it is
+    /// registered under a live lease.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Set by membership on registering (true) and on losing the lease (false). Returns
+    /// whether it changed.
+    pub fn set_serving(&self, serving: bool) -> bool {
+        self.serving.swap(serving, Ordering::Relaxed) != serving
     }
 
     pub fn is_draining(&self) -> bool {

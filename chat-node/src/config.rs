@@ -75,6 +75,11 @@ pub struct Config {
     #[command(flatten)]
     pub push: crate::push::PushConfig,
 
+    /// Limits against abuse: rates, counts and HTTP timeouts (see `crate::limits::config`
+    /// and docs/operations.md).
+    #[command(flatten)]
+    pub abuse: crate::limits::LimitsConfig,
+
     /// Seconds of silence after which a device is offline and its socket closed.
     #[arg(long, env = "PARLEY_HEARTBEAT_TIMEOUT", default_value_t = 30)]
     pub heartbeat_timeout: u64,
@@ -159,6 +164,7 @@ impl Config {
             &self.node_id(),
             &self.cluster,
         )?;
+        self.abuse.validate().map_err(ConfigError)?;
         Ok(())
     }
 
@@ -172,6 +178,7 @@ impl Config {
             max_message_chars: self.max_message_chars,
             max_group_members: self.max_group_members,
             heartbeat_timeout: Duration::from_secs(self.heartbeat_timeout),
+            max_groups_per_user: self.abuse.max_groups_per_user,
             ..Limits::default()
         }
     }
@@ -207,5 +214,76 @@ mod tests {
         assert!(err.0.contains("--tikv-pd"), "{}", err.0);
         let err = parse(&["--store", "etcd"]).validate().unwrap_err();
         assert!(err.0.contains("--etcd"), "{}", err.0);
+    }
+
+    /// The `maximum` the CRD's schema gives `field` (its first occurrence with one).
+    fn crd_maximum(field: &str) -> u64 {
+        let crd = include_str!("../../crds/chatclusters.parley.dev.yaml");
+        let lines: Vec<&str> = crd.lines().collect();
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.trim() == format!("{field}:"))
+            .find_map(|(i, _)| {
+                lines[i + 1..(i + 10).min(lines.len())]
+                    .iter()
+                    .find_map(|l| l.trim().strip_prefix("maximum: "))
+            })
+            .and_then(|m| m.parse::<f64>().ok())
+            .map(|m| m as u64)
+            .unwrap_or_else(|| panic!("the CRD gives {field} no maximum"))
+    }
+
+    #[test]
+    fn the_crd_accepts_exactly_what_the_node_accepts() {
+        // A ChatCluster the CRD admits but the node refuses would crash-loop every pod.
+        let groups = crd_maximum("maxGroupMembers");
+        let chars = crd_maximum("maxMessageChars");
+        let with = |g: u64, c: u64| {
+            parse(&[
+                "--max-group-members",
+                &g.to_string(),
+                "--max-message-chars",
+                &c.to_string(),
+            ])
+            .validate()
+        };
+        with(groups, chars).expect("the CRD's maxima are valid for the node");
+        assert!(
+            with(groups + 1, chars).is_err(),
+            "maxGroupMembers {groups} is the node's bound too"
+        );
+        assert!(
+            with(groups, chars + 1).is_err(),
+            "maxMessageChars {chars} is the node's bound too"
+        );
+    }
+
+    #[test]
+    fn abuse_limits_have_the_contract_defaults_and_zero_turns_them_off() {
+        let c = parse(&[]);
+        assert_eq!(
+            (c.abuse.max_sends_per_second, c.abuse.send_burst),
+            (20, 100)
+        );
+        assert_eq!(c.abuse.max_failed_logins, 10);
+        assert_eq!(c.abuse.max_logins_per_address, 60);
+        assert_eq!(c.abuse.max_sockets_per_user, 16);
+        assert_eq!(
+            (
+                c.abuse.header_timeout_secs,
+                c.abuse.body_timeout_secs,
+                c.abuse.idle_timeout_secs
+            ),
+            (10, 30, 60)
+        );
+        assert_eq!(c.abuse.max_groups_per_user, 1_000);
+        assert_eq!(c.abuse.max_devices_per_user, 100);
+        let off = parse(&["--max-sends-per-second", "0", "--header-timeout-secs", "0"]);
+        assert_eq!(off.abuse.header_timeout(), None);
+        off.validate().expect("0 turns a limit off");
+        let proxies = parse(&["--trusted-proxies", "10.0.0.0/8,::1/128"]);
+        assert_eq!(proxies.abuse.trusted_proxies.len(), 2);
+        assert!(Config::try_parse_from(["chat-node", "--trusted-proxies", "not-a-cidr"]).is_err());
     }
 }

@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::{Reply, Response};
 
+use crate::http_server::ConnControl;
 use crate::protocol::ApiError;
 use crate::state::AppState;
 
@@ -30,6 +31,7 @@ pub async fn upgrade(
     headers: &HeaderMap,
     token: Option<String>,
     upgrade: Option<OnUpgrade>,
+    control: Option<ConnControl>,
 ) -> Result<Response, ApiError> {
     let header = |name: &str| {
         headers
@@ -48,11 +50,11 @@ pub async fn upgrade(
         ));
     }
     let claims = match token {
-        Some(token) => state.accounts.tokens().verify(&token)?,
-        None => state.authenticate(headers)?,
+        Some(token) => state.accounts.authenticate(&token).await?,
+        None => state.authenticate(headers).await?,
     };
     let state = state.clone();
-    if state.is_draining() {
+    if state.is_draining() || !state.cluster.is_serving() {
         return Err(ApiError::unavailable(
             "this node is shutting down; ask GET /v1/assign for another",
         ));
@@ -65,6 +67,11 @@ pub async fn upgrade(
     let on_upgrade = upgrade.ok_or_else(|| {
         ApiError::bad_request("this connection cannot be upgraded (use HTTP/1.1)")
     })?;
+    // 429 before the upgrade; the permit is the session's until it ends.
+    let permit = state.limiters.open_socket(&claims.sub)?;
+    if let Some(control) = control {
+        control.upgraded();
+    }
 
     let max_frame = state.limits.max_frame_bytes();
     let config = WebSocketConfig::default()
@@ -85,6 +92,7 @@ pub async fn upgrade(
                 )
                 .await;
                 session::run(state, ws, claims).await;
+                drop(permit);
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }

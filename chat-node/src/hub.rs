@@ -31,6 +31,8 @@ pub struct Conn {
     ready: Notify,
     budget: usize,
     last_active: AtomicI64,
+    /// The session generation of the token the socket was opened with (`crate::sessions`).
+    generation: AtomicU64,
 }
 
 impl Conn {
@@ -49,6 +51,7 @@ impl Conn {
             ready: Notify::new(),
             budget,
             last_active: AtomicI64::new(now),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -113,6 +116,15 @@ impl Conn {
             q.frames.shrink_to(16);
         }
         q.close.clone()
+    }
+
+    /// Record the session generation of the socket's token.
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     pub fn touch(&self, now: i64) {
@@ -216,6 +228,14 @@ impl Hub {
             None => return 0,
         };
         targets.iter().filter(|c| c.push(frame.clone())).count()
+    }
+
+    /// The sockets of `user_id` on this node.
+    pub fn conns_of(&self, user_id: &str) -> Vec<Arc<Conn>> {
+        self.shard(user_id)
+            .get(user_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every socket on the node (for draining).

@@ -9,8 +9,8 @@
 //!
 //! | layer | modules | role |
 //! | --- | --- | --- |
-//! | edge | [`api`], [`gateway`] | HTTP routes (the client API on the client port; the node-to-node routes on the internal listener) and WebSocket sessions: parse, authorise, call a service, encode |
-//! | services | [`chat`], [`presence`], [`hub`], [`cluster`], [`push`] | the behaviour: sending and delivering, who is online, which node serves whom (etcd membership, rendezvous assignment) and the links between nodes, notifying offline devices |
+//! | edge | [`http_server`], [`listener`], [`api`], [`gateway`] | the HTTP/1.1 server with its deadlines (TLS listeners in `listener`), HTTP routes (the client API on the client port; the node-to-node routes on the internal listener) and WebSocket sessions: parse, authorise, call a service, encode |
+//! | services | [`chat`], [`accounts`], [`sessions`], [`limits`], [`presence`], [`hub`], [`cluster`], [`push`] | the behaviour: sending and delivering, sign-up and login, session revocation, limits against abuse, who is online, which node serves whom (etcd membership, rendezvous assignment) and the links between nodes, notifying offline devices |
 //! | storage | [`store`] | the ordered-KV trait, its backends, and the chat data model on top |
 //!
 //! Beside them: [`protocol`] (the wire types and limits of PROTOCOL.md), [`auth`] (password
@@ -26,14 +26,19 @@ pub mod auth;
 pub mod chat;
 pub mod cluster;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
+pub mod http_server;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod push;
 pub mod server;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tls;

@@ -51,6 +51,9 @@ pub struct TlsListener {
     pub refused: Counter,
     /// `internal` or `client`, for logs.
     pub name: &'static str,
+    /// The client port's HTTP deadlines (`crate::http_server::Guarded`), its metrics; with
+    /// it, requests also carry the TCP peer and the upgrade handle.
+    pub guard: Option<(crate::http_server::Deadlines, Arc<crate::metrics::Metrics>)>,
 }
 
 /// Serve `filter` on `listener` until `shutdown`, then let open connections finish.
@@ -64,6 +67,7 @@ where
         identify,
         refused,
         name,
+        guard,
     } = listener;
     let acceptor = TlsAcceptor::from(config);
     let graceful = GracefulShutdown::new();
@@ -89,6 +93,7 @@ where
         let last_logged = last_logged.clone();
         let svc = warp::service(filter.clone());
         let watcher = graceful.watcher();
+        let guard = guard.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
@@ -110,16 +115,30 @@ where
             let peer: Option<PeerNode> = identify
                 .as_ref()
                 .and_then(|t| t.peer_node(tls.get_ref().1.peer_certificates()));
+            // Without a guard (the internal listener) no deadline is armed: a pass-through.
+            let guarded = match guard {
+                Some((deadlines, metrics)) => {
+                    crate::http_server::Guarded::new(tls, deadlines, metrics)
+                }
+                None => crate::http_server::Guarded::passthrough(tls),
+            };
+            let control = guarded.control();
+            let client = name == "client";
             let service =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     if let Some(p) = &peer {
                         req.extensions_mut().insert(p.clone());
                     }
+                    if client {
+                        req.extensions_mut()
+                            .insert(crate::http_server::PeerAddr(remote));
+                        req.extensions_mut().insert(control.clone());
+                    }
                     let mut svc = svc.clone();
                     svc.call(req)
                 });
             let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(guarded), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(listener = name, peer = %remote, error = %e, "connection ended with an error");
             }

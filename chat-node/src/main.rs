@@ -25,8 +25,13 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    node.serve(shutdown_signal()).await;
-    std::process::ExitCode::SUCCESS
+    match node.serve(shutdown_signal()).await {
+        chat_node::server::Stopped::Clean => std::process::ExitCode::SUCCESS,
+        chat_node::server::Stopped::Fatal(reason) => {
+            eprintln!("chat-node: stopped: {reason}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
 
 /// SIGTERM (Kubernetes, systemd) or Ctrl-C.

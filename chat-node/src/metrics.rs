@@ -14,6 +14,18 @@ pub struct ProviderLabel {
     pub provider: &'static str,
 }
 
+/// The label of `parley_rate_limited_total`: which limit refused (docs/operations.md).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
+/// The label of `parley_http_timeouts_total`: which phase of a connection ran out of time.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
 /// Push notification metrics (see docs/push.md for what each counts).
 #[derive(Default)]
 pub struct PushMetrics {
@@ -96,6 +108,18 @@ pub struct Metrics {
     pub push: PushMetrics,
     /// The write path.
     pub write: WriteMetrics,
+    /// Requests and frames refused by a limit against abuse, by limit.
+    pub rate_limited: Family<LimitLabel, Counter>,
+    /// HTTP connections closed for a timeout, by phase (`header`, `body`, `idle`).
+    pub http_timeouts: Family<PhaseLabel, Counter>,
+    /// Password hashing refused because its queue was full (503).
+    pub password_queue_full: Counter,
+    /// Devices removed because a login passed `--max-devices-per-user`.
+    pub devices_evicted: Counter,
+    /// Sockets closed because their session was revoked.
+    pub sessions_revoked: Counter,
+    /// 1 while this node is registered in etcd and serving users; 0 while stepped down.
+    pub serving: Gauge,
 }
 
 impl Default for Metrics {
@@ -206,6 +230,42 @@ impl Metrics {
             "Users told to reconnect elsewhere after a membership change",
             users_moved.clone(),
         );
+        let rate_limited = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests and frames refused by a limit against abuse",
+            rate_limited.clone(),
+        );
+        let http_timeouts = Family::<PhaseLabel, Counter>::default();
+        registry.register(
+            "http_timeouts",
+            "HTTP connections closed for a header, body or idle timeout",
+            http_timeouts.clone(),
+        );
+        let password_queue_full = Counter::default();
+        registry.register(
+            "password_queue_full",
+            "Logins and sign-ups refused (503) because password hashing was saturated",
+            password_queue_full.clone(),
+        );
+        let devices_evicted = Counter::default();
+        registry.register(
+            "devices_evicted",
+            "Longest-unused devices removed by a login past --max-devices-per-user",
+            devices_evicted.clone(),
+        );
+        let sessions_revoked = Counter::default();
+        registry.register(
+            "sessions_revoked",
+            "Sockets closed because their token was revoked",
+            sessions_revoked.clone(),
+        );
+        let serving = Gauge::default();
+        registry.register(
+            "serving",
+            "1 while the node serves users (registered in etcd in a cluster), 0 while stepped down",
+            serving.clone(),
+        );
         let push = PushMetrics::default();
         registry.register(
             "push_sent",
@@ -274,7 +334,25 @@ impl Metrics {
             send_latency,
             http_requests,
             push,
+            rate_limited,
+            http_timeouts,
+            password_queue_full,
+            devices_evicted,
+            sessions_revoked,
+            serving,
         }
+    }
+
+    /// Count one refusal by `limit`.
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited.get_or_create(&LimitLabel { limit }).inc();
+    }
+
+    /// Count one connection closed in `phase`.
+    pub fn http_timeout(&self, phase: &'static str) {
+        self.http_timeouts
+            .get_or_create(&PhaseLabel { phase })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -21,10 +21,13 @@ use crate::cluster::transport::{Transport, TransportError};
 use crate::cluster::trust::Trust;
 use crate::cluster::{Cluster, Settings};
 use crate::config::{Config, StoreKind};
+use crate::http_server::Deadlines;
 use crate::hub::Hub;
+use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::push::{NodeAudience, Push};
+use crate::sessions::Sessions;
 use crate::state::AppState;
 use crate::store::embedded::Embedded;
 use crate::store::etcd::EtcdKv;
@@ -242,7 +245,16 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         limits.clone(),
     )
     .with_push(push.clone());
-    let accounts = Accounts::new(store.clone(), TokenKeys::new(&secret), presence.clone());
+    let limiters = Arc::new(Limiters::new(config.abuse.clone(), metrics.clone()));
+    let sessions = Arc::new(Sessions::new(store.clone(), hub.clone(), metrics.clone()));
+    let accounts = Accounts::new(
+        store.clone(),
+        TokenKeys::new(&secret),
+        presence.clone(),
+        limiters.clone(),
+        sessions.clone(),
+        metrics.clone(),
+    );
     let state = Arc::new(AppState {
         config,
         limits,
@@ -251,6 +263,8 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         presence,
         chat,
         accounts,
+        limiters,
+        revocation: sessions,
         metrics,
         cluster,
         links,
@@ -319,10 +333,40 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(65_535)
 }
 
+/// How a node stopped.
+#[derive(Debug)]
+pub enum Stopped {
+    /// Asked to (SIGTERM): drained and exited cleanly.
+    Clean,
+    /// It could not go on (a poisoned store): drained what it could; exit non-zero so that
+    /// it is restarted.
+    Fatal(String),
+}
+
+/// Watch the store's health: a poisoned store (a failed fsync: the embedded engine refuses
+/// writes from then on) stops the node, which exits non-zero so that it is restarted.
+async fn watch_store(state: Arc<AppState>, fatal: Arc<std::sync::OnceLock<String>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.shutdown.cancelled() => return,
+        }
+        if let Ok(Err(crate::store::StoreError::Poisoned(reason))) =
+            tokio::time::timeout(Duration::from_secs(2), state.store.kv().ping()).await
+        {
+            tracing::error!(%reason, "the store is poisoned: stopping so that the node is restarted");
+            let _ = fatal.set(reason);
+            state.shutdown.cancel();
+            return;
+        }
+    }
+}
+
 impl Node {
     /// Serve until `signal` resolves, then drain: stop accepting, answer in-flight work,
     /// send `reconnect` to every client, wait for sessions (bounded), make the store durable.
-    pub async fn serve(self, signal: impl Future<Output = ()> + Send + 'static) {
+    pub async fn serve(self, signal: impl Future<Output = ()> + Send + 'static) -> Stopped {
         let state = self.state;
         let shutdown = state.shutdown.clone();
         let trigger = shutdown.clone();
@@ -333,6 +377,10 @@ impl Node {
         });
         let push_worker = state.push.as_ref().map(|p| p.spawn(shutdown.clone()));
         let routes = crate::api::filter(state.clone());
+        let deadlines = Deadlines {
+            header: state.config.abuse.header_timeout(),
+            idle: state.config.abuse.idle_timeout(),
+        };
         let scheme = if self.client_tls.is_some() {
             "https"
         } else {
@@ -346,16 +394,20 @@ impl Node {
                     identify: None,
                     refused: state.metrics.tls_handshakes_refused.clone(),
                     name: "client",
+                    guard: Some((deadlines, state.metrics.clone())),
                 },
                 routes,
                 shutdown.clone(),
             )),
-            None => Box::pin(
-                warp::serve(routes)
-                    .incoming(self.listener)
-                    .graceful(shutdown.clone().cancelled_owned())
-                    .run(),
-            ),
+            // Plain HTTP: our own server with the header/idle deadlines (warp's has none).
+            None => Box::pin(crate::http_server::serve(
+                self.listener,
+                warp::service(routes),
+                deadlines,
+                state.metrics.clone(),
+                shutdown.clone(),
+                Duration::from_secs(5),
+            )),
         };
         // Node-to-node traffic outlives the client port during a drain (peers still deliver
         // to the sessions this node is handing over); it stops once the sessions are done.
@@ -372,6 +424,7 @@ impl Node {
                         identify: Some(transport),
                         refused: state.metrics.tls_handshakes_refused.clone(),
                         name: "internal",
+                        guard: None,
                     },
                     routes,
                     stop,
@@ -395,6 +448,12 @@ impl Node {
                 .run(),
             );
         }
+        // Background upkeep: limiter keys expire; revoked sessions close on every node.
+        let upkeep = CancellationToken::new();
+        let fatal = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(watch_store(state.clone(), fatal.clone()));
+        tokio::spawn(state.limiters.clone().run_sweeper(upkeep.clone()));
+        tokio::spawn(state.revocation.clone().run_watcher(upkeep.clone()));
         let membership = state.config.is_clustered().then(|| {
             tokio::spawn(
                 Rebalancer {
@@ -450,12 +509,22 @@ impl Node {
             let _ = tokio::time::timeout(Duration::from_secs(5), internal).await;
         }
         state.chat.flush().await;
+        upkeep.cancel();
         if let Err(e) = state.store.kv().sync().await {
             tracing::error!(error = %e, "final store sync failed");
         }
         if let Err(e) = state.store.kv().close().await {
             tracing::warn!(error = %e, "could not write the store's memory out; the next start replays its journal");
         }
-        tracing::info!("stopped");
+        match fatal.get() {
+            Some(reason) => {
+                tracing::error!(%reason, "stopped after a fatal store failure");
+                Stopped::Fatal(reason.clone())
+            }
+            None => {
+                tracing::info!("stopped");
+                Stopped::Clean
+            }
+        }
     }
 }

@@ -16,10 +16,12 @@ use crate::cluster::Cluster;
 use crate::cluster::link::Links;
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::presence::Presence;
 use crate::protocol::{ApiError, Limits};
 use crate::push::Push;
+use crate::sessions::Sessions;
 use crate::store::ChatStore;
 
 /// Everything a request or a session needs, shared as `Arc<AppState>`.
@@ -31,6 +33,10 @@ pub struct AppState {
     pub presence: std::sync::Arc<Presence>,
     pub chat: Chat,
     pub accounts: Accounts,
+    /// Limits against abuse: rates, counts (both edges ask it).
+    pub limiters: std::sync::Arc<Limiters>,
+    /// Session generations and the revocation feed (logout, device removal).
+    pub revocation: std::sync::Arc<Sessions>,
     pub metrics: std::sync::Arc<Metrics>,
     pub cluster: std::sync::Arc<Cluster>,
     pub links: std::sync::Arc<Links>,
@@ -54,10 +60,16 @@ impl AppState {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// `/readyz`: serving, not draining, and the store answers.
+    /// `/readyz`: started, not draining, registered in discovery (in a cluster: under a
+    /// live etcd lease, its node id its own), and the store answers (and is not poisoned).
     pub async fn readiness(&self) -> Result<(), ApiError> {
         if !self.ready.load(Ordering::Relaxed) || self.is_draining() || self.cluster.is_draining() {
             return Err(ApiError::unavailable("the node is starting or draining"));
+        }
+        if !self.cluster.is_serving() {
+            return Err(ApiError::unavailable(
+                "the node is not registered in etcd (discovery unreachable, lease lost, or its node id is held by another live node); it serves again once registered",
+            ));
         }
         tokio::time::timeout(Duration::from_secs(2), self.store.kv().ping())
             .await
@@ -65,8 +77,9 @@ impl AppState {
             .map_err(ApiError::from)
     }
 
-    /// The bearer token of `Authorization`, checked; 401 if absent or invalid.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    /// The bearer token of `Authorization`, checked (signature, expiry, session generation);
+    /// 401 if absent, invalid or revoked.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
         let header = headers.get(http::header::AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("this call needs `Authorization: Bearer <token>`; get a token with POST /v1/sessions")
         })?;
@@ -80,6 +93,6 @@ impl AppState {
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be `Bearer <token>`")
             })?;
-        self.accounts.tokens().verify(token.trim())
+        self.accounts.authenticate(token.trim()).await
     }
 }

@@ -28,11 +28,14 @@ pub mod index;
 pub mod keys;
 mod model;
 mod overlay;
-mod records;
+pub mod records;
 pub mod tikv;
 pub mod writer;
 
-pub use model::{ChatStore, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, preview};
+pub use model::{
+    ChatStore, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, REVOCATION_FEED_KEEP_MS,
+    Revocation, Revoke, preview,
+};
 pub use records::{DeviceRecord, GroupRecord, UserRecord};
 pub use writer::SendOutcome;
 
@@ -47,6 +50,10 @@ pub enum StoreError {
     /// The store cannot be reached or failed to read or write; nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store can no longer be written (the embedded engine refuses writes after a failed
+    /// fsync): the node fails `/readyz` and exits non-zero to be restarted.
+    #[error("store poisoned: {0}")]
+    Poisoned(String),
     /// A stored value could not be decoded: a bug or a corrupted store.
     #[error("corrupt value under key {key}: {reason}")]
     Corrupt { key: String, reason: String },

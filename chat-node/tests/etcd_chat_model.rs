@@ -46,7 +46,7 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
         joined: Default::default(),
     };
     store
-        .create_group(&group, 100)
+        .create_group(&group, 100, 0)
         .await
         .expect("create a group of 100");
     let channel = Channel::Group("g1".into());

@@ -95,6 +95,7 @@ async fn many_sends_in_small_batches_stay_gapless_and_deduplicated() {
                 joined: Default::default(),
             },
             100,
+            0,
         )
         .await
         .unwrap();

@@ -268,9 +268,10 @@ impl ServiceType {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
-    /// Most members a group may have (`--max-group-members`).
+    /// Most members a group may have (`--max-group-members`; the chat node accepts 2 to
+    /// 10,000, and so does the schema).
     #[serde(default = "default_max_group_members")]
-    #[schemars(range(min = 2, max = 100000))]
+    #[schemars(range(min = 2, max = 10000))]
     pub max_group_members: i32,
     /// Longest message body, in characters (`--max-message-chars`).
     #[serde(default = "default_max_message_chars")]

@@ -74,15 +74,22 @@ pub fn validate(cc: &ChatCluster) -> Result<(), InvalidSpec> {
         ));
     }
     let l = &spec.limits;
-    for (field, value, min) in [
-        ("maxGroupMembers", l.max_group_members, 2),
-        ("maxMessageChars", l.max_message_chars, 1),
-        ("heartbeatTimeoutSeconds", l.heartbeat_timeout_seconds, 1),
-        ("connectionsPerNode", l.connections_per_node, 1),
+    // The chat node's own ranges (chat-node's `Config::validate`): a value it refuses would
+    // crash-loop every pod, so it is refused here (and by the schema) first.
+    for (field, value, min, max) in [
+        ("maxGroupMembers", l.max_group_members, 2, 10_000),
+        ("maxMessageChars", l.max_message_chars, 1, 10_000_000),
+        (
+            "heartbeatTimeoutSeconds",
+            l.heartbeat_timeout_seconds,
+            1,
+            3_600,
+        ),
+        ("connectionsPerNode", l.connections_per_node, 1, 1_000_000),
     ] {
-        if value < min {
+        if !(min..=max).contains(&value) {
             problems.push(format!(
-                "spec.limits.{field} is {value}; it must be at least {min}"
+                "spec.limits.{field} is {value}; it must be between {min} and {max}"
             ));
         }
     }
@@ -158,12 +165,18 @@ mod tests {
             "spec.image is empty",
             "\"etcd:2379\" is not an http:// or https:// URL",
             "replicas must be 1 (it is 3)",
-            "spec.limits.maxGroupMembers is 1; it must be at least 2",
+            "spec.limits.maxGroupMembers is 1; it must be between 2 and 10000",
             "webhookUrl needs spec.push.secretRef",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
         assert_eq!(problems.len(), 6, "{all}");
+        let mut big = ChatCluster::test();
+        big.spec.limits.max_group_members = 10_001;
+        assert!(
+            validate(&big).is_err_and(|e| e.to_string().contains("between 2 and 10000")),
+            "a group size the chat node refuses is refused here"
+        );
         let tikv = ChatCluster::test().tikv(&[]);
         assert!(validate(&tikv).is_err_and(|e| {
             e.to_string()

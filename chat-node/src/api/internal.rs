@@ -41,7 +41,7 @@ where
             format!("{} is not allowed on {}; use POST", req.method, req.path),
         ));
     }
-    let bytes = read_body(body, &req.headers, MAX_BODY).await?;
+    let bytes = read_body(body, &req, MAX_BODY).await?;
     match what {
         "link" => {
             let batch: Batch = json_body(&bytes)?;

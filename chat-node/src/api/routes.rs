@@ -10,11 +10,12 @@ use super::{Request, json, json_body, no_content, read_body};
 use crate::protocol::ApiError;
 use crate::protocol::frames::SendRequest;
 use crate::protocol::types::{
-    Assignment, Contacts, Devices, Groups, History, Login, NewGroup, NewMember, ProfilePatch,
-    PushRegistration, SignUp, SyncPage,
+    Assignment, Contacts, Devices, Groups, History, Login, NewGroup, NewMember, PasswordChange,
+    ProfilePatch, PushRegistration, SignUp, SyncPage,
 };
 use crate::state::AppState;
 
+/// 405 naming the allowed methods (`allowed` reads "POST or GET"), with an `Allow` header.
 fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
     ApiError::new(
         crate::protocol::ErrorCode::MethodNotAllowed,
@@ -23,6 +24,7 @@ fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
             req.method, req.path
         ),
     )
+    .with_allow(allowed.replace(" or ", ", "))
 }
 
 fn not_found(req: &Request) -> ApiError {
@@ -47,7 +49,11 @@ where
     let limit = state.limits.max_frame_bytes();
     let m = req.method.clone();
 
+    let probe = m == Method::GET || m == Method::HEAD;
     match segs.as_slice() {
+        ["healthz" | "readyz" | "metrics"] if !probe => {
+            Err(method_not_allowed(&req, "GET or HEAD"))
+        }
         ["healthz"] => Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
         ["readyz"] => state
             .readiness()
@@ -61,22 +67,25 @@ where
         .into_response()),
         ["v1", "ws"] => match m {
             Method::GET => {
-                let token = req.query("token");
-                crate::gateway::upgrade(state, &req.headers, token, req.upgrade).await
+                let token = req.query_once("token")?;
+                crate::gateway::upgrade(state, &req.headers, token, req.upgrade, req.control).await
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
         ["v1", "users"] => match m {
             Method::POST => {
-                let body: SignUp = json_body(&read_body(body, &req.headers, limit).await?)?;
+                state
+                    .limiters
+                    .check_login_address(req.client_address(state))?;
+                let body: SignUp = json_body(&read_body(body, &req, limit).await?)?;
                 Ok(json(
                     StatusCode::CREATED,
                     &state.accounts.sign_up(body).await?,
                 ))
             }
             Method::GET => {
-                req.auth(state)?;
-                let name = req.query("username").ok_or_else(|| {
+                req.auth(state).await?;
+                let name = req.query_once("username")?.ok_or_else(|| {
                     ApiError::bad_request("look a user up with GET /v1/users?username=NAME")
                 })?;
                 Ok(json(
@@ -88,21 +97,42 @@ where
         },
         ["v1", "sessions"] => match m {
             Method::POST => {
-                let body: Login = json_body(&read_body(body, &req.headers, limit).await?)?;
+                state
+                    .limiters
+                    .check_login_address(req.client_address(state))?;
+                let body: Login = json_body(&read_body(body, &req, limit).await?)?;
                 Ok(json(StatusCode::OK, &state.accounts.log_in(body).await?))
             }
             _ => Err(method_not_allowed(&req, "POST")),
         },
+        ["v1", "sessions", "current"] => match m {
+            Method::DELETE => {
+                let me = req.auth(state).await?;
+                state.revocation.log_out(&me).await.map(|()| no_content())
+            }
+            _ => Err(method_not_allowed(&req, "DELETE")),
+        },
+        ["v1", "users", "me", "password"] => match m {
+            Method::PUT => {
+                let me = req.auth(state).await?;
+                let body: PasswordChange = json_body(&read_body(body, &req, limit).await?)?;
+                state
+                    .accounts
+                    .change_password(&me, body.password, body.new_password)
+                    .await
+                    .map(|()| no_content())
+            }
+            _ => Err(method_not_allowed(&req, "PUT")),
+        },
         ["v1", "users", "me"] => {
-            let me = req.auth(state)?;
+            let me = req.auth(state).await?;
             match m {
                 Method::GET => Ok(json(
                     StatusCode::OK,
                     &state.accounts.profile(&me.sub).await?,
                 )),
                 Method::PATCH => {
-                    let patch: ProfilePatch =
-                        json_body(&read_body(body, &req.headers, limit).await?)?;
+                    let patch: ProfilePatch = json_body(&read_body(body, &req, limit).await?)?;
                     Ok(json(
                         StatusCode::OK,
                         &state
@@ -116,7 +146,7 @@ where
         }
         ["v1", "users", user_id] => match m {
             Method::GET => {
-                req.auth(state)?;
+                req.auth(state).await?;
                 Ok(json(
                     StatusCode::OK,
                     &state.accounts.profile(user_id).await?,
@@ -126,7 +156,7 @@ where
         },
         ["v1", "contacts"] => match m {
             Method::GET => {
-                let me = req.auth(state)?;
+                let me = req.auth(state).await?;
                 Ok(json(
                     StatusCode::OK,
                     &Contacts {
@@ -137,7 +167,7 @@ where
             _ => Err(method_not_allowed(&req, "GET")),
         },
         ["v1", "contacts", user_id] => {
-            let me = req.auth(state)?;
+            let me = req.auth(state).await?;
             match m {
                 Method::PUT => state
                     .chat
@@ -153,10 +183,10 @@ where
             }
         }
         ["v1", "groups"] => {
-            let me = req.auth(state)?;
+            let me = req.auth(state).await?;
             match m {
                 Method::POST => {
-                    let body: NewGroup = json_body(&read_body(body, &req.headers, limit).await?)?;
+                    let body: NewGroup = json_body(&read_body(body, &req, limit).await?)?;
                     Ok(json(
                         StatusCode::CREATED,
                         &state
@@ -176,7 +206,7 @@ where
         }
         ["v1", "groups", group_id] => match m {
             Method::GET => {
-                let me = req.auth(state)?;
+                let me = req.auth(state).await?;
                 Ok(json(
                     StatusCode::OK,
                     &state.chat.group(&me.sub, group_id).await?,
@@ -186,8 +216,8 @@ where
         },
         ["v1", "groups", group_id, "members"] => match m {
             Method::POST => {
-                let me = req.auth(state)?;
-                let body: NewMember = json_body(&read_body(body, &req.headers, limit).await?)?;
+                let me = req.auth(state).await?;
+                let body: NewMember = json_body(&read_body(body, &req, limit).await?)?;
                 Ok(json(
                     StatusCode::OK,
                     &state
@@ -200,7 +230,7 @@ where
         },
         ["v1", "groups", group_id, "members", user_id] => match m {
             Method::DELETE => {
-                let me = req.auth(state)?;
+                let me = req.auth(state).await?;
                 state
                     .chat
                     .remove_member(&me.sub, group_id, user_id)
@@ -211,10 +241,10 @@ where
         },
         ["v1", "messages"] => match m {
             Method::POST => {
-                let me = req.auth(state)?;
-                let mut obj: Map<String, Value> =
-                    json_body(&read_body(body, &req.headers, limit).await?)?;
+                let me = req.auth(state).await?;
+                let mut obj: Map<String, Value> = json_body(&read_body(body, &req, limit).await?)?;
                 let send = SendRequest::from_json(&mut obj)?;
+                state.limiters.check_send(&me.sub)?;
                 let ack = state.chat.send(&me.sub, &me.dev, send).await?;
                 let frame = crate::protocol::frames::ServerFrame::Ack { ack, req: None };
                 Ok(json(StatusCode::OK, &frame))
@@ -223,7 +253,7 @@ where
         },
         ["v1", "channels", channel, "messages"] => match m {
             Method::GET => {
-                let me = req.auth(state)?;
+                let me = req.auth(state).await?;
                 let (messages, more) = state
                     .chat
                     .history(
@@ -240,7 +270,7 @@ where
         },
         ["v1", "sync"] => match m {
             Method::GET => {
-                let me = req.auth(state)?;
+                let me = req.auth(state).await?;
                 let after = req.query_u64("after")?.unwrap_or(0);
                 let (items, more) = state
                     .chat
@@ -252,7 +282,7 @@ where
         },
         ["v1", "devices"] => match m {
             Method::GET => {
-                let me = req.auth(state)?;
+                let me = req.auth(state).await?;
                 Ok(json(
                     StatusCode::OK,
                     &Devices {
@@ -262,11 +292,24 @@ where
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
+        ["v1", "devices", device_id] => match m {
+            Method::DELETE => {
+                let me = req.auth(state).await?;
+                crate::protocol::validate::device_id(device_id).map_err(|_| {
+                    ApiError::not_found(format!("you have no device {device_id:?}"))
+                })?;
+                state
+                    .revocation
+                    .remove_device(&me.sub, device_id)
+                    .await
+                    .map(|()| no_content())
+            }
+            _ => Err(method_not_allowed(&req, "DELETE")),
+        },
         ["v1", "devices", device_id, "push"] => match m {
             Method::PUT => {
-                let me = req.auth(state)?;
-                let body: PushRegistration =
-                    json_body(&read_body(body, &req.headers, limit).await?)?;
+                let me = req.auth(state).await?;
+                let body: PushRegistration = json_body(&read_body(body, &req, limit).await?)?;
                 state
                     .accounts
                     .set_push(&me.sub, device_id, body)
@@ -277,7 +320,7 @@ where
         },
         ["v1", "assign"] => match m {
             Method::GET => {
-                let me = req.auth(state)?;
+                let me = req.auth(state).await?;
                 let host = req
                     .headers
                     .get(http::header::HOST)

@@ -8,16 +8,24 @@
 //! - `/parley/<cluster>/drain/<node_id>`: written by the operator; while it exists the node
 //!   drains (takes no new users and moves its users away).
 //!
-//! Losing etcd never stops a node from serving the sockets it has: the last known view is
-//! kept and the node keeps working while it reconnects (backing off), then re-registers
-//! under a new lease if the old one expired, and re-reads the view.
+//! Fail safe: a node serves users only while it is registered under a live lease. A short
+//! etcd blip changes nothing (the last known view is kept while the node reconnects). But
+//! once the lease may have expired (no keep-alive answered for [`LEASE_TTL`] less a
+//! margin), the others have dropped this node and taken its users: it **steps down**
+//! (tells its clients `reconnect`, refuses new sockets, fails `/readyz`) until it has
+//! registered again. Registration is a transaction: it writes the key only if it is absent
+//! (create revision 0) or already ours (our lease), so a second node started with a node id
+//! that a live node holds is refused, and says so, instead of claiming the same users.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use parley_etcd_connect::EtcdFiles;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Cluster, Member};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::protocol::CloseReason;
 
 /// Root of every membership key.
 pub const KEY_ROOT: &str = "/parley";
@@ -34,6 +43,9 @@ pub const LEASE_TTL: i64 = 10;
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// Bound on connecting and on each request.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// A node steps down this long after its last answered keep-alive: the lease's TTL less a
+/// margin, so it stops before the others can have taken its users over.
+pub const STEP_DOWN_AFTER: Duration = Duration::from_secs(LEASE_TTL as u64 - 2);
 
 /// `/parley/<cluster>/`.
 pub fn cluster_prefix(cluster: &str) -> String {
@@ -68,6 +80,14 @@ impl Membership {
         shutdown: CancellationToken,
     ) -> Self {
         let leave = CancellationToken::new();
+        let lease_alive_until = Arc::new(std::sync::Mutex::new(None));
+        tokio::spawn(watchdog(
+            cluster.clone(),
+            hub.clone(),
+            metrics.clone(),
+            lease_alive_until.clone(),
+            leave.clone(),
+        ));
         let task = Task {
             cluster,
             endpoints,
@@ -76,6 +96,7 @@ impl Membership {
             metrics,
             shutdown,
             leave: leave.clone(),
+            lease_alive_until,
         };
         Self {
             leave,
@@ -99,6 +120,50 @@ struct Task {
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     leave: CancellationToken,
+    /// Until when the lease is surely alive (last answered keep-alive + [`STEP_DOWN_AFTER`]);
+    /// `None` while not registered.
+    lease_alive_until: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+/// Step the node down once its lease may have expired; it steps up again on registering.
+async fn watchdog(
+    cluster: Arc<Cluster>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    alive_until: Arc<std::sync::Mutex<Option<Instant>>>,
+    leave: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = leave.cancelled() => return,
+        }
+        let expired = alive_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|until| Instant::now() >= until);
+        if expired && cluster.is_serving() {
+            step_down(&cluster, &hub, &metrics);
+        }
+    }
+}
+
+/// Stop serving: the others no longer see this node, so its users belong elsewhere.
+fn step_down(cluster: &Cluster, hub: &Hub, metrics: &Metrics) {
+    if !cluster.set_serving(false) {
+        return;
+    }
+    metrics.serving.set(0);
+    let conns = hub.all();
+    tracing::error!(
+        node_id = %cluster.node_id(),
+        sockets = conns.len(),
+        "lost the etcd lease: stepping down (clients are told to reconnect; /readyz fails) until registered again"
+    );
+    for conn in conns {
+        conn.redirect(None, "stepped_down", CloseReason::STEPPED_DOWN);
+    }
 }
 
 /// Why a membership session ended.
@@ -187,6 +252,7 @@ impl Task {
         self.put(&mut client, &key, &registered, lease).await?;
         let (mut keeper, mut acks) =
             call("keep the lease alive", client.lease_keep_alive(lease)).await?;
+        self.lease_answered();
 
         let prefix = cluster_prefix(self.cluster.name());
         let listing = call(
@@ -215,6 +281,10 @@ impl Task {
         )
         .await?;
         self.metrics.etcd_up.set(1);
+        if self.cluster.set_serving(true) {
+            self.metrics.serving.set(1);
+            tracing::info!(node_id = %self.cluster.node_id(), "registered: serving users");
+        }
         tracing::info!(
             node_id = %self.cluster.node_id(),
             members = view.nodes.len() + 1,
@@ -261,7 +331,10 @@ impl Task {
                     }
                 }
                 ack = acks.message() => match ack {
-                    Ok(Some(ack)) if ack.ttl() > 0 => last_ack = Instant::now(),
+                    Ok(Some(ack)) if ack.ttl() > 0 => {
+                        last_ack = Instant::now();
+                        self.lease_answered();
+                    }
                     Ok(Some(_)) => return Err(End::Failed("the lease expired".into())),
                     Ok(None) => return Err(End::Failed("the keep-alive stream ended".into())),
                     Err(e) => return Err(End::Failed(format!("keep-alive: {e}"))),
@@ -298,6 +371,16 @@ impl Task {
         }
     }
 
+    /// The lease was just confirmed alive.
+    fn lease_answered(&self) {
+        *self
+            .lease_alive_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + STEP_DOWN_AFTER);
+    }
+
+    /// Write our registration if the key is ours (our lease) or free (create revision 0);
+    /// refuse when another live node holds this node id.
     async fn put(
         &self,
         client: &mut Client,
@@ -306,12 +389,35 @@ impl Task {
         lease: i64,
     ) -> Result<(), End> {
         let value = serde_json::to_vec(member).unwrap_or_default();
-        call(
-            "register",
-            client.put(key, value, Some(PutOptions::new().with_lease(lease))),
-        )
-        .await
-        .map(|_| ())
+        let put = || {
+            TxnOp::put(
+                key,
+                value.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        };
+        let ours = Txn::new()
+            .when([Compare::lease(key, CompareOp::Equal, lease)])
+            .and_then([put()]);
+        if call("register", client.txn(ours)).await?.succeeded() {
+            return Ok(());
+        }
+        let free = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then([put()]);
+        if call("register", client.txn(free)).await?.succeeded() {
+            return Ok(());
+        }
+        let _ = call("revoke the lease", client.lease_revoke(lease)).await;
+        tracing::error!(
+            node_id = %self.cluster.node_id(),
+            key,
+            "another live node holds this node id: not registering (give every node its own --node-id); retrying in case it goes away"
+        );
+        Err(End::Failed(format!(
+            "the node id {} is held by another live node",
+            self.cluster.node_id()
+        )))
     }
 
     /// Hand the view to the cluster: its members, and for the write path's ownership the

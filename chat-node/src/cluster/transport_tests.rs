@@ -74,6 +74,7 @@ async fn who_am_i_server(transport: Arc<Transport>) -> (String, CancellationToke
             identify: Some(transport),
             refused: refused.clone(),
             name: "internal",
+            guard: None,
         },
         routes,
         stop.clone(),

@@ -44,6 +44,7 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims) {
         budget,
         now,
     ));
+    conn.set_generation(claims.generation);
     // A stale assignment, a membership change or a drain brought the client here: point
     // it at the node its user belongs on.
     if let Owner::Peer(member) = state.cluster.owner(&claims.sub) {
@@ -238,6 +239,9 @@ impl Session {
             move |e: ApiError, req: Option<String>| Some(ServerFrame::error(e, cmid.clone(), req));
         match frame {
             ClientFrame::Send(send) => Some(Box::pin(async move {
+                if let Err(e) = state.limiters.check_send(&user) {
+                    return failed(e, req);
+                }
                 match state.chat.send(&user, &device, send).await {
                     Ok(ack) => Some(ServerFrame::Ack { ack, req }),
                     Err(e) => failed(e, req),

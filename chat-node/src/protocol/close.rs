@@ -45,6 +45,20 @@ impl CloseReason {
         reason: "slow consumer: frames were not read in time; reconnect and sync",
     };
 
+    /// 1008: the token the socket was opened with was revoked (logout, device removal,
+    /// password change, or a login past the device limit).
+    pub const REVOKED: Self = Self {
+        code: 1008,
+        reason: "session revoked: log in again with POST /v1/sessions",
+    };
+
+    /// 1001 after a `reconnect` frame: the node lost its cluster registration and stepped
+    /// down until it has registered again.
+    pub const STEPPED_DOWN: Self = Self {
+        code: 1001,
+        reason: "node lost its cluster registration; reconnect via GET /v1/assign",
+    };
+
     /// 1011: the node could not set the session up.
     pub const NOT_REGISTERED: Self = Self {
         code: 1011,

@@ -14,9 +14,14 @@ pub enum ErrorCode {
     NotFound,
     /// An extension of the contract: the path exists but not with this method (HTTP 405).
     MethodNotAllowed,
+    /// An extension of the contract: the request body did not arrive within
+    /// `--body-timeout-secs` (HTTP 408; the connection is closed).
+    RequestTimeout,
     Conflict,
     TooLarge,
     GroupFull,
+    /// An extension (second wave): a user's `--max-groups-per-user` is reached (HTTP 422).
+    GroupLimit,
     RateLimited,
     Unavailable,
     Internal,
@@ -31,9 +36,11 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
             Self::Conflict => "conflict",
             Self::TooLarge => "too_large",
             Self::GroupFull => "group_full",
+            Self::GroupLimit => "group_limit",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
@@ -48,9 +55,10 @@ impl ErrorCode {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::RequestTimeout => 408,
             Self::Conflict => 409,
             Self::TooLarge => 413,
-            Self::GroupFull => 422,
+            Self::GroupFull | Self::GroupLimit => 422,
             Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::Internal => 500,
@@ -64,6 +72,10 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds after which a retry may succeed: the `Retry-After` header of a 429 or 503.
+    pub retry_after: Option<u64>,
+    /// The methods a path serves: the `Allow` header of a 405.
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -71,7 +83,23 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+            allow: None,
         }
+    }
+
+    /// The same error with an `Allow` header (a 405) listing `methods` (e.g. `GET, POST`).
+    #[must_use]
+    pub fn with_allow(mut self, methods: impl Into<String>) -> Self {
+        self.allow = Some(methods.into());
+        self
+    }
+
+    /// The same error with a `Retry-After` of `secs` seconds.
+    #[must_use]
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::BadRequest, message)
@@ -96,6 +124,15 @@ impl ApiError {
     }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
+    }
+    /// 422 `group_full`: a group would pass `max` members.
+    pub fn group_full(max: usize) -> Self {
+        Self::new(
+            ErrorCode::GroupFull,
+            format!(
+                "a group has at most {max} members (its owner included); remove a member first"
+            ),
+        )
     }
 
     /// The HTTP body: `{"error": {"code", "message"}}`.

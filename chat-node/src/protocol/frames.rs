@@ -302,6 +302,10 @@ pub enum ServerFrame {
         client_msg_id: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<String>,
+        /// Extension: whole seconds after which a retry may succeed (`rate_limited`), like
+        /// HTTP's `Retry-After`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
     },
     Reconnect {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -317,6 +321,7 @@ impl ServerFrame {
             message: error.message,
             client_msg_id,
             req,
+            retry_after: error.retry_after,
         }
     }
 

@@ -13,6 +13,8 @@ pub struct Limits {
     /// Default and maximum page size of `sync` and history.
     pub default_page: usize,
     pub max_page: usize,
+    /// Groups one user may create (0: no limit).
+    pub max_groups_per_user: u64,
 }
 
 impl Default for Limits {
@@ -23,6 +25,7 @@ impl Default for Limits {
             heartbeat_timeout: std::time::Duration::from_secs(30),
             default_page: 100,
             max_page: 1_000,
+            max_groups_per_user: 1_000,
         }
     }
 }

@@ -44,6 +44,13 @@ pub struct Login {
     pub device_id: Option<String>,
 }
 
+/// `PUT /v1/users/me/password`.
+#[derive(Debug, Deserialize)]
+pub struct PasswordChange {
+    pub password: String,
+    pub new_password: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Session {
     pub token: String,

@@ -35,6 +35,9 @@ struct Inner {
     db: OptimisticTxDatabase,
     data: OptimisticTxKeyspace,
     sync_requests: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    /// Set by the first failed fsync: fjall refuses writes from then on, so the store is
+    /// poisoned and the node must restart (see `Kv::ping`).
+    poisoned: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Embedded {
@@ -59,14 +62,21 @@ impl Embedded {
             .keyspace("data", KeyspaceCreateOptions::default)
             .map_err(|e| unavailable("cannot open the data keyspace", e))?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(group_commit(db.clone(), rx));
+        let poisoned = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(group_commit(db.clone(), rx, poisoned.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 data,
                 sync_requests: tx,
+                poisoned,
             }),
         })
+    }
+
+    /// Mark the store poisoned, as a failed fsync does (for tests of the fail-safe path).
+    pub fn poison(&self, reason: &str) {
+        let _ = self.inner.poisoned.set(reason.to_owned());
     }
 }
 
@@ -76,6 +86,7 @@ impl Embedded {
 async fn group_commit(
     db: OptimisticTxDatabase,
     mut rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
+    poisoned: Arc<std::sync::OnceLock<String>>,
 ) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 4096).await > 0 {
@@ -84,6 +95,11 @@ async fn group_commit(
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = &result
+            && poisoned.set(format!("fsync failed: {e}")).is_ok()
+        {
+            tracing::error!(error = %e, "fsync failed: the embedded store refuses writes from now on");
+        }
         for waiter in batch.drain(..) {
             let _ = waiter.send(result.clone());
         }
@@ -190,6 +206,9 @@ impl Kv for Embedded {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(reason) = self.inner.poisoned.get() {
+            return Err(StoreError::Poisoned(reason.clone()));
+        }
         self.inner
             .data
             .get(b"\0ping")
@@ -266,6 +285,23 @@ impl KvTxn for EmbeddedTxn {
             Ok(Ok(())) => Ok(()),
             Ok(Err(fjall::Conflict)) => Err(StoreError::Conflict),
             Err(e) => Err(unavailable("commit failed", e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_poisoned_store_says_so_on_ping() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
+        store.ping().await.expect("a fresh store answers");
+        store.poison("fsync failed: injected");
+        match store.ping().await {
+            Err(StoreError::Poisoned(reason)) => assert!(reason.contains("injected")),
+            other => panic!("expected Poisoned, got {other:?}"),
         }
     }
 }

@@ -21,6 +21,12 @@
 //! uci/{user_id}                 -> inbox_id (be64)               the index accounts for the inbox up to it
 //! dv/{user_id}/{device_id}      -> DeviceRecord (JSON)           cursor, last seen, push
 //! ls/{user_id}                  -> last seen ts (be64)
+//! sg/{user_id}/{device_id}      -> session generation (be64)     a token is valid only
+//!                                                                 with the current one
+//! rv/{ts_ms:be64}/{user_id}/{device_id}
+//!                               -> new generation (be64)         revocation feed: every
+//!                                                                 node closes the sockets
+//! gc/{user_id}                  -> groups created (be64)         --max-groups-per-user
 //! po/{due_ms:be64}/{channel}/{seq:be64}
 //!                               -> OutboxEntry (JSON)            push outbox: one per message
 //! pq/{due_ms:be64}/{user_id}/{device_id}/{inbox_id:be64}
@@ -120,6 +126,32 @@ pub fn last_seen(user_id: &str) -> Vec<u8> {
     join(&[b"ls", user_id.as_bytes()])
 }
 
+pub fn session_generation(user_id: &str, device_id: &str) -> Vec<u8> {
+    join(&[b"sg", user_id.as_bytes(), device_id.as_bytes()])
+}
+pub fn groups_created(user_id: &str) -> Vec<u8> {
+    join(&[b"gc", user_id.as_bytes()])
+}
+/// `rv/`: the revocation feed, ordered by time.
+pub const REVOCATIONS: &[u8] = b"rv/";
+/// The first key of the revocation feed at or after `ts_ms`.
+pub fn revocations_from(ts_ms: i64) -> Vec<u8> {
+    with_number(REVOCATIONS.to_vec(), ts_ms.max(0) as u64)
+}
+pub fn revocation(ts_ms: i64, user_id: &str, device_id: &str) -> Vec<u8> {
+    let mut key = revocations_from(ts_ms);
+    key.push(b'/');
+    key.extend_from_slice(&join(&[user_id.as_bytes(), device_id.as_bytes()]));
+    key
+}
+/// The time, user and device of a revocation key.
+pub fn parse_revocation(key: &[u8]) -> Option<(i64, String, String)> {
+    let ts = u64::from_be_bytes(key.get(3..11)?.try_into().ok()?) as i64;
+    let rest = std::str::from_utf8(key.get(12..)?).ok()?;
+    let (user, device) = rest.split_once('/')?;
+    Some((ts, user.to_owned(), device.to_owned()))
+}
+
 /// `po/`: the push outbox, ordered by due time.
 pub const PUSH_OUTBOX: &[u8] = b"po/";
 /// `pq/`: the per-device push jobs, ordered by due time.
@@ -179,6 +211,18 @@ mod tests {
         assert!(message("dm:a:b", 1).starts_with(&messages_of("dm:a:b")));
         assert!(!message("dm:a:bc", 1).starts_with(&messages_of("dm:a:b")));
         assert_eq!(trailing_number(&inbox("u1", 42)), Some(42));
+    }
+
+    #[test]
+    fn revocation_keys_sort_by_time_and_parse_back() {
+        let early = revocation(1_000, "u1", "phone");
+        let late = revocation(2_000, "u0", "a.b-c");
+        assert!(early < late && late >= revocations_from(2_000));
+        assert_eq!(
+            parse_revocation(&late),
+            Some((2_000, "u0".into(), "a.b-c".into()))
+        );
+        assert_eq!(parse_revocation(b"rv/short"), None);
     }
 
     #[test]

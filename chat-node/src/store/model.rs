@@ -12,6 +12,7 @@ mod devices;
 mod groups;
 mod messages;
 mod push;
+mod sessions;
 mod users;
 
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use futures_util::future::BoxFuture;
 
 pub(crate) use groups::group_full;
 pub use push::{OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, preview};
+pub use sessions::{FEED_KEEP_MS as REVOCATION_FEED_KEEP_MS, Revocation, Revoke};
 
 use super::{Kv, KvTxn, StoreError};
 use crate::protocol::{ApiError, ErrorCode};
@@ -46,6 +48,9 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(reason) => ApiError::unavailable(format!(
                 "the store cannot be reached ({reason}); nothing was written, retry shortly"
+            )),
+            StoreError::Poisoned(reason) => ApiError::unavailable(format!(
+                "the store refuses writes ({reason}); the node is restarting, retry on another"
             )),
             StoreError::Corrupt { key, reason } => ApiError::internal(format!(
                 "a stored value is unreadable (key {key}: {reason}); report this to the operator"

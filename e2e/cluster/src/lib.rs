@@ -62,17 +62,24 @@ impl TestCluster {
 
     fn spawn_node(&mut self) {
         let id = format!("n{}", self.nodes.len() + 1);
-        let secret = self._secret.path().to_str().unwrap().to_owned();
-        let tls = self.pki.node_flags(&id);
+        let node = self.node_with_id(&id);
+        self.nodes.push(node);
+    }
+
+    /// Start a node of this cluster with `id` (not added to `nodes`): e.g. a second node
+    /// with an id a live node holds.
+    pub fn node_with_id(&self, id: &str) -> Node {
+        let secret = self._secret.path().to_str().unwrap();
+        let tls = self.pki.node_flags(id);
         let mut args: Vec<&str> = vec![
             "--etcd",
             self.etcd.endpoint(),
             "--cluster",
             &self.name,
             "--node-id",
-            &id,
+            id,
             "--token-secret-file",
-            &secret,
+            secret,
             "--store",
             "etcd",
             "--drain-seconds",
@@ -80,8 +87,17 @@ impl TestCluster {
         ];
         args.extend(tls.iter().map(String::as_str));
         args.extend(self.extra.iter().map(String::as_str));
-        let node = Node::start(&args);
-        self.nodes.push(node);
+        Node::start(&args)
+    }
+
+    /// `/readyz`'s status on node `i`.
+    pub async fn readyz(&self, i: usize) -> u16 {
+        self.nodes[i]
+            .http
+            .get(self.nodes[i].url("/readyz"))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
     }
 
     /// Wait until every live node sees `n` members.

@@ -62,11 +62,18 @@ impl Node {
     }
 
     /// Start a node on `data_dir` (kept by the caller, e.g. across a restart).
+    ///
+    /// Tests send fast and sign up many users from one address, so the harness turns two
+    /// limits against abuse off explicitly (through their variables, so a test's own flag
+    /// wins): the per-user send rate (`--max-sends-per-second 0`) and logins per address
+    /// (`--max-logins-per-address 0`). The tests of those limits pass their flags.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(chat_node_bin())
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .env("PARLEY_MAX_SENDS_PER_SECOND", "0")
+            .env("PARLEY_MAX_LOGINS_PER_ADDRESS", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("PARLEY_TEST_LOG").unwrap_or_else(|_| "info".into()),

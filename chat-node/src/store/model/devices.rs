@@ -11,25 +11,53 @@ use crate::store::{Order, keys, prefix_end};
 pub const MAX_DEVICES: usize = 1_000;
 
 impl ChatStore {
-    /// Record a login of `device_id` (created on first login).
+    /// Record a login of `device_id` (created on first login). When the login would make
+    /// more than `max_devices` devices (0: no limit), the user's longest-unused device is
+    /// removed and its tokens revoked in the same transaction; it is returned with its new
+    /// session generation.
     pub async fn touch_device(
         &self,
         user_id: &str,
         device_id: &str,
         now: i64,
-    ) -> Result<(), ApiError> {
+        max_devices: usize,
+    ) -> Result<Option<(String, u64)>, ApiError> {
         self.write(|txn, _| {
             Box::pin(async move {
                 let key = keys::device(user_id, device_id);
-                if txn.get(&key).await?.is_none() {
-                    let record = DeviceRecord {
-                        device_id: device_id.to_owned(),
-                        created_at: now,
-                        ..Default::default()
-                    };
-                    txn.put(&key, &encode(&record));
+                if txn.get(&key).await?.is_some() {
+                    return Ok(None);
                 }
-                Ok(())
+                let mut evicted = None;
+                if max_devices > 0 {
+                    let prefix = keys::devices_of(user_id);
+                    let pairs = txn
+                        .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
+                        .await?;
+                    if pairs.len() >= max_devices {
+                        let mut oldest: Option<(i64, DeviceRecord)> = None;
+                        for (k, v) in &pairs {
+                            let d: DeviceRecord = decode(k, v)?;
+                            let used = d.last_seen.unwrap_or(d.created_at).max(d.created_at);
+                            if oldest.as_ref().is_none_or(|(t, _)| used < *t) {
+                                oldest = Some((used, d));
+                            }
+                        }
+                        if let Some((_, d)) = oldest {
+                            txn.delete(&keys::device(user_id, &d.device_id));
+                            let generation =
+                                super::sessions::bump(txn, user_id, &d.device_id, now).await?;
+                            evicted = Some((d.device_id, generation));
+                        }
+                    }
+                }
+                let record = DeviceRecord {
+                    device_id: device_id.to_owned(),
+                    created_at: now,
+                    ..Default::default()
+                };
+                txn.put(&key, &encode(&record));
+                Ok(evicted)
             })
         })
         .await

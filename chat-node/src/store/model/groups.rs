@@ -11,25 +11,36 @@ use crate::store::{Order, keys, prefix_end};
 pub const MAX_GROUPS_PER_USER: usize = 10_000;
 
 pub(crate) fn group_full(max: usize) -> ApiError {
-    ApiError::new(
-        ErrorCode::GroupFull,
-        format!("a group has at most {max} members (its owner included); remove a member first"),
-    )
+    ApiError::group_full(max)
 }
 
 impl ChatStore {
     /// Create a group owned by `group.owner` with `group.members` (owner first, no
     /// duplicates, every member an existing user).
+    /// `max_groups` (0: no limit) bounds the groups the owner has created: past it, 422
+    /// `group_limit`.
     pub async fn create_group(
         &self,
         group: &GroupRecord,
         max_members: usize,
+        max_groups: u64,
     ) -> Result<(), ApiError> {
         if group.members.len() > max_members {
             return Err(group_full(max_members));
         }
         self.write(|txn, _| {
             Box::pin(async move {
+                let created_key = keys::groups_created(&group.owner);
+                let created = super::sessions::get_u64(txn, &created_key).await?;
+                if max_groups > 0 && created >= max_groups {
+                    return Err(ApiError::new(
+                        ErrorCode::GroupLimit,
+                        format!(
+                            "you have created {created} groups, the most one user may create (--max-groups-per-user {max_groups}); ask the operator to raise the limit"
+                        ),
+                    ));
+                }
+                txn.put(&created_key, &crate::store::records::encode_u64(created + 1));
                 for member in &group.members {
                     if txn.get(&keys::user(member)).await?.is_none() {
                         return Err(ApiError::bad_request(format!(

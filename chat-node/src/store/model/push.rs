@@ -370,7 +370,7 @@ mod tests {
     async fn a_gone_token_clears_only_the_registration_that_still_holds_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChatStore::new(std::sync::Arc::new(Embedded::open(dir.path()).unwrap()));
-        store.touch_device("b", "phone", 0).await.unwrap();
+        store.touch_device("b", "phone", 0, 0).await.unwrap();
         let reg = |token: &str| PushRegistration {
             provider: PushProvider::Fcm,
             token: token.into(),
