@@ -124,8 +124,36 @@ pub struct OwnerView {
 }
 
 impl OwnerView {
-    /// The node that owns `unit`: `None` for this node.
+    /// The node that owns `unit`: `None` for this node. A one-on-one channel is owned by
+    /// the owner of one of its two users' inboxes (rendezvous between those two), so a
+    /// one-on-one message involves at most two nodes, and one when both users are on one.
     pub fn owner(&self, unit: &str) -> Option<&str> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        if let Some((a, b)) = unit.strip_prefix("dm:").and_then(|r| r.split_once(':')) {
+            let (oa, ob) = (self.owner_by_hash(a), self.owner_by_hash(b));
+            if oa == ob {
+                return oa;
+            }
+            let weight = |o: Option<&str>| {
+                o.and_then(|id| self.peers.get(id))
+                    .map_or(self.capacity, |m| m.capacity)
+            };
+            let candidates = [
+                (oa.unwrap_or(self.node_id.as_str()), weight(oa)),
+                (ob.unwrap_or(self.node_id.as_str()), weight(ob)),
+            ];
+            return match rendezvous::owner(unit, candidates) {
+                Some(id) if id != self.node_id => Some(id),
+                _ => None,
+            };
+        }
+        self.owner_by_hash(unit)
+    }
+
+    /// Weighted rendezvous of `unit` over the members that may own units.
+    fn owner_by_hash(&self, unit: &str) -> Option<&str> {
         if self.peers.is_empty() {
             return None;
         }
@@ -147,6 +175,12 @@ impl OwnerView {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// A member's record as etcd holds it (believed or not: a call to it goes over mutual
+    /// TLS that checks the peer is that member).
+    pub fn member(&self, node_id: &str) -> Option<&Member> {
+        self.peers.get(node_id)
     }
 }
 
@@ -582,5 +616,30 @@ mod tests {
             2,
             "with every node draining, users still spread over all"
         );
+    }
+
+    #[test]
+    fn a_one_on_one_channel_is_owned_where_one_of_its_users_inboxes_is() {
+        let ids = ["a", "b", "c", "d", "e"];
+        let n = node("a");
+        let peers: HashMap<String, Member> = ids
+            .iter()
+            .map(|id| (id.to_string(), member(id, false)))
+            .collect();
+        n.set_owners(peers, false, 1, 1);
+        let view = n.owners();
+        let mut both_local = 0;
+        for k in 0..300 {
+            let (u, v) = (format!("u{k}"), format!("v{k}"));
+            let (ou, ov) = (view.owner(&u), view.owner(&v));
+            let channel = crate::protocol::validate::Channel::direct(&u, &v).to_string();
+            let oc = view.owner(&channel);
+            assert!(
+                oc == ou || oc == ov,
+                "{channel}: owned by {oc:?}, inboxes at {ou:?} and {ov:?}"
+            );
+            both_local += usize::from(ou == ov);
+        }
+        assert!(both_local > 0, "some pairs share a node");
     }
 }

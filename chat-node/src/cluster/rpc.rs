@@ -146,10 +146,12 @@ impl Rpc {
     }
 
     fn queue(&self, node_id: &str, lane: bool) -> Result<mpsc::Sender<Pending>, String> {
+        // The write path's owners come from etcd's records, believed yet or not: the call
+        // goes over mutual TLS that accepts only a certificate naming `node_id`.
         let member = self
             .cluster
-            .peers()
-            .get(node_id)
+            .owners()
+            .member(node_id)
             .cloned()
             .ok_or_else(|| format!("node {node_id} is not a live member"))?;
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -183,7 +185,7 @@ impl Rpc {
 
     /// Forget peers that left (their tasks end once their queues are empty).
     pub fn retain_members(&self) {
-        let members = self.cluster.peers();
+        let members = self.cluster.records();
         self.peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())

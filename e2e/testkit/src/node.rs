@@ -294,8 +294,13 @@ impl Client {
 
     /// The next text frame as JSON; panics on timeout or close.
     pub async fn next(&mut self) -> Value {
+        self.next_within(WAIT).await
+    }
+
+    /// [`Client::next`] with its own bound.
+    pub async fn next_within(&mut self, wait: Duration) -> Value {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout(wait, self.ws.next())
                 .await
                 .expect("no frame arrived within the wait")
                 .expect("socket closed while waiting for a frame")
@@ -325,7 +330,7 @@ impl Client {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let v = tokio::time::timeout(left, self.next())
+            let v = tokio::time::timeout(left, self.next_within(left))
                 .await
                 .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
             if pred(&v) {
