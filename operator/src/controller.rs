@@ -2,13 +2,17 @@
 //! the finalizer and the controller loop.
 //!
 //! - [`reconcile`]: finalizer first (it adds `parley.dev/etcd-cleanup`), then `apply::apply`
-//!   (validate → build → server-side apply → status) or, on delete, [`cleanup`].
+//!   (validate → observe → size the pools (`scale`) → roll outdated pods (`rollout`) → build
+//!   → server-side apply → status) or, on delete, [`cleanup`], which gives up on etcd after
+//!   [`Context::finalizer_timeout`] so that a deletion never blocks for ever.
 //! - [`error_policy`]: an invalid spec waits for the next change of the object (the status
 //!   already says what is wrong); anything else is retried with a doubling backoff.
 //! - [`run`]: leader election, the `/healthz` + `/metrics` server, and the kube-runtime
 //!   `Controller` watching ChatClusters and the children it owns.
 
 mod apply;
+mod rollout;
+mod scale;
 pub mod status;
 
 use std::collections::HashMap;
@@ -100,7 +104,14 @@ pub struct Context {
     pub drain_poll: Duration,
     /// How often a settled cluster is re-read (status: connections move without events).
     pub resync: Duration,
+    /// How often a cluster with `spec.autoscaling` is re-read (connections, decisions).
+    pub autoscale_poll: Duration,
+    /// How long after a deletion started the finalizer keeps trying to clear the cluster's
+    /// etcd keys; then it gives up with a Warning event and lets the object go.
+    pub finalizer_timeout: Duration,
     failures: Mutex<HashMap<String, u32>>,
+    /// One etcd connection per set of endpoints, reused by every reconcile.
+    etcd: tokio::sync::Mutex<HashMap<Vec<String>, Etcd>>,
 }
 
 impl Context {
@@ -116,8 +127,30 @@ impl Context {
             metrics,
             drain_poll: Duration::from_secs(5),
             resync: Duration::from_secs(60),
+            autoscale_poll: Duration::from_secs(15),
+            finalizer_timeout: Duration::from_secs(300),
             failures: Mutex::new(HashMap::new()),
+            etcd: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The etcd connection for `endpoints`: the one kept from an earlier reconcile, else a
+    /// new one (counted in `parley_operator_etcd_connects_total`).
+    pub(crate) async fn etcd(&self, endpoints: &[String]) -> Result<Etcd, drain::Error> {
+        let mut cache = self.etcd.lock().await;
+        if let Some(etcd) = cache.get(endpoints) {
+            return Ok(etcd.clone());
+        }
+        let etcd = Etcd::connect(endpoints).await?;
+        self.metrics.etcd_connects.inc();
+        cache.insert(endpoints.to_vec(), etcd.clone());
+        Ok(etcd)
+    }
+
+    /// Drop the kept connection for `endpoints` after it failed: the next reconcile dials
+    /// again.
+    pub(crate) async fn forget_etcd(&self, endpoints: &[String]) {
+        self.etcd.lock().await.remove(endpoints);
     }
 
     /// Publishes an event about `cc`; a failure to publish is logged, never fatal.
@@ -198,23 +231,58 @@ pub fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> A
 }
 
 /// The finalizer's work: deletes every etcd key of the cluster (`/parley/<ns>.<name>/`).
-/// Children go with the ChatCluster through their owner references.
+/// Children go with the ChatCluster through their owner references. When etcd cannot be
+/// reached, the deletion is retried (with backoff) until [`Context::finalizer_timeout`] after
+/// it started; then the finalizer gives up with a Warning event that says which keys are
+/// left, so a cluster whose etcd is gone can still be deleted.
 async fn cleanup(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
     let cluster = cc.cluster_id();
-    let mut etcd = Etcd::connect(&cc.spec.etcd.endpoints).await?;
-    let deleted = etcd.clear_cluster(&cluster).await?;
-    info!(%cluster, deleted, "cleared the cluster's etcd keys");
-    ctx.event(
-        cc,
-        EventType::Normal,
-        "EtcdKeysCleared",
-        format!(
-            "deleted {deleted} etcd keys under {}",
-            drain::cluster_prefix(&cluster)
-        ),
-    )
-    .await;
-    Ok(Action::await_change())
+    let prefix = drain::cluster_prefix(&cluster);
+    let endpoints = &cc.spec.etcd.endpoints;
+    let cleared = match ctx.etcd(endpoints).await {
+        Ok(mut etcd) => etcd.clear_cluster(&cluster).await,
+        Err(e) => Err(e),
+    };
+    match cleared {
+        Ok(deleted) => {
+            info!(%cluster, deleted, "cleared the cluster's etcd keys");
+            ctx.event(
+                cc,
+                EventType::Normal,
+                "EtcdKeysCleared",
+                format!("deleted {deleted} etcd keys under {prefix}"),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            ctx.forget_etcd(endpoints).await;
+            let since = cc
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+            let waited = k8s_openapi::jiff::Timestamp::now().duration_since(since);
+            let limit = k8s_openapi::jiff::SignedDuration::try_from(ctx.finalizer_timeout)
+                .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+            if waited < limit {
+                return Err(e.into());
+            }
+            warn!(%cluster, error = %e, "giving up on clearing the cluster's etcd keys");
+            ctx.event(
+                cc,
+                EventType::Warning,
+                "EtcdCleanupAbandoned",
+                format!(
+                    "could not delete the etcd keys under {prefix} for {}s ({e}); deleting the ChatCluster anyway: remove them by hand with `etcdctl del --prefix {prefix}`",
+                    ctx.finalizer_timeout.as_secs()
+                ),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+    }
 }
 
 /// How `run` is set up.
@@ -241,6 +309,9 @@ pub enum RunError {
     /// The metrics server could not start.
     #[error("cannot serve /healthz and /metrics: {0}")]
     Metrics(#[source] std::io::Error),
+    /// Leader election cannot work as configured (a missing namespace, no permission).
+    #[error(transparent)]
+    Lease(#[from] leader::LeaseError),
 }
 
 /// Runs the operator until SIGTERM (returns `Ok`) or lost leadership (returns `Err`).
@@ -254,7 +325,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
     let leader_cfg = LeaderConfig::new(&cfg.lease_namespace, &cfg.lease_name, &cfg.identity);
     info!(identity = %cfg.identity, lease = %cfg.lease_name, "waiting for leadership");
     tokio::select! {
-        () = leader::acquire(&lease_api, &leader_cfg) => {}
+        won = leader::acquire(&lease_api, &leader_cfg) => won?,
         res = server => {
             let e = match res { Ok(Err(e)) => e, _ => std::io::Error::other("metrics server stopped") };
             return Err(RunError::Metrics(e));
