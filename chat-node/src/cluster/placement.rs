@@ -15,18 +15,20 @@
 //! the same members answers the same. Bigger nodes still take more users (the weight).
 //!
 //! A node learns homes from the user record (at socket open and in `/v1/assign`, which read
-//! it) and keeps them in [`Homes`], a bounded cache. Only a cluster whose taking members span
+//! it) and keeps them in [`Homes`], a bounded LRU cache. Only a cluster whose taking members span
 //! more than one region needs homes at all ([`Pool::needs_homes`]); in a single-region
 //! cluster placement is exactly the rendezvous over the members, with no look-up. Where a
 //! home is unknown (a recipient this node never saw), routing sends to every node that could
 //! hold the user ([`Pool::possible_owners`], one per region), which is right whatever the
 //! home, and asks [`Homes`] to learn it in the background ([`learn`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lru::LruCache;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -151,8 +153,8 @@ pub trait HomeDirectory: Send + Sync + 'static {
     async fn homes(&self, users: &[String]) -> Result<Vec<(String, String)>, String>;
 }
 
-/// Entries in one generation of [`Homes`]; the cache holds at most two generations.
-const GENERATION: usize = 65_536;
+/// Homes a node keeps (least recently used go first).
+const CAPACITY: usize = 131_072;
 /// A home learned longer ago than this is not trusted: routing treats it as unknown (and so
 /// reaches every possible node) until it is learned again. This bounds how long a node that
 /// missed a region change routes that user's deliveries to the old region.
@@ -166,20 +168,17 @@ struct Entry {
     learned: Instant,
 }
 
-#[derive(Default)]
-struct Generations {
-    current: HashMap<String, Entry>,
-    previous: HashMap<String, Entry>,
+struct Known {
+    homes: LruCache<String, Entry>,
     /// Users asked of the learner and not answered yet.
     wanted: HashSet<String>,
 }
 
-/// A bounded cache of users' home regions: two generations of [`GENERATION`] entries (an
-/// entry used in the older one moves to the newer; a full newer generation retires the
-/// older), each entry trusted for [`HOME_TTL`] and refreshed in the background when used in
-/// its second half.
+/// A bounded cache of users' home regions: at most [`CAPACITY`] users, least recently used
+/// first out, each entry trusted for [`HOME_TTL`] and refreshed in the background when used
+/// in its second half.
 pub struct Homes {
-    state: Mutex<Generations>,
+    state: Mutex<Known>,
     /// Users whose home routing needed but did not know.
     wanted_tx: mpsc::Sender<String>,
     wanted_rx: Mutex<Option<mpsc::Receiver<String>>>,
@@ -194,36 +193,36 @@ impl Default for Homes {
 
 impl Homes {
     pub fn new(ttl: Duration) -> Self {
+        Self::with_capacity(ttl, CAPACITY)
+    }
+
+    fn with_capacity(ttl: Duration, capacity: usize) -> Self {
         let (wanted_tx, wanted_rx) = mpsc::channel(MAX_WANTED);
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(Known {
+                homes: LruCache::new(capacity),
+                wanted: HashSet::new(),
+            }),
             wanted_tx,
             wanted_rx: Mutex::new(Some(wanted_rx)),
             ttl,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Remember `user`'s home region (read from their record, or told by the node that
     /// changed it).
     pub fn learn(&self, user: &str, region: &str) {
-        let mut g = self.lock();
-        g.wanted.remove(user);
-        Self::insert(&mut g, user.to_owned(), region.into());
-    }
-
-    fn insert(g: &mut Generations, user: String, region: Arc<str>) {
-        if g.current.len() >= GENERATION && !g.current.contains_key(&user) {
-            g.previous = std::mem::take(&mut g.current);
-        }
-        g.previous.remove(&user);
-        g.current.insert(
-            user,
+        let mut k = self.lock();
+        k.wanted.remove(user);
+        k.homes.put(
+            user.to_owned(),
             Entry {
-                region,
+                region: region.into(),
                 learned: Instant::now(),
             },
         );
@@ -232,24 +231,16 @@ impl Homes {
     /// The trusted home regions of `users`, in order, under one lock (`None`: unknown or too
     /// old; the learner is asked for those, and for homes about to grow old).
     pub fn get_many<'u>(&self, users: impl IntoIterator<Item = &'u str>) -> Vec<Option<Arc<str>>> {
-        let mut g = self.lock();
+        let mut k = self.lock();
         let mut out = Vec::new();
         let mut ask = Vec::new();
         for user in users {
-            let found = match g.current.get(user) {
-                Some(e) => Some((e.region.clone(), e.learned)),
-                None => match g.previous.remove(user) {
-                    Some(e) => {
-                        let hit = (e.region.clone(), e.learned);
-                        g.current.insert(user.to_owned(), e);
-                        Some(hit)
-                    }
-                    None => None,
-                },
-            };
-            match found {
-                Some((region, learned)) => {
-                    let age = learned.elapsed();
+            match k
+                .homes
+                .get(user)
+                .map(|e| (e.region.clone(), e.learned.elapsed()))
+            {
+                Some((region, age)) => {
                     if age >= self.ttl / 2 {
                         ask.push(user);
                     }
@@ -262,11 +253,11 @@ impl Homes {
             }
         }
         for user in ask {
-            if g.wanted.len() < MAX_WANTED
-                && !g.wanted.contains(user)
+            if k.wanted.len() < MAX_WANTED
+                && !k.wanted.contains(user)
                 && self.wanted_tx.try_send(user.to_owned()).is_ok()
             {
-                g.wanted.insert(user.to_owned());
+                k.wanted.insert(user.to_owned());
             }
         }
         out
@@ -279,9 +270,9 @@ impl Homes {
 
     /// A batch asked of the learner was not answered: let routing ask again.
     fn unwant(&self, users: &[String]) {
-        let mut g = self.lock();
+        let mut k = self.lock();
         for u in users {
-            g.wanted.remove(u);
+            k.wanted.remove(u);
         }
     }
 
@@ -462,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn homes_are_bounded_expire_and_ask_the_learner() {
-        let homes = Homes::new(Duration::from_millis(200));
+        let homes = Homes::with_capacity(Duration::from_millis(200), 100);
         assert_eq!(homes.get("a"), None);
         let mut wanted = homes
             .take_wanted()
@@ -478,10 +469,10 @@ mod tests {
         assert_eq!(homes.get("a").as_deref(), Some("eu"));
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(homes.get("a"), None, "too old to trust");
-        for k in 0..(2 * GENERATION + 10) {
+        for k in 0..1000 {
             homes.learn(&format!("u{k}"), "us");
         }
-        let g = homes.lock();
-        assert!(g.current.len() + g.previous.len() <= 2 * GENERATION);
+        assert_eq!(homes.lock().homes.len(), 100, "bounded");
+        assert_eq!(homes.get("u999").as_deref(), Some("us"), "the newest stay");
     }
 }
