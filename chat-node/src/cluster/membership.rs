@@ -1,7 +1,8 @@
 //! Membership in etcd: this node's registration under a lease, and the live view of the
 //! others.
 //!
-//! Keys (the contract with the operator, docs/operator.md):
+//! Keys (the contract with the operator, defined once in `parley-cluster-contract` and
+//! described in docs/operator.md):
 //! - `/parley/<cluster>/nodes/<node_id>`: a [`Member`] as JSON, under a lease of
 //!   [`LEASE_TTL`]; refreshed every [`REFRESH`] when the connection count or draining flag
 //!   changed.
@@ -26,29 +27,14 @@ use super::{Cluster, Member};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
-/// Root of every membership key.
-pub const KEY_ROOT: &str = "/parley";
+pub use parley_cluster_contract::{KEY_ROOT, cluster_prefix, drain_key, nodes_prefix};
+
 /// Lease time-to-live: a node that stops refreshing leaves the view after this.
-pub const LEASE_TTL: i64 = 10;
+pub const LEASE_TTL: i64 = parley_cluster_contract::LEASE_TTL_SECONDS;
 /// How often the lease is kept alive and the registration refreshed.
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// Bound on connecting and on each request.
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `/parley/<cluster>/`.
-pub fn cluster_prefix(cluster: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/")
-}
-
-/// `/parley/<cluster>/nodes/`.
-pub fn nodes_prefix(cluster: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/nodes/")
-}
-
-/// `/parley/<cluster>/drain/<node_id>`.
-pub fn drain_key(cluster: &str, node_id: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/drain/{node_id}")
-}
 
 /// The membership task's handle: leave the cluster at the end of shutdown.
 pub struct Membership {
@@ -145,11 +131,7 @@ impl Task {
     }
 
     fn node_key(&self) -> String {
-        format!(
-            "{}{}",
-            nodes_prefix(self.cluster.name()),
-            self.cluster.node_id()
-        )
+        parley_cluster_contract::node_key(self.cluster.name(), self.cluster.node_id())
     }
 
     fn registration(&self) -> Member {
