@@ -1,13 +1,18 @@
-//! Accounts: sign-up, login (a device per login), profiles and devices.
+//! Accounts: sign-up, login (a device per login), profiles (and home regions) and devices.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
+
 use crate::auth::{Claims, TokenKeys, password};
+use crate::cluster::placement::HomeDirectory;
 use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::presence::Presence;
-use crate::protocol::types::{Device, Login, Profile, PushRegistration, Session, SignUp};
+use crate::protocol::types::{
+    Device, Login, Profile, ProfilePatch, PushRegistration, Session, SignUp,
+};
 use crate::protocol::{ApiError, validate};
 use crate::sessions::Sessions;
 use crate::store::{ChatStore, UserRecord};
@@ -20,6 +25,8 @@ pub struct Accounts {
     limiters: Arc<Limiters>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
+    /// The home region of users who sign up here without choosing one: this node's.
+    default_region: String,
 }
 
 fn wrong_password() -> ApiError {
@@ -41,6 +48,7 @@ impl Accounts {
         limiters: Arc<Limiters>,
         sessions: Arc<Sessions>,
         metrics: Arc<Metrics>,
+        default_region: String,
     ) -> Self {
         Self {
             store,
@@ -49,6 +57,7 @@ impl Accounts {
             limiters,
             sessions,
             metrics,
+            default_region,
         }
     }
 
@@ -131,6 +140,8 @@ impl Accounts {
         validate::password(&body.password)?;
         let display_name = body.display_name.unwrap_or_else(|| body.username.clone());
         validate::display_name(&display_name)?;
+        let region = body.region.unwrap_or_else(|| self.default_region.clone());
+        check_region(&region)?;
         if self.store.user_by_name(&body.username).await?.is_some() {
             return Err(ApiError::conflict(format!(
                 "the username {:?} is taken; choose another",
@@ -148,10 +159,11 @@ impl Accounts {
             display_name,
             password_hash,
             created_at: now_ms(),
+            region: Some(region),
         };
         self.store.create_user(&user).await?;
-        tracing::info!(user_id = %user.user_id, username = %user.username, "signed up");
-        Ok(user.profile())
+        tracing::info!(user_id = %user.user_id, username = %user.username, region = %user.home_region(), "signed up");
+        Ok(user.own_profile())
     }
 
     pub async fn log_in(&self, body: Login) -> Result<Session, ApiError> {
@@ -214,17 +226,56 @@ impl Accounts {
             .ok_or_else(|| ApiError::not_found(format!("no user has the username {username:?}")))
     }
 
-    pub async fn set_display_name(
+    /// The caller's own profile, with their home region.
+    pub async fn own_profile(&self, user_id: &str) -> Result<Profile, ApiError> {
+        self.store
+            .user(user_id)
+            .await?
+            .map(|u| u.own_profile())
+            .ok_or_else(|| ApiError::not_found("your user no longer exists"))
+    }
+
+    /// `PATCH /v1/users/me`: the new own profile, and the new home region when it changed
+    /// (the caller then moves the user's sockets).
+    pub async fn update_profile(
         &self,
         user_id: &str,
-        display_name: &str,
-    ) -> Result<Profile, ApiError> {
-        validate::display_name(display_name)?;
-        Ok(self
+        patch: &ProfilePatch,
+    ) -> Result<(Profile, Option<String>), ApiError> {
+        if patch.display_name.is_none() && patch.region.is_none() {
+            return Err(ApiError::bad_request(
+                "PATCH /v1/users/me needs \"display_name\" or \"region\" (or both)",
+            ));
+        }
+        if let Some(name) = &patch.display_name {
+            validate::display_name(name)?;
+        }
+        if let Some(region) = &patch.region {
+            check_region(region)?;
+        }
+        let (user, before) = self
             .store
-            .set_display_name(user_id, display_name)
+            .update_user(
+                user_id,
+                patch.display_name.as_deref(),
+                patch.region.as_deref(),
+            )
+            .await?;
+        let moved = (user.home_region() != before).then(|| user.home_region().to_owned());
+        if let Some(region) = &moved {
+            tracing::info!(user_id, from = %before, to = %region, "home region changed");
+        }
+        Ok((user.own_profile(), moved))
+    }
+
+    /// The user's home region, read from their record (the default region for records
+    /// written before regions existed). 404 if the user is gone.
+    pub async fn home_region(&self, user_id: &str) -> Result<String, ApiError> {
+        self.store
+            .user(user_id)
             .await?
-            .profile())
+            .map(|u| u.home_region().to_owned())
+            .ok_or_else(|| ApiError::unauthorized("your user no longer exists; sign up again"))
     }
 
     pub async fn devices(&self, user_id: &str) -> Result<Vec<Device>, ApiError> {
@@ -266,5 +317,27 @@ impl Accounts {
             )));
         }
         self.store.set_push(user_id, device_id, push).await
+    }
+}
+
+/// A region name the API accepts: a DNS label, like the nodes' `--region`.
+fn check_region(region: &str) -> Result<(), ApiError> {
+    if parley_cluster_contract::is_valid_name(region) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "region {region:?} is not a region name: use 1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit (the regions of this cluster are those its nodes run in, e.g. \"eu-west\")"
+        )))
+    }
+}
+
+/// The user records as the cluster's [`HomeDirectory`]: where a node looks up the home
+/// regions of users it routes to.
+pub struct UserHomes(pub ChatStore);
+
+#[async_trait]
+impl HomeDirectory for UserHomes {
+    async fn homes(&self, users: &[String]) -> Result<Vec<(String, String)>, String> {
+        self.0.home_regions(users).await.map_err(|e| e.message)
     }
 }

@@ -2,11 +2,14 @@
 //!
 //! - [`membership`]: with `--etcd`, this node registers itself under a lease and watches the
 //!   other members; the live view is held here. Without `--etcd` the cluster is this node.
-//! - [`rendezvous`]: weighted rendezvous hashing of a user id over the live, non-draining
-//!   members picks the user's node, identically on every node and without a lookup.
+//! - [`placement`]: which node a user belongs on: weighted rendezvous over the live,
+//!   non-draining members of the user's home region (falling back to every region), and the
+//!   cache of users' home regions. [`Cluster::owner`], [`Cluster::partition_by`] and
+//!   [`Cluster::assign`] all ask it.
+//! - [`rendezvous`]: weighted rendezvous hashing itself, identical on every node.
 //! - [`link`]: node-to-node links that carry live deliveries and presence changes, batched.
-//! - [`rebalance`]: when membership changes, users who now belong elsewhere are moved,
-//!   spread over seconds.
+//! - [`rebalance`]: when membership changes (or a user's home region does), users who now
+//!   belong elsewhere are moved, spread over seconds.
 //! - [`rpc`]: calls between nodes that need an answer (the write path's routing).
 //! - Ownership of the write path's units (channels, users' inboxes): the same rendezvous
 //!   over one consistent snapshot of the view ([`OwnerView`]), with the epoch the writer's
@@ -15,55 +18,34 @@
 //!   per peer that only talks to that peer, node identities in certificates.
 //! - [`trust`]: a member's record in etcd is believed only once the node it names proved,
 //!   over mutual TLS, that it is that node and wrote that record.
+//!
+//! Users are placed by home region; anything else that needs one owner node (a channel's
+//! push work, the write path's units) ignores regions ([`Cluster::owns_key`], [`OwnerView`]).
 
 pub mod link;
 pub mod membership;
+pub mod placement;
 pub mod rebalance;
 pub mod rendezvous;
 pub mod rpc;
 pub mod transport;
 pub mod trust;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use serde::{Deserialize, Serialize};
+pub use parley_cluster_contract::Member;
+use placement::{HomeDirectory, Homes, Pool, Seat};
 
 /// A node as clients reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAddress {
     pub node_id: String,
     pub ws_url: String,
-}
-
-/// A member's registration in etcd (`/parley/<cluster>/nodes/<node_id>`), the contract
-/// with the operator (docs/operator.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub struct Member {
-    pub node_id: String,
-    /// How peers reach the node (its HTTP base URL).
-    #[serde(default)]
-    pub advertise_url: String,
-    /// Where clients open their WebSocket.
-    #[serde(default)]
-    pub ws_url: String,
-    /// Where peers reach the node's internal listener (links, status, probes): `https://`
-    /// with mutual TLS. Empty from nodes older than the internal listener.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub internal_url: String,
-    #[serde(default)]
-    pub zone: Option<String>,
-    /// The node's weight in assignment.
-    #[serde(default)]
-    pub capacity: u64,
-    /// Live client sockets.
-    #[serde(default)]
-    pub connections: u64,
-    /// Handing its clients over: takes no new users.
-    #[serde(default)]
-    pub draining: bool,
+    /// The node's region.
+    pub region: String,
 }
 
 /// Where a user belongs.
@@ -73,6 +55,15 @@ pub enum Owner {
     Here,
     /// On another live member.
     Peer(Member),
+}
+
+/// One membership snapshot: the peers and the placement pool built from them (and this
+/// node), swapped whole on every change so that a batch is routed against one view.
+#[derive(Default)]
+struct View {
+    /// The other live members, by id (this node is never in it).
+    peers: Arc<HashMap<String, Member>>,
+    pool: Pool,
 }
 
 /// This node's view of the cluster.
@@ -86,11 +77,12 @@ pub struct Cluster {
     client_scheme: &'static str,
     capacity: u64,
     zone: Option<String>,
+    region: String,
     /// Whether etcd membership is on (`--etcd`).
     clustered: bool,
-    /// The other live members, by id (this node is never in it): the records of etcd that
-    /// are believed (all of them unless `require_proof`).
-    peers: RwLock<Arc<HashMap<String, Member>>>,
+    /// The other live members and the placement pool built from them: the records of etcd
+    /// that are believed (all of them unless `require_proof`).
+    view: RwLock<Arc<View>>,
     /// What etcd holds, believed or not, and which identities were proved ([`trust`]).
     records: RwLock<trust::Records>,
     /// Whether a record counts only once its node proved it over mutual TLS.
@@ -104,6 +96,13 @@ pub struct Cluster {
     serving: AtomicBool,
     /// Bumped on every membership change; the rebalancer waits on it.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Users' home regions, as far as this node knows them.
+    homes: Arc<Homes>,
+    /// Where homes are read when they must be known now (set at start-up).
+    directory: OnceLock<Arc<dyn HomeDirectory>>,
+    /// Users whose home region changed, waiting for the rebalancer.
+    moves: Mutex<HashSet<String>>,
+    moved: tokio::sync::Notify,
     /// Who owns the write path's units: the view as etcd last said, as one snapshot.
     owners: RwLock<Arc<OwnerView>>,
 }
@@ -216,6 +215,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub capacity: u64,
     pub zone: Option<String>,
+    /// `--region`.
+    pub region: String,
     pub clustered: bool,
     /// The node's internal URL as peers reach it (`--internal-advertise-url`).
     pub internal_url: Option<String>,
@@ -227,7 +228,7 @@ pub struct Settings {
 
 impl Cluster {
     pub fn new(s: Settings) -> Self {
-        Self {
+        let c = Self {
             node_id: s.node_id,
             cluster: s.cluster,
             advertise_url: s.advertise_url,
@@ -239,14 +240,20 @@ impl Cluster {
             record_changes: tokio::sync::watch::channel(0).0,
             capacity: s.capacity.max(1),
             zone: s.zone,
+            region: s.region,
             clustered: s.clustered,
-            peers: RwLock::new(Arc::new(HashMap::new())),
+            view: RwLock::default(),
             draining: AtomicBool::new(false),
             serving: AtomicBool::new(!s.clustered),
             changes: tokio::sync::watch::channel(0).0,
+            homes: Arc::new(Homes::default()),
+            directory: OnceLock::new(),
+            moves: Mutex::default(),
+            moved: tokio::sync::Notify::new(),
             owners: RwLock::new(Arc::new(OwnerView::default())),
-        }
-        .with_owner_identity()
+        };
+        c.rebuild(Some(HashMap::new()));
+        c.with_owner_identity()
     }
 
     fn with_owner_identity(self) -> Self {
@@ -297,6 +304,7 @@ impl Cluster {
             listen,
             capacity: 1,
             zone: None,
+            region: parley_cluster_contract::DEFAULT_REGION.into(),
             clustered: false,
             internal_url: None,
             client_tls: false,
@@ -311,6 +319,12 @@ impl Cluster {
     /// The cluster's name (`--cluster`).
     pub fn name(&self) -> &str {
         &self.cluster
+    }
+
+    /// This node's region (`--region`): the home of the users who sign up here without
+    /// choosing one.
+    pub fn region(&self) -> &str {
+        &self.region
     }
 
     /// Whether this node is one of several, through etcd.
@@ -338,14 +352,53 @@ impl Cluster {
     pub fn set_draining(&self, draining: bool) -> bool {
         let changed = self.draining.swap(draining, Ordering::Relaxed) != draining;
         if changed {
+            self.rebuild(None);
             self.changes.send_modify(|v| *v += 1);
         }
         changed
     }
 
+    fn view(&self) -> Arc<View> {
+        self.view.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Build the placement pool of `peers` (or of the current peers, when `None`: this
+    /// node's draining flag changed) and this node, and make it the view. Returns whether the
+    /// peers changed. The view's lock is held throughout, so a change of the peers (etcd, or
+    /// a record proved) and of the draining flag never undo one another.
+    fn rebuild(&self, peers: Option<HashMap<String, Member>>) -> bool {
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        let (peers, changed) = match peers {
+            Some(p) if *view.peers == p => return false,
+            Some(p) => (Arc::new(p), true),
+            None => (view.peers.clone(), false),
+        };
+        let me = Seat {
+            id: self.node_id.clone(),
+            weight: self.capacity,
+            region: self.region.clone(),
+            draining: self.is_draining(),
+        };
+        let seats = peers
+            .values()
+            .map(|m| Seat {
+                id: m.node_id.clone(),
+                weight: m.capacity,
+                region: m.region.clone(),
+                draining: m.draining,
+            })
+            .chain(std::iter::once(me))
+            .collect();
+        *view = Arc::new(View {
+            peers,
+            pool: Pool::new(seats),
+        });
+        changed
+    }
+
     /// The other live members.
     pub fn peers(&self) -> Arc<HashMap<String, Member>> {
-        self.peers.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.view().peers.clone()
     }
 
     /// Replace the view of the other members (etcd's records). Only the records whose node
@@ -361,88 +414,63 @@ impl Cluster {
         }
     }
 
-    /// etcd's records of the other nodes, believed or not.
-    pub fn records(&self) -> HashMap<String, Member> {
-        self.records
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .all()
-            .clone()
-    }
-
-    /// Records of etcd that are not (or no longer) believed.
-    pub fn unproved(&self) -> Vec<Member> {
-        self.records
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .unproved()
-    }
-
-    /// `member` (as etcd holds it) was confirmed by its node over mutual TLS.
-    pub fn prove(&self, member: &Member) {
-        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
-        records.prove(member);
-        self.publish(&records);
-    }
-
-    /// Whether proof is required before a record is believed (mutual TLS is on).
-    pub fn requires_proof(&self) -> bool {
-        self.require_proof
-    }
-
-    /// A receiver that sees every change of etcd's records.
-    pub fn subscribe_records(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.record_changes.subscribe()
-    }
-
-    /// Recompute the believed peers from the records.
-    fn publish(&self, records: &trust::Records) {
-        let peers = records.believed(self.require_proof);
-        let mut current = self.peers.write().unwrap_or_else(|p| p.into_inner());
-        if **current != peers {
-            *current = Arc::new(peers);
-            drop(current);
-            self.changes.send_modify(|v| *v += 1);
-        }
-    }
-
     /// A receiver that sees every membership change.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
-    /// The node `user_id` belongs on: weighted rendezvous over the live, non-draining
-    /// members (this one included unless draining). When every member drains, over all.
-    pub fn owner(&self, user_id: &str) -> Owner {
-        let peers = self.peers();
-        match self.peer_for(&peers, user_id) {
-            Some(id) => Owner::Peer(peers[id].clone()),
-            None => Owner::Here,
+    /// Whether every member, this one included, drains (a pause or a full shutdown): no node
+    /// takes new users.
+    pub fn all_draining(&self) -> bool {
+        self.view().pool.seats().iter().all(|s| s.draining)
+    }
+
+    /// The node id `user_id` belongs on in `view`. A home this node does not know (it
+    /// never saw the user's record, or too long ago) is taken to be this node's region, and
+    /// learned in the background; routing of deliveries does not guess (see
+    /// [`Cluster::partition_by`]).
+    fn place<'v>(&self, view: &'v View, user_id: &str) -> Option<&'v str> {
+        if !view.pool.needs_homes() {
+            return view.pool.owner(user_id, &self.region);
+        }
+        let home = self.homes.get(user_id);
+        view.pool
+            .owner(user_id, home.as_deref().unwrap_or(&self.region))
+    }
+
+    /// Turn a placement answer into an [`Owner`].
+    fn owner_in(&self, view: &View, id: Option<&str>) -> Owner {
+        match id {
+            Some(id) if id != self.node_id => match view.peers.get(id) {
+                Some(m) => Owner::Peer(m.clone()),
+                None => Owner::Here,
+            },
+            _ => Owner::Here,
         }
     }
 
-    /// The id of the peer `user_id` belongs on among `peers` (one snapshot of the view, so a
-    /// batch of users is routed against one membership), or `None` for this node.
-    fn peer_for<'p>(&self, peers: &'p HashMap<String, Member>, user_id: &str) -> Option<&'p str> {
-        if peers.is_empty() {
-            return None;
-        }
-        let me_draining = self.is_draining();
-        let takers = peers.values().filter(|m| !m.draining).count() + usize::from(!me_draining);
-        let candidates = peers
-            .values()
-            .filter(|m| takers == 0 || !m.draining)
-            .map(|m| (m.node_id.as_str(), m.capacity))
-            .chain((takers == 0 || !me_draining).then_some((self.node_id.as_str(), self.capacity)));
-        match rendezvous::owner(user_id, candidates) {
-            Some(id) if id != self.node_id => peers.get_key_value(id).map(|(k, _)| k.as_str()),
-            _ => None,
-        }
+    /// The node `user_id` belongs on: weighted rendezvous over the live, non-draining
+    /// members of the user's home region (this one included unless draining), else of every
+    /// region; when every member drains, over all.
+    pub fn owner(&self, user_id: &str) -> Owner {
+        let view = self.view();
+        self.owner_in(&view, self.place(&view, user_id))
     }
 
     /// Whether `user_id` belongs on this node.
     pub fn is_here(&self, user_id: &str) -> bool {
-        self.peer_for(&self.peers(), user_id).is_none()
+        let view = self.view();
+        self.place(&view, user_id)
+            .is_none_or(|id| id == self.node_id)
+    }
+
+    /// Whether this node owns `key`, which is not a user (a channel's push work): exactly
+    /// one live node answers true, whatever the regions.
+    pub fn owns_key(&self, key: &str) -> bool {
+        self.view()
+            .pool
+            .owner_of_key(key)
+            .is_none_or(|id| id == self.node_id)
     }
 
     /// Split `users` by the node they belong on: this node's, and each peer's.
@@ -454,36 +482,64 @@ impl Cluster {
     }
 
     /// Split `items` by the node the user `user_of` names belongs on, against one snapshot
-    /// of the membership.
-    pub fn partition_by<T>(
+    /// of the membership. In a cluster spanning regions, an item whose user's home this node
+    /// does not know goes to every node the user could be on (one per region: the nodes
+    /// without the user's sockets ignore it), so that nothing depends on a guess.
+    pub fn partition_by<T: Clone>(
         &self,
         items: impl IntoIterator<Item = T>,
         user_of: impl Fn(&T) -> &str,
     ) -> (Vec<T>, HashMap<String, Vec<T>>) {
-        let peers = self.peers();
+        let view = self.view();
         let mut local = Vec::new();
         let mut remote: HashMap<String, Vec<T>> = HashMap::new();
-        for item in items {
-            match self.peer_for(&peers, user_of(&item)) {
-                None => local.push(item),
-                Some(id) => remote.entry(id.to_owned()).or_default().push(item),
+        let mut route = |id: Option<&str>, item: T| match id {
+            Some(id) if id != self.node_id && view.peers.contains_key(id) => {
+                remote.entry(id.to_owned()).or_default().push(item)
+            }
+            _ => local.push(item),
+        };
+        if !view.pool.needs_homes() {
+            for item in items {
+                let id = view.pool.owner(user_of(&item), &self.region);
+                route(id, item);
+            }
+        } else {
+            let items: Vec<T> = items.into_iter().collect();
+            let homes = self.homes.get_many(items.iter().map(&user_of));
+            for (item, home) in items.into_iter().zip(homes) {
+                match home {
+                    Some(home) => {
+                        let id = view.pool.owner(user_of(&item), &home);
+                        route(id, item);
+                    }
+                    None => {
+                        let owners = view.pool.possible_owners(user_of(&item));
+                        for id in &owners {
+                            route(Some(id), item.clone());
+                        }
+                    }
+                }
             }
         }
         (local, remote)
     }
 
-    /// The node `user_id` should open its WebSocket on. `host` is the Host header the client
-    /// used, which names this node best when it listens on all interfaces and no
-    /// `--advertise-url` was given.
-    pub fn assign(&self, user_id: &str, host: Option<&str>) -> NodeAddress {
-        match self.owner(user_id) {
+    /// The node `user_id`, whose home region is `home` (read from the user record), should
+    /// open its WebSocket on. `host` is the Host header the client used, which names this
+    /// node best when it listens on all interfaces and no `--advertise-url` was given.
+    pub fn assign(&self, user_id: &str, home: &str, host: Option<&str>) -> NodeAddress {
+        let view = self.view();
+        match self.owner_in(&view, view.pool.owner(user_id, home)) {
             Owner::Here => NodeAddress {
                 node_id: self.node_id.clone(),
                 ws_url: self.ws_url(host),
+                region: self.region.clone(),
             },
             Owner::Peer(m) => NodeAddress {
                 node_id: m.node_id,
                 ws_url: m.ws_url,
+                region: m.region,
             },
         }
     }
@@ -516,6 +572,7 @@ impl Cluster {
             ws_url: self.ws_url(None),
             internal_url: self.internal_url.clone().unwrap_or_default(),
             zone: self.zone.clone(),
+            region: self.region.clone(),
             capacity: self.capacity,
             connections,
             draining: self.is_draining(),
@@ -524,122 +581,4 @@ impl Cluster {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ws_url_follows_advertise_url_then_host_then_listen() {
-        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-        let c = Cluster::single("n1".into(), Some("https://chat.example.com/".into()), any);
-        assert_eq!(c.ws_url(Some("x")), "wss://chat.example.com/v1/ws");
-        let c = Cluster::single("n1".into(), None, any);
-        assert_eq!(c.ws_url(Some("10.0.0.5:8080")), "ws://10.0.0.5:8080/v1/ws");
-        let lo: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        let c = Cluster::single("n1".into(), None, lo);
-        assert_eq!(
-            c.assign("u", Some("localhost:9000")).ws_url,
-            "ws://127.0.0.1:9000/v1/ws"
-        );
-    }
-
-    fn member(id: &str, draining: bool) -> Member {
-        Member {
-            node_id: id.into(),
-            advertise_url: format!("http://{id}"),
-            ws_url: format!("ws://{id}/v1/ws"),
-            capacity: 10,
-            draining,
-            ..Member::default()
-        }
-    }
-
-    fn node(id: &str) -> Cluster {
-        Cluster::new(settings(id))
-    }
-
-    fn settings(id: &str) -> Settings {
-        Settings {
-            node_id: id.into(),
-            cluster: "c".into(),
-            advertise_url: Some(format!("http://{id}")),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            capacity: 10,
-            zone: None,
-            clustered: true,
-            internal_url: Some(format!("https://{id}:8081")),
-            client_tls: false,
-            require_proof: false,
-        }
-    }
-
-    #[test]
-    fn every_node_assigns_a_user_to_the_same_node() {
-        let ids = ["a", "b", "c"];
-        let nodes: Vec<Cluster> = ids.iter().map(|id| node(id)).collect();
-        for n in &nodes {
-            n.set_peers(
-                ids.iter()
-                    .map(|id| (id.to_string(), member(id, false)))
-                    .collect(),
-            );
-        }
-        for k in 0..300 {
-            let user = format!("user{k}");
-            let answers: Vec<String> = nodes
-                .iter()
-                .map(|n| n.assign(&user, None).node_id)
-                .collect();
-            assert!(
-                answers.windows(2).all(|w| w[0] == w[1]),
-                "{user}: {answers:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn draining_members_take_no_users_unless_all_drain() {
-        let n = node("a");
-        n.set_peers([("b".to_string(), member("b", true))].into());
-        for k in 0..50 {
-            assert_eq!(n.owner(&format!("u{k}")), Owner::Here);
-        }
-        n.set_draining(true);
-        n.set_peers([("b".to_string(), member("b", false))].into());
-        for k in 0..50 {
-            assert!(matches!(n.owner(&format!("u{k}")), Owner::Peer(m) if m.node_id == "b"));
-        }
-        n.set_peers([("b".to_string(), member("b", true))].into());
-        let owners: std::collections::HashSet<bool> =
-            (0..50).map(|k| n.is_here(&format!("u{k}"))).collect();
-        assert_eq!(
-            owners.len(),
-            2,
-            "with every node draining, users still spread over all"
-        );
-    }
-
-    #[test]
-    fn a_one_on_one_channel_is_owned_where_one_of_its_users_inboxes_is() {
-        let ids = ["a", "b", "c", "d", "e"];
-        let n = node("a");
-        let peers: HashMap<String, Member> = ids
-            .iter()
-            .map(|id| (id.to_string(), member(id, false)))
-            .collect();
-        n.set_owners(peers, false, 1, 1);
-        let view = n.owners();
-        let mut both_local = 0;
-        for k in 0..300 {
-            let (u, v) = (format!("u{k}"), format!("v{k}"));
-            let (ou, ov) = (view.owner(&u), view.owner(&v));
-            let channel = crate::protocol::validate::Channel::direct(&u, &v).to_string();
-            let oc = view.owner(&channel);
-            assert!(
-                oc == ou || oc == ov,
-                "{channel}: owned by {oc:?}, inboxes at {ou:?} and {ov:?}"
-            );
-            both_local += usize::from(ou == ov);
-        }
-        assert!(both_local > 0, "some pairs share a node");
-    }
-}
+mod tests;

@@ -92,6 +92,16 @@ pub struct Config {
     #[arg(long, env = "PARLEY_MAX_MESSAGE_CHARS", default_value_t = 100_000)]
     pub max_message_chars: usize,
 
+    /// The region this node runs in. Users whose home region it is are placed on the nodes
+    /// of this region; users who sign up here without choosing a region get it as their home.
+    #[arg(long, env = "PARLEY_REGION", default_value = parley_cluster_contract::DEFAULT_REGION)]
+    pub region: String,
+
+    /// The zone (failure domain) this node runs in, inside its region; carried in its
+    /// registration for the operator and operators' dashboards.
+    #[arg(long, env = "PARLEY_ZONE")]
+    pub zone: Option<String>,
+
     /// Connections this node takes before `/v1/assign` prefers others.
     #[arg(long, env = "PARLEY_CAPACITY", default_value_t = 10_000)]
     pub capacity: usize,
@@ -128,6 +138,19 @@ impl Config {
         }
         if !(1..=10_000_000).contains(&self.max_message_chars) {
             return bad("--max-message-chars must be between 1 and 10000000");
+        }
+        if !parley_cluster_contract::is_valid_name(&self.region) {
+            return Err(ConfigError(format!(
+                "--region {:?} is not a valid region name: use 1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit (e.g. eu-west)",
+                self.region
+            )));
+        }
+        if let Some(zone) = &self.zone
+            && !parley_cluster_contract::is_valid_name(zone)
+        {
+            return Err(ConfigError(format!(
+                "--zone {zone:?} is not a valid zone name: use 1 to 63 of a-z, 0-9 and '-', starting and ending with a letter or digit (e.g. eu-west-1a)"
+            )));
         }
         if self.capacity == 0 {
             return bad("--capacity must be at least 1");
@@ -285,5 +308,18 @@ mod tests {
         let proxies = parse(&["--trusted-proxies", "10.0.0.0/8,::1/128"]);
         assert_eq!(proxies.abuse.trusted_proxies.len(), 2);
         assert!(Config::try_parse_from(["chat-node", "--trusted-proxies", "not-a-cidr"]).is_err());
+    }
+
+    #[test]
+    fn region_and_zone_default_and_are_checked() {
+        let c = parse(&[]);
+        assert_eq!((c.region.as_str(), c.zone.as_deref()), ("default", None));
+        parse(&["--region", "eu-west", "--zone", "eu-west-1a"])
+            .validate()
+            .expect("valid names");
+        let err = parse(&["--region", "EU West"]).validate().unwrap_err();
+        assert!(err.0.contains("--region \"EU West\""), "{}", err.0);
+        let err = parse(&["--zone=zone_a"]).validate().unwrap_err();
+        assert!(err.0.contains("--zone"), "{}", err.0);
     }
 }

@@ -64,6 +64,15 @@ pub async fn upgrade(
             "this node is at its connection limit; retry shortly",
         ));
     }
+    if state.cluster.all_draining() && state.cluster.is_draining() {
+        return Err(ApiError::unavailable(
+            "every node of this cluster is draining (paused or shutting down); retry later",
+        ));
+    }
+    // The session checks that the user belongs here; that needs their home region, read from
+    // their record (a store that cannot answer is a 503 before the upgrade).
+    let home = state.accounts.home_region(&claims.sub).await?;
+    state.cluster.learn_home(&claims.sub, &home);
     let on_upgrade = upgrade.ok_or_else(|| {
         ApiError::bad_request("this connection cannot be upgraded (use HTTP/1.1)")
     })?;

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::cluster::Owner;
 use crate::cluster::link::{Event, Links, StatusAnswer};
 use crate::hub::{Conn, Hub};
 use crate::metrics::Metrics;
@@ -255,17 +254,28 @@ impl Presence {
     }
 
     /// The devices of `user_id` with an open socket, on whichever node holds them.
+    /// (Where the user's home region is not known here, every node they could be on is
+    /// asked: see `Cluster::partition_by`.)
     pub async fn online_devices(&self, user_id: &str) -> Vec<String> {
-        match self.links.cluster().owner(user_id) {
-            Owner::Here => self.hub.online_devices(user_id),
-            Owner::Peer(member) => match self.links.status(&member.node_id, &[user_id]).await {
-                Ok(mut answer) => answer.devices.remove(user_id).unwrap_or_default(),
+        let (local, remote) = self.links.cluster().partition([user_id]);
+        let mut devices = if local.is_empty() {
+            Vec::new()
+        } else {
+            self.hub.online_devices(user_id)
+        };
+        for node in remote.keys() {
+            match self.links.status(node, &[user_id]).await {
+                Ok(mut answer) => {
+                    devices.extend(answer.devices.remove(user_id).unwrap_or_default())
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "presence: a node did not answer; its devices count as offline");
-                    Vec::new()
                 }
-            },
+            }
         }
+        devices.sort();
+        devices.dedup();
+        devices
     }
 
     /// Tell `user_id`'s online mutual contacts of a status change, if there was one since
@@ -359,7 +369,16 @@ impl Presence {
             self.hub.send_to_user(viewer, &frame, None);
         }
         match status {
-            Status::Online => self.track(&seen.user, from, to.iter().map(String::as_str)),
+            // Only viewers with a socket here are remembered: a viewer who connects later
+            // asks for the status afresh, and a node that is not the viewer's (an event sent
+            // to every node the viewer could be on) keeps nothing.
+            Status::Online => self.track(
+                &seen.user,
+                from,
+                to.iter()
+                    .map(String::as_str)
+                    .filter(|v| self.hub.is_online(v)),
+            ),
             Status::Offline => {
                 let mut remote = self.lock_remote();
                 if remote.get(&seen.user).is_some_and(|r| r.node == from) {

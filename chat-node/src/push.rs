@@ -87,7 +87,7 @@ impl Audience for NodeAudience {
     }
 
     fn owns(&self, key: &str) -> bool {
-        self.cluster.is_here(key)
+        self.cluster.owns_key(key)
     }
 }
 

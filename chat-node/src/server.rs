@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::listener::TlsListener;
 
-use crate::accounts::Accounts;
+use crate::accounts::{Accounts, UserHomes};
 use crate::auth::{TokenKeys, load_or_create_secret, read_secret_file};
 use crate::chat::Chat;
 use crate::cluster::link::Links;
@@ -195,7 +195,8 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         advertise_url: config.advertise_url.clone(),
         listen: addr,
         capacity: config.capacity as u64,
-        zone: None,
+        zone: config.zone.clone(),
+        region: config.region.clone(),
         clustered: config.is_clustered(),
         internal_url,
         client_tls: client_tls.is_some(),
@@ -254,7 +255,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         limiters.clone(),
         sessions.clone(),
         metrics.clone(),
+        config.region.clone(),
     );
+    cluster.set_directory(Arc::new(UserHomes(store.clone())));
     let state = Arc::new(AppState {
         config,
         limits,
@@ -455,6 +458,11 @@ impl Node {
         tokio::spawn(state.limiters.clone().run_sweeper(upkeep.clone()));
         tokio::spawn(state.revocation.clone().run_watcher(upkeep.clone()));
         let membership = state.config.is_clustered().then(|| {
+            tokio::spawn(crate::cluster::placement::learn(
+                state.cluster.homes().clone(),
+                Arc::new(UserHomes(state.store.clone())),
+                shutdown.clone(),
+            ));
             tokio::spawn(
                 Rebalancer {
                     cluster: state.cluster.clone(),

@@ -33,6 +33,7 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
                 display_name: id.clone(),
                 password_hash: "not-a-real-hash".into(),
                 created_at: 0,
+                region: None,
             })
             .await
             .expect("create a user");

@@ -21,6 +21,7 @@ fn user(id: &str) -> UserRecord {
         display_name: id.into(),
         password_hash: String::new(),
         created_at: 0,
+        region: None,
     }
 }
 

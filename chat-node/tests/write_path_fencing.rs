@@ -99,6 +99,7 @@ async fn a_writer_fenced_by_a_node_at_a_newer_epoch_writes_nothing() {
                 display_name: id.into(),
                 password_hash: String::new(),
                 created_at: 0,
+                region: None,
             })
             .await
             .unwrap();

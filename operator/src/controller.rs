@@ -2,7 +2,10 @@
 //! the finalizer and the controller loop.
 //!
 //! - [`reconcile`]: finalizer first (it adds `parley.dev/etcd-cleanup`), then `apply::apply`
-//!   (validate → build → server-side apply → status) or, on delete, [`cleanup`].
+//!   (validate → observe → size the pools (`scale`) → the pools' node certificates
+//!   ([`certificates`]) → roll outdated pods (`rollout`) → build → server-side apply →
+//!   status) or, on delete, [`cleanup`], which gives up on etcd after
+//!   [`Context::finalizer_timeout`] so that a deletion never blocks for ever.
 //! - [`error_policy`]: an invalid spec waits for the next change of the object (the status
 //!   already says what is wrong); anything else is retried with a doubling backoff.
 //! - [`run`]: leader election, the `/healthz` + `/metrics` server, and the kube-runtime
@@ -11,6 +14,8 @@
 mod apply;
 pub mod certificates;
 pub mod credentials;
+mod rollout;
+mod scale;
 pub mod status;
 
 use std::collections::HashMap;
@@ -29,6 +34,8 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument, info, instrument, warn};
+
+use parley_etcd_connect::EtcdConnect;
 
 use crate::crd::{ChatCluster, FINALIZER};
 use crate::drain::{self, Etcd};
@@ -108,7 +115,15 @@ pub struct Context {
     pub drain_poll: Duration,
     /// How often a settled cluster is re-read (status: connections move without events).
     pub resync: Duration,
+    /// How often a cluster with `spec.autoscaling` is re-read (connections, decisions).
+    pub autoscale_poll: Duration,
+    /// How long after a deletion started the finalizer keeps trying to clear the cluster's
+    /// etcd keys; then it gives up with a Warning event and lets the object go.
+    pub finalizer_timeout: Duration,
     failures: Mutex<HashMap<String, u32>>,
+    /// One etcd connection per ChatCluster (by `namespace/name`), with the settings it was
+    /// dialled with, reused by every reconcile.
+    etcd: tokio::sync::Mutex<HashMap<String, (EtcdConnect, Etcd)>>,
 }
 
 impl Context {
@@ -124,8 +139,38 @@ impl Context {
             metrics,
             drain_poll: Duration::from_secs(5),
             resync: Duration::from_secs(60),
+            autoscale_poll: Duration::from_secs(15),
+            finalizer_timeout: Duration::from_secs(300),
             failures: Mutex::new(HashMap::new()),
+            etcd: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The etcd connection of `cc`: its `spec.etcd.endpoints` with the TLS material and
+    /// credentials of the Secrets `spec.etcd` names (read every time, see
+    /// [`credentials::etcd_connect`]). The connection kept from an earlier reconcile is
+    /// reused while that material is unchanged; otherwise (first use, a rotated certificate
+    /// or password) a new one is dialled (counted in `parley_operator_etcd_connects_total`).
+    /// Kept per ChatCluster, never shared between two: each connects with its own Secrets.
+    pub(crate) async fn etcd(&self, cc: &ChatCluster) -> Result<Etcd, drain::Error> {
+        let connect = credentials::etcd_connect(cc, &self.client).await?;
+        let key = object_key(cc);
+        let mut cache = self.etcd.lock().await;
+        if let Some((kept, etcd)) = cache.get(&key)
+            && *kept == connect
+        {
+            return Ok(etcd.clone());
+        }
+        let etcd = Etcd::connect(&connect).await?;
+        self.metrics.etcd_connects.inc();
+        cache.insert(key, (connect, etcd.clone()));
+        Ok(etcd)
+    }
+
+    /// Drop the connection kept for `cc` (it failed, or the cluster is gone): the next
+    /// reconcile dials again.
+    pub(crate) async fn forget_etcd(&self, cc: &ChatCluster) {
+        self.etcd.lock().await.remove(&object_key(cc));
     }
 
     /// Publishes an event about `cc`; a failure to publish is logged, never fatal.
@@ -206,24 +251,58 @@ pub fn error_policy(cc: Arc<ChatCluster>, error: &Error, ctx: Arc<Context>) -> A
 }
 
 /// The finalizer's work: deletes every etcd key of the cluster (`/parley/<ns>.<name>/`).
-/// Children go with the ChatCluster through their owner references.
+/// Children go with the ChatCluster through their owner references. When etcd cannot be
+/// reached, the deletion is retried (with backoff) until [`Context::finalizer_timeout`] after
+/// it started; then the finalizer gives up with a Warning event that says which keys are
+/// left, so a cluster whose etcd is gone can still be deleted.
 async fn cleanup(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
     let cluster = cc.cluster_id();
-    let connect = credentials::etcd_connect(cc, &ctx.client).await?;
-    let mut etcd = Etcd::connect(&connect).await?;
-    let deleted = etcd.clear_cluster(&cluster).await?;
-    info!(%cluster, deleted, "cleared the cluster's etcd keys");
-    ctx.event(
-        cc,
-        EventType::Normal,
-        "EtcdKeysCleared",
-        format!(
-            "deleted {deleted} etcd keys under {}",
-            drain::cluster_prefix(&cluster)
-        ),
-    )
-    .await;
-    Ok(Action::await_change())
+    let prefix = drain::cluster_prefix(&cluster);
+    let cleared = match ctx.etcd(cc).await {
+        Ok(mut etcd) => etcd.clear_cluster(&cluster).await,
+        Err(e) => Err(e),
+    };
+    match cleared {
+        Ok(deleted) => {
+            ctx.forget_etcd(cc).await;
+            info!(%cluster, deleted, "cleared the cluster's etcd keys");
+            ctx.event(
+                cc,
+                EventType::Normal,
+                "EtcdKeysCleared",
+                format!("deleted {deleted} etcd keys under {prefix}"),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(e) => {
+            ctx.forget_etcd(cc).await;
+            let since = cc
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+            let waited = k8s_openapi::jiff::Timestamp::now().duration_since(since);
+            let limit = k8s_openapi::jiff::SignedDuration::try_from(ctx.finalizer_timeout)
+                .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+            if waited < limit {
+                return Err(e.into());
+            }
+            warn!(%cluster, error = %e, "giving up on clearing the cluster's etcd keys");
+            ctx.event(
+                cc,
+                EventType::Warning,
+                "EtcdCleanupAbandoned",
+                format!(
+                    "could not delete the etcd keys under {prefix} for {}s ({e}); deleting the ChatCluster anyway: remove them by hand with `etcdctl del --prefix {prefix}`",
+                    ctx.finalizer_timeout.as_secs()
+                ),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+    }
 }
 
 /// How `run` is set up.
@@ -250,6 +329,9 @@ pub enum RunError {
     /// The metrics server could not start.
     #[error("cannot serve /healthz and /metrics: {0}")]
     Metrics(#[source] std::io::Error),
+    /// Leader election cannot work as configured (a missing namespace, no permission).
+    #[error(transparent)]
+    Lease(#[from] leader::LeaseError),
 }
 
 /// Runs the operator until SIGTERM (returns `Ok`) or lost leadership (returns `Err`).
@@ -263,7 +345,7 @@ pub async fn run(client: Client, cfg: RunConfig) -> Result<(), RunError> {
     let leader_cfg = LeaderConfig::new(&cfg.lease_namespace, &cfg.lease_name, &cfg.identity);
     info!(identity = %cfg.identity, lease = %cfg.lease_name, "waiting for leadership");
     tokio::select! {
-        () = leader::acquire(&lease_api, &leader_cfg) => {}
+        won = leader::acquire(&lease_api, &leader_cfg) => won?,
         res = server => {
             let e = match res { Ok(Err(e)) => e, _ => std::io::Error::other("metrics server stopped") };
             return Err(RunError::Metrics(e));

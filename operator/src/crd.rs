@@ -16,6 +16,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod scaling;
+
+pub use scaling::{AutoscalingSpec, AutoscalingStatus, PoolScaling, ZoneSpec, ZoneStatus};
+
 /// The finalizer the operator puts on every ChatCluster, so it can clear the cluster's etcd
 /// keys before the object goes away.
 pub const FINALIZER: &str = "parley.dev/etcd-cleanup";
@@ -65,14 +69,20 @@ pub const FINALIZER: &str = "parley.dev/etcd-cleanup";
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.storage.backend != 'embedded' || self.replicas == 1").message("storage.backend embedded keeps history on one pod's disk: replicas must be 1 (use tikv or etcd to run more nodes)"))]
+#[x_kube(validation = Rule::new("self.storage.backend != 'embedded' || self.replicas <= 1").message("storage.backend embedded keeps history on one pod's disk: replicas must be 1 (or 0 to pause; use tikv or etcd to run more nodes)"))]
+#[x_kube(validation = Rule::new("self.storage.backend != 'embedded' || (!has(self.zones) && !has(self.autoscaling))").message("storage.backend embedded runs one node: zones and autoscaling need tikv or etcd"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas").message("autoscaling.minReplicas must not be above autoscaling.maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.zones) || self.zones.all(z, self.zones.exists_one(y, y.name == z.name))").message("zones must have distinct names"))]
 #[x_kube(validation = Rule::new("self.storage.backend != 'tikv' || has(self.storage.tikv)").message("storage.backend tikv needs storage.tikv.pdEndpoints"))]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
     /// Number of chat nodes (StatefulSet pods). `kubectl scale chat/NAME --replicas=N` moves it.
     /// A scale-down first drains the leaving nodes (see `drain`); a scale-up is immediate.
+    /// `0` pauses the cluster: every node drains, then the pods go; history and volumes stay,
+    /// and scaling back up restores service. With `zones` or `autoscaling` set, the pool sizes
+    /// come from those and this field only pauses (`0`) or runs (any other value).
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
     /// Container image of the chat node, e.g. `registry.example.com/parley/chat-node:0.1.0`.
     #[schemars(length(min = 1))]
@@ -120,6 +130,16 @@ pub struct ChatClusterSpec {
     /// How the chat pods spread over failure domains. Omitted: spread over hosts, best effort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Per-zone node pools: one StatefulSet (and PodDisruptionBudget) per zone, its nodes
+    /// started with the zone's `--zone` and `--region`. Omitted: one StatefulSet `<name>` of
+    /// `replicas` nodes in the default region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub zones: Option<Vec<ZoneSpec>>,
+    /// Size the node pools from live connections instead of `replicas`. Omitted: the sizes
+    /// are `replicas` (or the zones' `replicas`), e.g. moved by `kubectl scale` or an HPA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
 }
 
 /// etcd endpoints of the cluster.
@@ -465,6 +485,13 @@ pub struct ChatClusterStatus {
     /// `Ready`, `Progressing` and `Degraded`, each with a reason and message.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Per zone (when `spec.zones` is set): pods, ready pods, the size heading to, members
+    /// and connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<ZoneStatus>,
+    /// The autoscaler's decisions and state (when `spec.autoscaling` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingStatus>,
 }
 
 fn default_replicas() -> i32 {

@@ -1,13 +1,16 @@
-//! Graceful scale-down through etcd, and the etcd contract with the chat nodes.
+//! Graceful scale-down (and rolling replacement) through etcd, and the etcd contract with
+//! the chat nodes.
 //!
-//! Keys (the root `/parley` is fixed; `<cluster>` is the node's `--cluster`, which the
-//! operator sets to `<namespace>.<name>`):
+//! The contract (key layout and JSON) is defined once, in `parley-cluster-contract`, which
+//! the chat node uses too:
 //!
 //! - `/parley/<cluster>/nodes/<node_id>` → [`NodeRegistration`] JSON, written by each node
-//!   under a lease (TTL ≈ 10 s). The operator only reads these (status and drain progress).
+//!   under a lease (TTL ≈ 10 s). The operator only reads these (status, drain progress,
+//!   autoscaling).
 //! - `/parley/<cluster>/drain/<node_id>` → [`DrainRequest`] JSON, written by the operator
-//!   before the StatefulSet loses that node. A node that sees its key sets `draining: true`
-//!   and moves its clients away. Deleting the key cancels the drain.
+//!   before the StatefulSet loses that node (scale-down, pause) or before it replaces the
+//!   node's pod (rolling upgrade). A node that sees its key sets `draining: true` and moves
+//!   its clients away. Deleting the key cancels the drain.
 //!
 //! The drain state lives in etcd, not in the operator: reconcile stays level-based and an
 //! operator restart in the middle of a drain picks up where it was.
@@ -17,70 +20,14 @@ use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 use parley_etcd_connect::EtcdConnect;
-use serde::{Deserialize, Serialize};
 
-/// Root of every key Parley keeps in etcd.
-pub const KEY_ROOT: &str = "/parley";
+pub use parley_cluster_contract::{
+    DrainPurpose, DrainRequest, KEY_ROOT, Member as NodeRegistration, cluster_prefix, drain_key,
+    drain_prefix, nodes_prefix,
+};
+
 /// Bound on connecting to etcd and on each request.
 pub const ETCD_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `/parley/<cluster>/`: everything of one cluster (what the finalizer deletes). The trailing
-/// slash keeps `chat.demo` from matching `chat.demo2`.
-pub fn cluster_prefix(cluster: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/")
-}
-
-/// `/parley/<cluster>/nodes/`: the live registrations.
-pub fn nodes_prefix(cluster: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/nodes/")
-}
-
-/// `/parley/<cluster>/drain/`: the operator's drain requests.
-pub fn drain_prefix(cluster: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/drain/")
-}
-
-/// `/parley/<cluster>/drain/<node_id>`.
-pub fn drain_key(cluster: &str, node_id: &str) -> String {
-    format!("{}{node_id}", drain_prefix(cluster))
-}
-
-/// A chat node's registration, as the node writes it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
-pub struct NodeRegistration {
-    /// The node id (the pod name).
-    pub node_id: String,
-    /// How peers reach the node.
-    #[serde(default)]
-    pub advertise_url: String,
-    /// Where clients open their WebSocket.
-    #[serde(default)]
-    pub ws_url: String,
-    /// The node's internal (mutual-TLS) listener, where peers verify this record.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub internal_url: String,
-    /// Failure domain, if the node knows it.
-    #[serde(default)]
-    pub zone: Option<String>,
-    /// Connections the node takes before others are preferred.
-    #[serde(default)]
-    pub capacity: u64,
-    /// Live client sockets.
-    #[serde(default)]
-    pub connections: u64,
-    /// Whether the node is handing its clients over.
-    #[serde(default)]
-    pub draining: bool,
-}
-
-/// The operator's request that a node drain, in milliseconds since the Unix epoch.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DrainRequest {
-    /// When the operator first asked.
-    pub requested_at: i64,
-    /// After this the operator removes the node whatever its connections.
-    pub deadline: i64,
-}
 
 /// etcd failures. The operator reports them as a `Degraded` condition and retries.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +59,12 @@ pub struct EtcdView {
     pub nodes: BTreeMap<String, NodeRegistration>,
     /// Pending drain requests, by node id.
     pub drains: BTreeMap<String, DrainRequest>,
+    /// The etcd revision at which each registration key was created: a node that restarted
+    /// registered anew (its key went with its old lease), so its registration is newer than
+    /// a drain request written before the restart.
+    pub node_created: BTreeMap<String, i64>,
+    /// The etcd revision at which each drain request was created.
+    pub drain_created: BTreeMap<String, i64>,
 }
 
 impl EtcdView {
@@ -127,9 +80,33 @@ impl EtcdView {
             .map(|n| i64::try_from(n.connections).unwrap_or(i64::MAX))
             .sum()
     }
+
+    /// Registered nodes and their live sockets among those `pick` selects.
+    pub fn count(&self, pick: impl Fn(&str) -> bool) -> (i32, i64) {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| pick(id))
+            .fold((0, 0), |(m, c), (_, n)| {
+                (m + 1, c + i64::try_from(n.connections).unwrap_or(i64::MAX))
+            })
+    }
+
+    /// Whether `node_id` registered after its drain request was written (the process that
+    /// was asked to drain is gone and a new one runs).
+    pub fn registered_since_drain(&self, node_id: &str) -> bool {
+        match (
+            self.node_created.get(node_id),
+            self.drain_created.get(node_id),
+        ) {
+            (Some(node), Some(drain)) => node > drain,
+            _ => false,
+        }
+    }
 }
 
-/// A connection to the etcd of one ChatCluster, every call bounded by [`ETCD_TIMEOUT`].
+/// A connection to the etcd of one ChatCluster, every call bounded by [`ETCD_TIMEOUT`]. Cheap
+/// to clone (clones share the connection), so one connection serves every reconcile.
+#[derive(Clone)]
 pub struct Etcd {
     client: etcd_client::Client,
 }
@@ -177,6 +154,7 @@ impl Etcd {
                 .to_string();
             match serde_json::from_slice::<NodeRegistration>(kv.value()) {
                 Ok(reg) => {
+                    view.node_created.insert(id.clone(), kv.create_revision());
                     view.nodes.insert(id, reg);
                 }
                 Err(e) => {
@@ -196,6 +174,7 @@ impl Etcd {
                 .to_string();
             match serde_json::from_slice::<DrainRequest>(kv.value()) {
                 Ok(req) => {
+                    view.drain_created.insert(id.clone(), kv.create_revision());
                     view.drains.insert(id, req);
                 }
                 Err(e) => {
@@ -366,13 +345,14 @@ mod tests {
         let leaving = vec!["demo-3".to_string(), "demo-4".to_string()];
         let mut view = EtcdView {
             nodes: [node("demo-3", 7), node("demo-4", 0)].into(),
-            drains: BTreeMap::new(),
+            ..EtcdView::default()
         };
         view.drains.insert(
             "demo-3".into(),
             DrainRequest {
                 requested_at: 0,
                 deadline: 1_000,
+                purpose: DrainPurpose::ScaleDown,
             },
         );
         let p = progress(&leaving, &view, 999);
@@ -407,8 +387,12 @@ mod tests {
         let req = serde_json::to_value(DrainRequest {
             requested_at: 1,
             deadline: 2,
+            purpose: DrainPurpose::ScaleDown,
         })
         .unwrap_or_default();
-        assert_eq!(req, serde_json::json!({"requested_at": 1, "deadline": 2}));
+        assert_eq!(
+            req,
+            serde_json::json!({"requested_at": 1, "deadline": 2, "purpose": "scale_down"})
+        );
     }
 }

@@ -6,8 +6,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::crd::{
-    AuthSpec, ChatCluster, ChatClusterSpec, DrainSpec, EmbeddedSpec, EtcdSpec, LimitsSpec, PdbSpec,
-    PushSpec, SecretKeyRef, ServiceSpec, StorageBackend, StorageSpec, TikvSpec, TlsSpec,
+    AuthSpec, AutoscalingSpec, ChatCluster, ChatClusterSpec, DrainSpec, EmbeddedSpec, EtcdSpec,
+    LimitsSpec, PdbSpec, PushSpec, SecretKeyRef, ServiceSpec, StorageBackend, StorageSpec,
+    TikvSpec, TlsSpec, ZoneSpec,
 };
 
 impl ChatCluster {
@@ -37,6 +38,8 @@ impl ChatCluster {
                 tolerations: None,
                 affinity: None,
                 topology_spread_constraints: None,
+                zones: None,
+                autoscaling: None,
             },
         );
         cc.metadata = ObjectMeta {
@@ -133,6 +136,34 @@ impl ChatCluster {
     /// Sets the drain timeout.
     pub fn drain_timeout(mut self, secs: i64) -> Self {
         self.spec.drain.timeout_seconds = secs;
+        self
+    }
+
+    /// Adds a zone (a node pool of `replicas` nodes in `region`).
+    pub fn zone(mut self, name: &str, region: &str, replicas: i32) -> Self {
+        self.spec.zones.get_or_insert_with(Vec::new).push(ZoneSpec {
+            name: name.into(),
+            region: region.into(),
+            replicas,
+            node_selector: Some(std::collections::BTreeMap::from([(
+                "topology.kubernetes.io/zone".to_string(),
+                name.to_string(),
+            )])),
+            affinity: None,
+            tolerations: None,
+        });
+        self
+    }
+
+    /// Turns on autoscaling: `min..=max` nodes per pool, `target` connections per node,
+    /// scale-down after `stabilization` seconds.
+    pub fn autoscaling(mut self, min: i32, max: i32, target: i64, stabilization: i64) -> Self {
+        self.spec.autoscaling = Some(AutoscalingSpec {
+            min_replicas: min,
+            max_replicas: max,
+            target_connections_per_node: target,
+            scale_down_stabilization_seconds: stabilization,
+        });
         self
     }
 

@@ -132,12 +132,51 @@ pub async fn try_acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<bool, k
     }
 }
 
-/// Blocks until this replica holds the Lease.
-pub async fn acquire(api: &Api<Lease>, cfg: &LeaderConfig) {
+/// Leader election cannot work as configured: retrying would not help, so `run` stops with
+/// this message (typical when running out of cluster with a kubeconfig).
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The Lease's namespace does not exist.
+    #[error(
+        "the leader-election namespace {namespace:?} does not exist: create it (kubectl create namespace {namespace}) or point --lease-namespace (OPERATOR_NAMESPACE) at an existing one; out of cluster, e.g. --lease-namespace default"
+    )]
+    NamespaceMissing {
+        /// The namespace named by `--lease-namespace`.
+        namespace: String,
+    },
+    /// The operator's identity may not read or write the Lease.
+    #[error(
+        "not allowed to use the leader-election Lease {namespace}/{name}: {message}; give the operator's identity get, create and update on leases in {namespace} (the chart's Role does)"
+    )]
+    Forbidden {
+        /// The Lease's namespace.
+        namespace: String,
+        /// The Lease's name.
+        name: String,
+        /// The API server's answer.
+        message: String,
+    },
+}
+
+/// Blocks until this replica holds the Lease. Transient failures are retried; a missing
+/// namespace or a refusal is returned at once, with what to do.
+pub async fn acquire(api: &Api<Lease>, cfg: &LeaderConfig) -> Result<(), LeaseError> {
     loop {
         match try_acquire(api, cfg).await {
-            Ok(true) => return,
+            Ok(true) => return Ok(()),
             Ok(false) => tracing::debug!("another replica leads; waiting"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return Err(LeaseError::NamespaceMissing {
+                    namespace: cfg.namespace.clone(),
+                });
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err(LeaseError::Forbidden {
+                    namespace: cfg.namespace.clone(),
+                    name: cfg.name.clone(),
+                    message: e.message,
+                });
+            }
             Err(e) => tracing::warn!(error = %e, "leader election round failed; retrying"),
         }
         tokio::time::sleep(cfg.renew_every).await;

@@ -19,6 +19,17 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Labels of the per-pool gauges: which ChatCluster, and which zone (`""` without zones).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// The ChatCluster's namespace.
+    pub namespace: String,
+    /// The ChatCluster's name.
+    pub name: String,
+    /// The zone, or `""` for a cluster without zones.
+    pub zone: String,
+}
+
 /// The operator's metrics (all prefixed `parley_operator_`).
 pub struct Metrics {
     registry: Registry,
@@ -30,6 +41,15 @@ pub struct Metrics {
     pub duration: Histogram,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Live client sockets per pool, read from etcd: what an HPA with a custom-metrics
+    /// adapter scales on when `spec.autoscaling` is not used.
+    pub connections: Family<PoolLabels, Gauge>,
+    /// Nodes registered in etcd per pool.
+    pub members: Family<PoolLabels, Gauge>,
+    /// Pool sizes the operator applies (after drains and autoscaling).
+    pub desired_replicas: Family<PoolLabels, Gauge>,
+    /// Connections made to etcd (one per set of endpoints while they keep working).
+    pub etcd_connects: Counter,
 }
 
 impl Default for Metrics {
@@ -39,6 +59,30 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let leader = Gauge::default();
+        let connections = Family::<PoolLabels, Gauge>::default();
+        let members = Family::<PoolLabels, Gauge>::default();
+        let desired_replicas = Family::<PoolLabels, Gauge>::default();
+        let etcd_connects = Counter::default();
+        registry.register(
+            "connections",
+            "Live client sockets of a ChatCluster's nodes, per zone, read from etcd",
+            connections.clone(),
+        );
+        registry.register(
+            "members",
+            "Chat nodes registered in etcd, per zone",
+            members.clone(),
+        );
+        registry.register(
+            "desired_replicas",
+            "StatefulSet size the operator applies, per zone",
+            desired_replicas.clone(),
+        );
+        registry.register(
+            "etcd_connects",
+            "Connections the operator made to etcd",
+            etcd_connects.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciles of ChatClusters started",
@@ -65,6 +109,10 @@ impl Default for Metrics {
             failures,
             duration,
             leader,
+            connections,
+            members,
+            desired_replicas,
+            etcd_connects,
         }
     }
 }

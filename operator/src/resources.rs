@@ -1,6 +1,7 @@
 //! Step 2 of the pipeline: pure builders, spec in and objects out, no client.
 //!
-//! One file per kind. Every builder takes the (validated) [`ChatCluster`] and returns the
+//! One file per kind; the StatefulSet and the PodDisruptionBudget are built once per node
+//! pool ([`crate::pools`]). Every builder takes the (validated) [`ChatCluster`] and returns the
 //! child exactly as the operator server-side-applies it, with owner references when the
 //! ChatCluster has a uid (it always does in a cluster; a file given to `render` has none).
 
@@ -32,11 +33,13 @@ pub use tls::{
 };
 
 use crate::crd::{ChatCluster, SecretKeyRef};
+use crate::pools::{Pool, pools};
 
 /// `app.kubernetes.io/name` of every chat pod.
 pub const APP_NAME: &str = "parley";
 
-/// Name of the StatefulSet, the client Service and the PodDisruptionBudget.
+/// Name of the client Service (and of the StatefulSet and PodDisruptionBudget of a cluster
+/// without zones).
 pub fn base_name(cc: &ChatCluster) -> String {
     cc.name_or_empty()
 }
@@ -54,11 +57,6 @@ pub fn configmap_name(cc: &ChatCluster) -> String {
 /// Name of the Secret the operator creates when `spec.auth.tokenSecretRef` is absent.
 pub fn generated_token_secret_name(cc: &ChatCluster) -> String {
     format!("{}-token", cc.name_or_empty())
-}
-
-/// Pod name (and so node id) of an ordinal.
-pub fn pod_name(cc: &ChatCluster, ordinal: i32) -> String {
-    format!("{}-{ordinal}", cc.name_or_empty())
 }
 
 /// The token Secret key the nodes use: the referenced one, or the generated Secret.
@@ -113,7 +111,18 @@ pub fn child_meta(cc: &ChatCluster, name: String) -> ObjectMeta {
     }
 }
 
-/// Every child the operator applies for a ChatCluster, at a given StatefulSet size.
+/// One node pool's children.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolChildren {
+    /// The pool they are built for.
+    pub pool: Pool,
+    /// Guards the pool's pods against voluntary disruptions.
+    pub pdb: PodDisruptionBudget,
+    /// The pool's chat nodes.
+    pub statefulset: StatefulSet,
+}
+
+/// Every child the operator applies for a ChatCluster, at given StatefulSet sizes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
     /// The nodes' environment.
@@ -122,10 +131,8 @@ pub struct Children {
     pub headless_service: Service,
     /// What clients connect to.
     pub client_service: Service,
-    /// Guards against voluntary disruptions.
-    pub pdb: PodDisruptionBudget,
-    /// The chat nodes.
-    pub statefulset: StatefulSet,
+    /// One StatefulSet and PodDisruptionBudget per node pool, in spec order.
+    pub pools: Vec<PoolChildren>,
     /// The generated token Secret, when the spec references none (its data is filled in only
     /// when the operator creates it, never by `render`).
     pub token_secret: Option<Secret>,
@@ -133,27 +140,40 @@ pub struct Children {
     /// certManager's per-pod ones), without data: the operator fills them in when it
     /// applies, `render` shows what it will manage.
     pub tls_secrets: Vec<Secret>,
-    /// cert-manager `Certificate`s, one per pod (certManager mode).
+    /// cert-manager `Certificate`s, one per pod of every pool (certManager mode).
     pub certificates: Vec<kube::api::DynamicObject>,
 }
 
-/// Builds every child. `sts_replicas` is the StatefulSet size to apply, which differs from
-/// `spec.replicas` while a scale-down is draining.
-pub fn children(cc: &ChatCluster, sts_replicas: i32) -> Children {
-    let configmap = configmap(cc);
-    let hash = config_hash(&configmap);
-    let needs_token = cc
-        .spec
+/// Whether the operator generates the token Secret (the spec references none).
+pub fn needs_token_secret(cc: &ChatCluster) -> bool {
+    cc.spec
         .auth
         .as_ref()
         .and_then(|a| a.token_secret_ref.as_ref())
-        .is_none();
+        .is_none()
+}
+
+/// Builds every child. `size(pool)` is the StatefulSet size to apply for each pool, which
+/// differs from the spec while a scale-down is draining or the autoscaler decided.
+pub fn children(cc: &ChatCluster, size: impl Fn(&Pool) -> i32) -> Children {
+    let configmap = configmap(cc);
+    let hash = config_hash(&configmap);
+    let pods: Vec<String> = pools(cc)
+        .iter()
+        .flat_map(|p| (0..size(p)).map(|o| p.pod_name(o)))
+        .collect();
     Children {
         headless_service: headless_service(cc),
         client_service: client_service(cc),
-        pdb: pdb(cc),
-        statefulset: statefulset(cc, sts_replicas, &hash),
-        token_secret: needs_token.then(|| token_secret(cc, None)),
+        pools: pools(cc)
+            .into_iter()
+            .map(|pool| PoolChildren {
+                pdb: pdb(cc, &pool),
+                statefulset: statefulset(cc, &pool, size(&pool), &hash),
+                pool,
+            })
+            .collect(),
+        token_secret: needs_token_secret(cc).then(|| token_secret(cc, None)),
         tls_secrets: match cc.spec.tls.mode {
             crate::crd::TlsMode::SelfSigned => vec![
                 ca_secret(cc, None),
@@ -164,7 +184,7 @@ pub fn children(cc: &ChatCluster, sts_replicas: i32) -> Children {
             }
             crate::crd::TlsMode::Disabled => Vec::new(),
         },
-        certificates: certificates(cc, sts_replicas),
+        certificates: certificates(cc, &pods),
         configmap,
     }
 }
@@ -197,8 +217,10 @@ impl Children {
         docs.push(doc("ConfigMap", &self.configmap)?);
         docs.push(doc("Service", &self.headless_service)?);
         docs.push(doc("Service", &self.client_service)?);
-        docs.push(doc("PodDisruptionBudget", &self.pdb)?);
-        docs.push(doc("StatefulSet", &self.statefulset)?);
+        for p in &self.pools {
+            docs.push(doc("PodDisruptionBudget", &p.pdb)?);
+            docs.push(doc("StatefulSet", &p.statefulset)?);
+        }
         Ok(docs.iter().map(|d| format!("---\n{d}")).collect())
     }
 }
@@ -238,5 +260,5 @@ pub fn render(yaml: &str) -> Result<String, RenderError> {
     let cc: ChatCluster =
         serde_yaml::from_value(value).map_err(|e| RenderError::Parse(e.to_string()))?;
     crate::validate::validate(&cc)?;
-    Ok(children(&cc, cc.spec.replicas).to_yaml()?)
+    Ok(children(&cc, |p| p.initial_replicas(&cc)).to_yaml()?)
 }

@@ -31,9 +31,9 @@ pub fn validate(cc: &ChatCluster) -> Result<(), InvalidSpec> {
         ));
     }
     let spec = &cc.spec;
-    if spec.replicas < 1 {
+    if spec.replicas < 0 {
         problems.push(format!(
-            "spec.replicas is {}; it must be at least 1",
+            "spec.replicas is {}; it must be at least 0 (0 pauses the cluster)",
             spec.replicas
         ));
     }
@@ -51,10 +51,13 @@ pub fn validate(cc: &ChatCluster) -> Result<(), InvalidSpec> {
         }
     }
     match spec.storage.backend {
-        StorageBackend::Embedded if spec.replicas != 1 => problems.push(format!(
-            "spec.storage.backend embedded keeps history on one pod's disk, so spec.replicas must be 1 (it is {}); use tikv or etcd for more nodes",
+        StorageBackend::Embedded if spec.replicas > 1 => problems.push(format!(
+            "spec.storage.backend embedded keeps history on one pod's disk, so spec.replicas must be 1 (it is {}; 0 pauses); use tikv or etcd for more nodes",
             spec.replicas
         )),
+        StorageBackend::Embedded if spec.zones.is_some() || spec.autoscaling.is_some() => {
+            problems.push("spec.storage.backend embedded runs one node: spec.zones and spec.autoscaling need tikv or etcd".into())
+        }
         StorageBackend::Tikv => match &spec.storage.tikv {
             Some(t) if !t.pd_endpoints.is_empty() => {
                 for ep in &t.pd_endpoints {
@@ -111,6 +114,25 @@ pub fn validate(cc: &ChatCluster) -> Result<(), InvalidSpec> {
             spec.drain.timeout_seconds
         ));
     }
+    zones(cc, &mut problems);
+    if let Some(a) = &spec.autoscaling {
+        if a.min_replicas < 1 || a.max_replicas < 1 {
+            problems.push("spec.autoscaling.minReplicas and maxReplicas must be at least 1 (pause with spec.replicas: 0)".into());
+        }
+        if a.min_replicas > a.max_replicas {
+            problems.push(format!(
+                "spec.autoscaling.minReplicas {} is above maxReplicas {}",
+                a.min_replicas, a.max_replicas
+            ));
+        }
+        if a.target_connections_per_node < 1 {
+            problems.push("spec.autoscaling.targetConnectionsPerNode must be at least 1".into());
+        }
+        if a.scale_down_stabilization_seconds < 0 {
+            problems
+                .push("spec.autoscaling.scaleDownStabilizationSeconds must not be negative".into());
+        }
+    }
     if spec.pod_disruption_budget.max_unavailable < 0 {
         problems.push("spec.podDisruptionBudget.maxUnavailable must not be negative".into());
     }
@@ -118,6 +140,49 @@ pub fn validate(cc: &ChatCluster) -> Result<(), InvalidSpec> {
         Ok(())
     } else {
         Err(InvalidSpec { problems })
+    }
+}
+
+/// Longest StatefulSet name: its pods get a `controller-revision-hash` label of
+/// `<statefulset>-<10 characters>`, and labels are at most 63 characters.
+pub const MAX_STATEFULSET_NAME_LEN: usize = 52;
+
+fn zones(cc: &ChatCluster, problems: &mut Vec<String>) {
+    let Some(zones) = &cc.spec.zones else { return };
+    if zones.is_empty() {
+        problems.push("spec.zones is empty; list at least one zone, or leave it out".into());
+    }
+    let name = cc.name_or_empty();
+    let mut seen = std::collections::BTreeSet::new();
+    for z in zones {
+        if !seen.insert(z.name.as_str()) {
+            problems.push(format!("spec.zones has the zone {:?} twice", z.name));
+        }
+        if !parley_cluster_contract::is_valid_name(&z.name) {
+            problems.push(format!(
+                "spec.zones name {:?} is not a DNS label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
+                z.name
+            ));
+        }
+        if !parley_cluster_contract::is_valid_name(&z.region) {
+            problems.push(format!(
+                "spec.zones {:?} region {:?} is not a DNS label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
+                z.name, z.region
+            ));
+        }
+        let sts = name.len() + 1 + z.name.len();
+        if sts > MAX_STATEFULSET_NAME_LEN {
+            problems.push(format!(
+                "the zone {:?} makes the StatefulSet name {name}-{} {sts} characters long; at most {MAX_STATEFULSET_NAME_LEN} fit: shorten the zone or the ChatCluster name",
+                z.name, z.name
+            ));
+        }
+        if z.replicas < 0 {
+            problems.push(format!(
+                "spec.zones {:?} replicas must not be negative",
+                z.name
+            ));
+        }
     }
 }
 
@@ -143,6 +208,46 @@ mod tests {
             validate(&ChatCluster::test().replicas(1).embedded("1Gi", None)),
             Ok(())
         );
+        assert_eq!(
+            validate(&ChatCluster::test().replicas(0)),
+            Ok(()),
+            "0 pauses"
+        );
+        assert_eq!(
+            validate(
+                &ChatCluster::test()
+                    .zone("a", "eu", 2)
+                    .zone("b", "us", 0)
+                    .autoscaling(1, 10, 8000, 300)
+            ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn zones_and_autoscaling_are_checked() {
+        let cc = ChatCluster::test()
+            .zone("a", "eu", 1)
+            .zone("a", "Eu West", 1)
+            .zone(&"z".repeat(50), "eu", 1)
+            .autoscaling(5, 2, 8000, 300);
+        let all = validate(&cc)
+            .err()
+            .map(|e| e.problems.join("\n"))
+            .unwrap_or_default();
+        for expected in [
+            "the zone \"a\" twice",
+            "region \"Eu West\" is not a DNS label",
+            "at most 52 fit",
+            "minReplicas 5 is above maxReplicas 2",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        let embedded = ChatCluster::test()
+            .replicas(1)
+            .embedded("1Gi", None)
+            .zone("a", "eu", 1);
+        assert!(validate(&embedded).is_err_and(|e| e.to_string().contains("need tikv or etcd")));
     }
 
     #[test]
@@ -164,7 +269,7 @@ mod tests {
             "at most 54 fit",
             "spec.image is empty",
             "\"etcd:2379\" is not an http:// or https:// URL",
-            "replicas must be 1 (it is 3)",
+            "replicas must be 1 (it is 3; 0 pauses)",
             "spec.limits.maxGroupMembers is 1; it must be between 2 and 10000",
             "webhookUrl needs spec.push.secretRef",
         ] {

@@ -62,12 +62,28 @@ fn crd_has_scale_subresource_printer_columns_and_cel_rules() {
     let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let rules = serde_yaml::to_string(&spec["x-kubernetes-validations"]).expect("rules");
     assert!(
-        rules.contains("self.storage.backend != 'embedded' || self.replicas == 1"),
+        rules.contains("self.storage.backend != 'embedded' || self.replicas <= 1"),
         "{rules}"
     );
     assert_eq!(
         spec["properties"]["replicas"]["minimum"].as_f64(),
-        Some(1.0)
+        Some(0.0),
+        "replicas: 0 pauses"
+    );
+    assert!(rules.contains("exists_one(y, y.name == z.name)"), "{rules}");
+    assert_eq!(
+        spec["properties"]["zones"]["maxItems"].as_u64(),
+        Some(16),
+        "CEL over a list needs a bound"
+    );
+    let auto = &spec["properties"]["autoscaling"]["properties"];
+    assert_eq!(
+        auto["targetConnectionsPerNode"]["default"].as_i64(),
+        Some(8000)
+    );
+    assert_eq!(
+        auto["scaleDownStabilizationSeconds"]["default"].as_i64(),
+        Some(300)
     );
     assert_eq!(spec["properties"]["replicas"]["default"].as_i64(), Some(3));
     let backends: Vec<_> = spec["properties"]["storage"]["properties"]["backend"]["enum"]
@@ -191,6 +207,66 @@ fn render_of_the_cert_manager_example_shows_a_certificate_per_pod() {
     assert!(
         !docs.iter().any(|d| d["metadata"]["name"] == "managed-ca"),
         "no operator CA with cert-manager"
+    );
+}
+
+#[test]
+fn render_shows_one_statefulset_and_budget_per_zone() {
+    let text = operator::resources::render(&read(
+        "charts/parley-operator/examples/chatcluster-zones.yaml",
+    ))
+    .expect("valid example");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("each document is YAML"))
+        .collect();
+    let named = |kind: &str| -> Vec<String> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let zones = ["demo-eu-west-1a", "demo-eu-west-1b", "demo-us-east-1a"];
+    assert_eq!(named("StatefulSet"), zones);
+    assert_eq!(named("PodDisruptionBudget"), zones);
+    let sts = docs
+        .iter()
+        .find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == "demo-us-east-1a")
+        .expect("the us zone");
+    assert_eq!(sts["spec"]["replicas"].as_i64(), Some(1));
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .expect("env");
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    assert_eq!(value("PARLEY_REGION").as_deref(), Some("us-east"));
+    assert_eq!(value("PARLEY_ZONE").as_deref(), Some("us-east-1a"));
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["nodeSelector"]["topology.kubernetes.io/zone"].as_str(),
+        Some("us-east-1a")
+    );
+    assert_eq!(
+        sts["spec"]["updateStrategy"]["type"].as_str(),
+        Some("OnDelete")
+    );
+    // Zones and mutual TLS together: every zone's pods find their certificate in the one
+    // node-tls Secret, and nothing runs in plain text.
+    assert_eq!(
+        value("PARLEY_INTERNAL_CERT_FILE").as_deref(),
+        Some("/etc/parley/node-tls/$(POD_NAME).crt")
+    );
+    assert_eq!(named("Secret"), ["demo-token", "demo-ca", "demo-node-tls"]);
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("the ConfigMap");
+    assert!(
+        config["data"]["PARLEY_INSECURE_CLUSTER"].is_null(),
+        "the zones example is secure: {:?}",
+        config["data"]
     );
 }
 

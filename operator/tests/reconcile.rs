@@ -11,71 +11,10 @@ use operator::controller::{Context, Error, error_policy, reconcile};
 use operator::crd::{ChatCluster, TlsMode};
 use operator::metrics::Metrics;
 use parley_testkit::TestEtcd;
-use serde_json::{Value, json};
-use support::api::{ScriptedApi, World, scripted_api};
+use serde_json::Value;
+use support::api::{World, scripted_api};
 use support::bounded;
-
-const STS: &str = "/apis/apps/v1/namespaces/chat/statefulsets/demo";
-const STATUS: &str = "/apis/parley.dev/v1alpha1/namespaces/chat/chatclusters/demo/status";
-
-fn world(cc: &ChatCluster) -> World {
-    World {
-        chatcluster: serde_json::to_value(cc).expect("cc json"),
-        ..World::default()
-    }
-}
-
-/// A StatefulSet as the API server would return it: built for `cc` at `replicas`, all ready.
-fn existing_sts(cc: &ChatCluster, replicas: i32) -> Value {
-    let mut v = serde_json::to_value(operator::resources::statefulset(cc, replicas, "old-hash"))
-        .expect("json");
-    v["status"] = ready_status(replicas);
-    v
-}
-
-fn secret(name: &str, key: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "chat"}, "data": {key: "a2V5"}})
-}
-
-fn ready_status(n: i32) -> Value {
-    json!({"replicas": n, "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n})
-}
-
-async fn run(cc: &ChatCluster, w: World) -> (Result<Action, Error>, ScriptedApi, Arc<Context>) {
-    let (client, api) = scripted_api(w);
-    let ctx = Arc::new(Context::new(client, Arc::new(Metrics::default())));
-    let res = bounded(
-        30,
-        "reconcile to finish",
-        reconcile(Arc::new(cc.clone()), ctx.clone()),
-    )
-    .await;
-    (res, api, ctx)
-}
-
-async fn register(etcd: &TestEtcd, node: &str, connections: u64, draining: bool) {
-    let v = json!({"node_id": node, "advertise_url": format!("http://{node}.demo-headless.chat.svc:8080"),
-                   "ws_url": format!("ws://{node}.demo-headless.chat.svc:8080/v1/ws"), "zone": "z1",
-                   "capacity": 10000, "connections": connections, "draining": draining});
-    etcd.put(&format!("/parley/chat.demo/nodes/{node}"), &v.to_string())
-        .await;
-}
-
-fn condition(status_patch: &Value, type_: &str) -> (String, String, String) {
-    let c = status_patch["status"]["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch:#}"));
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (s("status"), s("reason"), s("message"))
-}
-
-fn event_reasons(api: &ScriptedApi) -> Vec<String> {
-    api.events()
-        .into_iter()
-        .map(|(_, reason, _)| reason)
-        .collect()
-}
+use support::cluster::*;
 
 #[tokio::test]
 async fn first_reconcile_only_adds_the_finalizer_against_scripted_api() {
@@ -109,7 +48,7 @@ async fn create_applies_every_child_with_server_side_apply_against_scripted_api(
         [
             "GET /api/v1/namespaces/chat/secrets/demo-token",
             "POST /api/v1/namespaces/chat/secrets",
-            "GET /apis/apps/v1/namespaces/chat/statefulsets/demo",
+            "GET /apis/apps/v1/namespaces/chat/statefulsets",
             // spec.tls defaults to selfSigned: the CA is created, the pods' certificates issued
             "GET /api/v1/namespaces/chat/secrets/demo-ca",
             "POST /api/v1/namespaces/chat/secrets",

@@ -266,7 +266,12 @@ async fn cert_manager_applies_a_certificate_per_pod_and_copies_what_it_issued_ag
 }
 
 fn etcd_client_secret(pki: &Pki) -> Value {
-    let client = pki.client("chat-operator");
+    etcd_client_secret_of(pki, "chat-operator")
+}
+
+/// `etcd-client` holding the CA and a client certificate named `common_name`.
+fn etcd_client_secret_of(pki: &Pki, common_name: &str) -> Value {
+    let client = pki.client(common_name);
     json!({"apiVersion": "v1", "kind": "Secret",
            "metadata": {"name": "etcd-client", "namespace": "chat"},
            "data": {"ca.crt": ByteString(pki.ca_pem().into_bytes()),
@@ -302,4 +307,52 @@ async fn the_operator_reaches_a_tls_etcd_with_the_client_certificate_the_spec_na
         .body_of("PATCH", "/chatclusters/demo/status")
         .to_string();
     assert!(status.contains("etcd-client"), "{status}");
+}
+
+#[tokio::test]
+async fn the_etcd_connection_is_kept_while_its_secret_is_unchanged_and_redialled_when_rotated_against_scripted_api()
+ {
+    let pki = Pki::new("chat.demo");
+    let etcd = TestEtcd::start_tls(&pki).await;
+    let node = json!({"node_id": "demo-0", "advertise_url": "http://a", "ws_url": "ws://a/v1/ws",
+                      "capacity": 10, "connections": 3, "draining": false});
+    etcd.put("/parley/chat.demo/nodes/demo-0", &node.to_string())
+        .await;
+    let cc = ChatCluster::test()
+        .with_finalizer()
+        .tls_mode(operator::crd::TlsMode::Disabled)
+        .etcd(&[etcd.endpoint()])
+        .etcd_secrets("etcd-client", None);
+    let mut w = world(&cc);
+    w.secrets = vec![etcd_client_secret_of(&pki, "operator-a")];
+    let (client, api) = scripted_api(w);
+    let ctx = Arc::new(Context::new(client, Arc::new(Metrics::default())));
+    let reconcile_once = || {
+        bounded(
+            30,
+            "reconcile",
+            reconcile(Arc::new(cc.clone()), ctx.clone()),
+        )
+    };
+    let connects = |ctx: &Context| {
+        let text = ctx.metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix("parley_operator_etcd_connects_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no etcd_connects_total in {text}"))
+    };
+    for _ in 0..2 {
+        reconcile_once().await.expect("reconcile");
+    }
+    assert_eq!(connects(&ctx), 1, "two reconciles, one connection");
+
+    // The client certificate is rotated (cert-manager renewed it): a new connection with the
+    // new certificate, which etcd accepts.
+    api.world.lock().expect("world").secrets = vec![etcd_client_secret_of(&pki, "operator-b")];
+    reconcile_once().await.expect("reconcile after rotation");
+    assert_eq!(connects(&ctx), 2, "the rotated certificate is dialled anew");
+    let status = api.body_of("PATCH", "/chatclusters/demo/status");
+    assert_eq!(status["status"]["connections"], 3, "{status:#}");
+    reconcile_once().await.expect("reconcile");
+    assert_eq!(connects(&ctx), 2, "and then kept");
 }

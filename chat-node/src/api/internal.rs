@@ -8,13 +8,14 @@ use http::{Method, StatusCode};
 use warp::reply::Response;
 
 use super::{Request, json, json_body, no_content, read_body};
-use crate::cluster::link::{Batch, Event, MAX_BODY, StatusAnswer, StatusQuery};
+use crate::cluster::link::{Batch, Event, HomeChange, MAX_BODY, StatusAnswer, StatusQuery};
 use crate::cluster::rpc::{AnswerBatch, CallBatch};
 use crate::protocol::ApiError;
 use crate::state::AppState;
 
 /// `POST /internal/v1/link` (a batch of events), `POST /internal/v1/rpc` (a batch of calls,
-/// answered in order) and `POST /internal/v1/status`.
+/// answered in order), `POST /internal/v1/status` and `POST /internal/v1/home` (a user's new
+/// home region).
 pub async fn route<S, B>(
     state: &AppState,
     req: Request,
@@ -68,6 +69,17 @@ where
             let query: StatusQuery = json_body(&bytes)?;
             let answer: StatusAnswer = state.presence.local_online(&query.users);
             Ok(json(StatusCode::OK, &answer))
+        }
+        "home" => {
+            let change: HomeChange = json_body(&bytes)?;
+            if !parley_cluster_contract::is_valid_name(&change.region) {
+                return Err(ApiError::bad_request(format!(
+                    "{:?} is not a region name",
+                    change.region
+                )));
+            }
+            state.cluster.home_changed(&change.user, &change.region);
+            Ok(no_content())
         }
         _ => Err(ApiError::not_found(format!(
             "there is no {} {}",

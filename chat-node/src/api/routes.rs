@@ -129,17 +129,16 @@ where
             match m {
                 Method::GET => Ok(json(
                     StatusCode::OK,
-                    &state.accounts.profile(&me.sub).await?,
+                    &state.accounts.own_profile(&me.sub).await?,
                 )),
                 Method::PATCH => {
                     let patch: ProfilePatch = json_body(&read_body(body, &req, limit).await?)?;
-                    Ok(json(
-                        StatusCode::OK,
-                        &state
-                            .accounts
-                            .set_display_name(&me.sub, &patch.display_name)
-                            .await?,
-                    ))
+                    let (profile, moved) = state.accounts.update_profile(&me.sub, &patch).await?;
+                    if let Some(region) = moved {
+                        // Every node learns the new home; the user's node moves their sockets.
+                        state.links.announce_home(&me.sub, &region);
+                    }
+                    Ok(json(StatusCode::OK, &profile))
                 }
                 _ => Err(method_not_allowed(&req, "GET or PATCH")),
             }
@@ -325,12 +324,16 @@ where
                     .headers
                     .get(http::header::HOST)
                     .and_then(|h| h.to_str().ok());
-                let node = state.cluster.assign(&me.sub, host);
+                // The home is read from the user record, so every node answers the same.
+                let home = state.accounts.home_region(&me.sub).await?;
+                state.cluster.learn_home(&me.sub, &home);
+                let node = state.cluster.assign(&me.sub, &home, host);
                 Ok(json(
                     StatusCode::OK,
                     &Assignment {
                         node_id: node.node_id,
                         ws_url: node.ws_url,
+                        region: node.region,
                     },
                 ))
             }

@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Chat;
-use crate::cluster::Owner;
 use crate::cluster::rpc::{Answer, Call, GroupChange};
 use crate::now_ms;
 use crate::protocol::ApiError;
@@ -87,13 +86,21 @@ impl Chat {
         let deadline = Instant::now() + ROUTE_DEADLINE;
         let mut pause = Duration::from_millis(20);
         loop {
-            let result = match self.links.cluster().owner(&name) {
-                Owner::Here => self.sequence_here(op.clone()).await,
-                Owner::Peer(member) => {
+            // The write path's owner (not the user placement's: a one-on-one channel
+            // belongs with one of its users' inboxes), as the writers themselves judge it.
+            let owner = self
+                .links
+                .cluster()
+                .owners()
+                .owner(&name)
+                .map(str::to_owned);
+            let result = match owner {
+                None => self.sequence_here(op.clone()).await,
+                Some(node) => {
                     match self
                         .links
                         .rpc()
-                        .call(&member.node_id, &Call::Sequence { op: op.clone() })
+                        .call(&node, &Call::Sequence { op: op.clone() })
                         .await
                     {
                         Ok(Answer::Acked { ack }) => Ok(ack),
@@ -103,7 +110,7 @@ impl Chat {
                             "a node answered a send with something else",
                         ))),
                         Err(e) => {
-                            tracing::debug!(error = %e, node = %member.node_id, "a send could not reach its channel's owner");
+                            tracing::debug!(error = %e, node = %node, "a send could not reach its channel's owner");
                             Err(WriteError::NotOwner)
                         }
                     }
@@ -399,13 +406,19 @@ impl Chat {
         let deadline = Instant::now() + ROUTE_DEADLINE;
         let mut pause = Duration::from_millis(20);
         loop {
-            let result = match self.links.cluster().owner(&name) {
-                Owner::Here => self.group_change_here(change.clone()).await,
-                Owner::Peer(member) => match self
+            let owner = self
+                .links
+                .cluster()
+                .owners()
+                .owner(&name)
+                .map(str::to_owned);
+            let result = match owner {
+                None => self.group_change_here(change.clone()).await,
+                Some(node) => match self
                     .links
                     .rpc()
                     .call(
-                        &member.node_id,
+                        &node,
                         &Call::Group {
                             change: change.clone(),
                         },

@@ -76,6 +76,15 @@ pub struct StatusAnswer {
     pub devices: HashMap<String, Vec<String>>,
 }
 
+/// A user's new home region, as posted to `/internal/v1/home` by the node that took the
+/// change. Outside the batched events on purpose: a node of an older version answers 404 to
+/// it and keeps every batch it understands.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HomeChange {
+    pub user: String,
+    pub region: String,
+}
+
 struct Peer {
     url: String,
     tx: mpsc::Sender<String>,
@@ -196,6 +205,58 @@ impl Links {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id, _| members.contains_key(id));
         self.transport.retain(|id| members.contains_key(id));
+    }
+
+    /// `user`'s home region changed here: learn it (and move their sockets if they are
+    /// here), and tell every peer at once, each tried three times. A peer that misses it
+    /// routes that user with its old knowledge until it expires
+    /// ([`super::placement::HOME_TTL`]); the user's own sockets move as soon as their node
+    /// hears of it.
+    pub fn announce_home(&self, user: &str, region: &str) {
+        self.cluster.home_changed(user, region);
+        let body = match serde_json::to_string(&HomeChange {
+            user: user.to_owned(),
+            region: region.to_owned(),
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a home change");
+                return;
+            }
+        };
+        for member in self.cluster.peers().values() {
+            // To the peer's internal listener, with the client that only talks to that peer
+            // (mutual TLS), like the links.
+            let url = format!(
+                "{}/internal/v1/home",
+                member.internal_url.trim_end_matches('/')
+            );
+            let (http, body) = (self.transport.client(&member.node_id), body.clone());
+            let peer = member.node_id.clone();
+            tokio::spawn(async move {
+                for pause in [0u64, 200, 1000] {
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => return,
+                        Ok(r) if r.status().is_client_error() => {
+                            tracing::warn!(peer = %peer, status = %r.status(), "a peer refused a home change (an older version?)");
+                            return;
+                        }
+                        Ok(r) => {
+                            tracing::debug!(peer = %peer, status = %r.status(), "home change not taken")
+                        }
+                        Err(e) => tracing::debug!(peer = %peer, error = %e, "home change not sent"),
+                    }
+                }
+                tracing::warn!(peer = %peer, "a peer did not take a home change; it learns it when its knowledge expires");
+            });
+        }
     }
 
     /// Ask `node_id` which of `users` are online there.

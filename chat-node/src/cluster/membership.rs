@@ -1,7 +1,8 @@
 //! Membership in etcd: this node's registration under a lease, and the live view of the
 //! others.
 //!
-//! Keys (the contract with the operator, docs/operator.md):
+//! Keys (the contract with the operator, defined once in `parley-cluster-contract` and
+//! described in docs/operator.md):
 //! - `/parley/<cluster>/nodes/<node_id>`: a [`Member`] as JSON, under a lease of
 //!   [`LEASE_TTL`]; refreshed every [`REFRESH`] when the connection count or draining flag
 //!   changed.
@@ -35,10 +36,10 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::CloseReason;
 
-/// Root of every membership key.
-pub const KEY_ROOT: &str = "/parley";
+pub use parley_cluster_contract::{KEY_ROOT, cluster_prefix, drain_key, nodes_prefix};
+
 /// Lease time-to-live: a node that stops refreshing leaves the view after this.
-pub const LEASE_TTL: i64 = 10;
+pub const LEASE_TTL: i64 = parley_cluster_contract::LEASE_TTL_SECONDS;
 /// How often the lease is kept alive and the registration refreshed.
 pub const REFRESH: Duration = Duration::from_secs(2);
 /// Bound on connecting and on each request.
@@ -46,21 +47,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// A node steps down this long after its last answered keep-alive: the lease's TTL less a
 /// margin, so it stops before the others can have taken its users over.
 pub const STEP_DOWN_AFTER: Duration = Duration::from_secs(LEASE_TTL as u64 - 2);
-
-/// `/parley/<cluster>/`.
-pub fn cluster_prefix(cluster: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/")
-}
-
-/// `/parley/<cluster>/nodes/`.
-pub fn nodes_prefix(cluster: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/nodes/")
-}
-
-/// `/parley/<cluster>/drain/<node_id>`.
-pub fn drain_key(cluster: &str, node_id: &str) -> String {
-    format!("{KEY_ROOT}/{cluster}/drain/{node_id}")
-}
 
 /// The membership task's handle: leave the cluster at the end of shutdown.
 pub struct Membership {
@@ -97,6 +83,7 @@ impl Membership {
             shutdown,
             leave: leave.clone(),
             lease_alive_until,
+            previous_lease: std::sync::Mutex::new(None),
         };
         Self {
             leave,
@@ -123,6 +110,9 @@ struct Task {
     /// Until when the lease is surely alive (last answered keep-alive + [`STEP_DOWN_AFTER`]);
     /// `None` while not registered.
     lease_alive_until: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// The lease of this process's previous registration: after etcd restarts (leases
+    /// survive it) or a reconnect, the key under it is ours, not another node's.
+    previous_lease: std::sync::Mutex<Option<i64>>,
 }
 
 /// Step the node down once its lease may have expired; it steps up again on registering.
@@ -210,11 +200,7 @@ impl Task {
     }
 
     fn node_key(&self) -> String {
-        format!(
-            "{}{}",
-            nodes_prefix(self.cluster.name()),
-            self.cluster.node_id()
-        )
+        parley_cluster_contract::node_key(self.cluster.name(), self.cluster.node_id())
     }
 
     fn registration(&self) -> Member {
@@ -379,8 +365,15 @@ impl Task {
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + STEP_DOWN_AFTER);
     }
 
-    /// Write our registration if the key is ours (our lease) or free (create revision 0);
-    /// refuse when another live node holds this node id.
+    fn remember_lease(&self, lease: i64) {
+        *self
+            .previous_lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(lease);
+    }
+
+    /// Write our registration if the key is ours (this lease, or this process's previous
+    /// one) or free (create revision 0); refuse when another live node holds this node id.
     async fn put(
         &self,
         client: &mut Client,
@@ -400,13 +393,31 @@ impl Task {
             .when([Compare::lease(key, CompareOp::Equal, lease)])
             .and_then([put()]);
         if call("register", client.txn(ours)).await?.succeeded() {
+            self.remember_lease(lease);
             return Ok(());
         }
         let free = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([put()]);
         if call("register", client.txn(free)).await?.succeeded() {
+            self.remember_lease(lease);
             return Ok(());
+        }
+        // Our own registration from before a reconnect (etcd keeps a lease alive across its
+        // restart): take it over, and let its old lease go.
+        let previous = *self
+            .previous_lease
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(previous) = previous.filter(|p| *p != lease) {
+            let mine = Txn::new()
+                .when([Compare::lease(key, CompareOp::Equal, previous)])
+                .and_then([put()]);
+            if call("register", client.txn(mine)).await?.succeeded() {
+                let _ = call("revoke the old lease", client.lease_revoke(previous)).await;
+                self.remember_lease(lease);
+                return Ok(());
+            }
         }
         let _ = call("revoke the lease", client.lease_revoke(lease)).await;
         tracing::error!(

@@ -20,18 +20,39 @@ fn score(key_hash: u64, member: &str, weight: u64) -> f64 {
     -(weight.max(1) as f64) / unit.ln()
 }
 
+/// A key hashed once, ready to score members against (several pools of members can be
+/// scored for one key without hashing it again: see `placement`).
+#[derive(Debug, Clone, Copy)]
+pub struct Key(u64);
+
+impl Key {
+    pub fn new(key: &str) -> Self {
+        Self(xxh3_64_with_seed(key.as_bytes(), SEED))
+    }
+
+    /// The score of `member` with `weight` for this key: the highest score owns the key.
+    pub fn score(self, member: &str, weight: u64) -> f64 {
+        score(self.0, member, weight)
+    }
+}
+
+/// The best of several `(id, score)`: the highest score, ties (practically impossible) to
+/// the smaller id, so the choice is total.
+pub fn better<'a>(best: Option<(&'a str, f64)>, id: &'a str, s: f64) -> Option<(&'a str, f64)> {
+    match best {
+        Some((bid, bs)) if bs > s || (bs == s && bid < id) => Some((bid, bs)),
+        _ => Some((id, s)),
+    }
+}
+
 /// The id of the member that owns `key`, among `(id, weight)` pairs; `None` if empty.
 /// Ties (practically impossible) go to the smaller id, so the choice is total.
 pub fn owner<'a>(key: &str, members: impl IntoIterator<Item = (&'a str, u64)>) -> Option<&'a str> {
     // The key is hashed once; each member's hash is seeded with it (no buffer to build).
-    let key_hash = xxh3_64_with_seed(key.as_bytes(), SEED);
+    let key = Key::new(key);
     let mut best: Option<(&str, f64)> = None;
     for (id, weight) in members {
-        let s = score(key_hash, id, weight);
-        best = match best {
-            Some((bid, bs)) if bs > s || (bs == s && bid < id) => Some((bid, bs)),
-            _ => Some((id, s)),
-        };
+        best = better(best, id, key.score(id, weight));
     }
     best.map(|(id, _)| id)
 }

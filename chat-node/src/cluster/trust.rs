@@ -89,6 +89,51 @@ impl Records {
     }
 }
 
+/// The trust bookkeeping of [`Cluster`]: etcd's records, which are proved, and the believed
+/// ones published as its peers.
+impl Cluster {
+    /// etcd's records of the other nodes, believed or not.
+    pub fn records(&self) -> HashMap<String, Member> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .all()
+            .clone()
+    }
+
+    /// Records of etcd that are not (or no longer) believed.
+    pub fn unproved(&self) -> Vec<Member> {
+        self.records
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .unproved()
+    }
+
+    /// `member` (as etcd holds it) was confirmed by its node over mutual TLS.
+    pub fn prove(&self, member: &Member) {
+        let mut records = self.records.write().unwrap_or_else(|p| p.into_inner());
+        records.prove(member);
+        self.publish(&records);
+    }
+
+    /// Whether proof is required before a record is believed (mutual TLS is on).
+    pub fn requires_proof(&self) -> bool {
+        self.require_proof
+    }
+
+    /// A receiver that sees every change of etcd's records.
+    pub fn subscribe_records(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.record_changes.subscribe()
+    }
+
+    /// Recompute the believed peers from the records.
+    pub(super) fn publish(&self, records: &Records) {
+        if self.rebuild(Some(records.believed(self.require_proof))) {
+            self.changes.send_modify(|v| *v += 1);
+        }
+    }
+}
+
 /// First retry of a record that could not be proved; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(10);
@@ -244,6 +289,7 @@ mod tests {
             listen: "127.0.0.1:1".parse().unwrap(),
             capacity: 10,
             zone: None,
+            region: "default".into(),
             clustered: true,
             internal_url: Some(format!("https://{id}:8081")),
             client_tls: false,
@@ -293,5 +339,46 @@ mod tests {
             n.peers().is_empty(),
             "a node that left proves itself again when it returns"
         );
+    }
+
+    #[test]
+    fn a_region_counts_only_once_proved_and_a_record_moved_to_another_region_is_not_believed() {
+        let n = Cluster::new(Settings {
+            region: "eu".into(),
+            require_proof: true,
+            ..settings("a")
+        });
+        let us = Member {
+            region: "us".into(),
+            ..member("b", false)
+        };
+        n.set_peers([("b".to_string(), us.clone())].into());
+        // Unproved, the only node of region us is not there: us users fall back to this node.
+        for k in 0..20 {
+            let placed = n.assign(&format!("u{k}"), "us", None);
+            assert_eq!(
+                (placed.node_id.as_str(), placed.region.as_str()),
+                ("a", "eu")
+            );
+        }
+        n.prove(&us);
+        for k in 0..20 {
+            let placed = n.assign(&format!("u{k}"), "us", None);
+            assert_eq!(
+                (placed.node_id.as_str(), placed.region.as_str()),
+                ("b", "us")
+            );
+            assert_eq!(n.assign(&format!("u{k}"), "eu", None).node_id, "a");
+        }
+        // A forged record that moves b into eu (to draw eu's users) is not believed.
+        let moved = Member {
+            region: "eu".into(),
+            ..us
+        };
+        n.set_peers([("b".to_string(), moved)].into());
+        assert!(n.peers().is_empty(), "b moved to another region unproved");
+        for k in 0..20 {
+            assert_eq!(n.assign(&format!("u{k}"), "eu", None).node_id, "a");
+        }
     }
 }

@@ -34,6 +34,9 @@ pub struct SignUp {
     pub password: String,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// The home region; absent: the region of the node that takes the sign-up.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,11 +67,20 @@ pub struct Profile {
     pub user_id: String,
     pub username: String,
     pub display_name: String,
+    /// The home region: in the user's own profile only (sign-up answer, `/v1/users/me`),
+    /// never in the public one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
+/// `PATCH /v1/users/me`: any of the fields, at least one.
 #[derive(Debug, Deserialize)]
 pub struct ProfilePatch {
-    pub display_name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// A new home region: the user's sockets move to a node of it.
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,4 +172,7 @@ pub enum PushProvider {
 pub struct Assignment {
     pub node_id: String,
     pub ws_url: String,
+    /// The chosen node's region (the user's home region, unless it has no node that takes
+    /// users and the fallback chose another).
+    pub region: String,
 }

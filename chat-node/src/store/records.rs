@@ -13,14 +13,36 @@ pub struct UserRecord {
     /// An argon2id PHC string.
     pub password_hash: String,
     pub created_at: i64,
+    /// The user's home region (PROTOCOL.md, "Placement"). Records written before regions
+    /// existed have none: their home is the default region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl UserRecord {
+    /// The home region, the default one for records that have none.
+    pub fn home_region(&self) -> &str {
+        self.region
+            .as_deref()
+            .unwrap_or(parley_cluster_contract::DEFAULT_REGION)
+    }
+
+    /// The public profile, as other users see it (no home region: where someone's data
+    /// lives is theirs to know).
     pub fn profile(&self) -> Profile {
         Profile {
             user_id: self.user_id.clone(),
             username: self.username.clone(),
             display_name: self.display_name.clone(),
+            region: None,
+        }
+    }
+
+    /// The user's own profile (sign-up answer, `/v1/users/me`), with the home region.
+    pub fn own_profile(&self) -> Profile {
+        Profile {
+            region: Some(self.home_region().to_owned()),
+            ..self.profile()
         }
     }
 }

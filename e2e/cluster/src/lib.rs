@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use parley_testkit::node::{Client, Node, User};
 use parley_testkit::{Pki, TestEtcd};
+use serde_json::Value;
 
 /// A real etcd and three (or more) real chat nodes sharing it (`--store etcd`), ids `n1`, `n2`, ….
 pub struct TestCluster {
@@ -24,6 +25,10 @@ pub struct TestCluster {
     pub name: String,
     /// Flags every node gets beyond the cluster's own.
     extra: Vec<String>,
+    /// Each node's `--region` (`None`: the default region).
+    regions: Vec<Option<String>>,
+    /// Each node's data dir, kept across a restart.
+    dirs: Vec<tempfile::TempDir>,
     _secret: tempfile::NamedTempFile,
 }
 
@@ -34,6 +39,16 @@ impl TestCluster {
 
     /// Start with `extra` flags for every node.
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::start_nodes(&[None, None, None], extra).await
+    }
+
+    /// Start one node per entry of `regions`, each with `--region <entry>`.
+    pub async fn start_in_regions(regions: &[&str]) -> Self {
+        let regions: Vec<Option<&str>> = regions.iter().copied().map(Some).collect();
+        Self::start_nodes(&regions, &[]).await
+    }
+
+    async fn start_nodes(regions: &[Option<&str>], extra: &[&str]) -> Self {
         let name = format!("t{}", std::process::id());
         let pki = Pki::new(&name);
         let etcd = TestEtcd::start_tls(&pki).await;
@@ -45,33 +60,27 @@ impl TestCluster {
             nodes: Vec::new(),
             name,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            regions: Vec::new(),
+            dirs: Vec::new(),
             _secret: secret,
         };
-        for _ in 0..3 {
-            c.spawn_node();
+        for region in regions {
+            c.spawn_node(region.map(str::to_owned));
         }
-        c.wait_for_members(3).await;
+        c.wait_for_members(regions.len()).await;
         c
     }
 
     /// Start one more node (`n<count+1>`) and wait until every node sees it.
     pub async fn add_node(&mut self) {
-        self.spawn_node();
+        self.spawn_node(None);
         self.wait_for_members(self.nodes.len()).await;
     }
 
-    fn spawn_node(&mut self) {
-        let id = format!("n{}", self.nodes.len() + 1);
-        let node = self.node_with_id(&id);
-        self.nodes.push(node);
-    }
-
-    /// Start a node of this cluster with `id` (not added to `nodes`): e.g. a second node
-    /// with an id a live node holds.
-    pub fn node_with_id(&self, id: &str) -> Node {
-        let secret = self._secret.path().to_str().unwrap();
-        let tls = self.pki.node_flags(id);
-        let mut args: Vec<&str> = vec![
+    /// The flags of a node with `id` in `region`: the cluster's, its TLS material (an etcd
+    /// client certificate and a node certificate naming `id`), its region, and the extra ones.
+    fn args_for(&self, id: &str, region: Option<&String>) -> Vec<String> {
+        let mut args: Vec<String> = [
             "--etcd",
             self.etcd.endpoint(),
             "--cluster",
@@ -79,14 +88,33 @@ impl TestCluster {
             "--node-id",
             id,
             "--token-secret-file",
-            secret,
+            self._secret.path().to_str().unwrap(),
             "--store",
             "etcd",
             "--drain-seconds",
             "2",
-        ];
-        args.extend(tls.iter().map(String::as_str));
-        args.extend(self.extra.iter().map(String::as_str));
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.pki.node_flags(id));
+        if let Some(region) = region {
+            args.extend(["--region".to_owned(), region.clone()]);
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// Node `index`'s flags (its id is `n<index+1>`).
+    fn args(&self, index: usize) -> Vec<String> {
+        self.args_for(&format!("n{}", index + 1), self.regions[index].as_ref())
+    }
+
+    /// Start a node of this cluster with `id` (not added to `nodes`): e.g. a second node
+    /// with an id a live node holds.
+    pub fn node_with_id(&self, id: &str) -> Node {
+        let args = self.args_for(id, None);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Node::start(&args)
     }
 
@@ -98,6 +126,81 @@ impl TestCluster {
             .send()
             .await
             .map_or(0, |r| r.status().as_u16())
+    }
+
+    fn spawn_node(&mut self, region: Option<String>) {
+        self.regions.push(region);
+        self.dirs.push(tempfile::tempdir().unwrap());
+        let index = self.nodes.len();
+        let args = self.args(index);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nodes
+            .push(Node::start_in(self.dirs[index].path(), &args));
+    }
+
+    /// Replace node `index` as a rolling upgrade does: stop it (SIGTERM, waiting for a clean
+    /// exit) and start it again with the same id, flags and data dir. It comes back on a new
+    /// port, as a replaced pod comes back on a new address.
+    pub async fn restart(&mut self, index: usize) {
+        let status = self.nodes[index].terminate();
+        assert!(
+            status.success(),
+            "n{} exited with {status} on SIGTERM",
+            index + 1
+        );
+        let args = self.args(index);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.nodes[index] = Node::start_in(self.dirs[index].path(), &args);
+    }
+
+    /// The operator's drain request for node `index` (`/parley/<cluster>/drain/n<index+1>`).
+    pub async fn drain(&self, index: usize) {
+        self.etcd
+            .put(
+                &format!("/parley/{}/drain/n{}", self.name, index + 1),
+                r#"{"requested_at":0,"deadline":0}"#,
+            )
+            .await;
+    }
+
+    /// Cancel (or finish) the drain of node `index`.
+    pub async fn undrain(&self, index: usize) {
+        self.etcd
+            .delete(&format!("/parley/{}/drain/n{}", self.name, index + 1))
+            .await;
+    }
+
+    /// Node `index`'s registration in etcd (`None`: not registered).
+    pub async fn registration(&self, index: usize) -> Option<Value> {
+        let key = format!("/parley/{}/nodes/n{}", self.name, index + 1);
+        self.etcd
+            .keys(&key)
+            .await
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| serde_json::from_str(&v).expect("a registration is JSON"))
+    }
+
+    /// Wait (bounded) until node `index`'s registration satisfies `pred`; `what` names it.
+    pub async fn until_registration(
+        &self,
+        index: usize,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let reg = self.registration(index).await;
+            if reg.as_ref().is_some_and(&pred) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "n{} did not {what} within 20 s; its registration: {reg:?}",
+                index + 1
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Wait until every live node sees `n` members.
@@ -160,12 +263,18 @@ impl TestCluster {
         }
     }
 
-    /// The node (index) `/v1/assign` names for `user`, asked of node `via`.
-    pub async fn assigned(&self, via: usize, user: &User) -> (String, String) {
+    /// `/v1/assign`'s whole answer for `user`, asked of node `via`.
+    pub async fn assignment(&self, via: usize, user: &User) -> Value {
         let (status, body) = self.nodes[via]
             .call("GET", "/v1/assign", Some(&user.token), None)
             .await;
         assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// The node (index) `/v1/assign` names for `user`, asked of node `via`.
+    pub async fn assigned(&self, via: usize, user: &User) -> (String, String) {
+        let body = self.assignment(via, user).await;
         (
             body["node_id"].as_str().unwrap().to_owned(),
             body["ws_url"].as_str().unwrap().to_owned(),

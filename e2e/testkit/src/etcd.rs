@@ -266,6 +266,14 @@ impl TestEtcd {
             .await
             .expect("etcd put");
     }
+
+    /// Deletes a key.
+    pub async fn delete(&self, key: &str) {
+        let mut c = self.client().await;
+        bounded(10, "etcd delete", c.delete(key, None))
+            .await
+            .expect("etcd delete");
+    }
 }
 
 impl Drop for TestEtcd {

@@ -131,10 +131,28 @@ impl Node {
 
     /// Sign up `username` (password `password-<username>`) and log in as `device`.
     pub async fn user(&self, username: &str, device: &str) -> User {
+        self.sign_up(
+            json!({"username": username, "password": format!("password-{username}")}),
+            device,
+        )
+        .await
+    }
+
+    /// [`Node::user`] with the home region `region` (PROTOCOL.md, "Placement").
+    pub async fn user_in(&self, username: &str, device: &str, region: &str) -> User {
+        self.sign_up(
+            json!({"username": username, "password": format!("password-{username}"), "region": region}),
+            device,
+        )
+        .await
+    }
+
+    async fn sign_up(&self, body: Value, device: &str) -> User {
+        let username = body["username"].as_str().unwrap_or_default().to_owned();
         let r = self
             .http
             .post(self.url("/v1/users"))
-            .json(&json!({"username": username, "password": format!("password-{username}")}))
+            .json(&body)
             .send()
             .await
             .expect("sign up");
@@ -144,7 +162,7 @@ impl Node {
             "sign up {username}: {}",
             r.text().await.unwrap_or_default()
         );
-        self.login(username, device).await
+        self.login(&username, device).await
     }
 
     pub async fn login(&self, username: &str, device: &str) -> User {

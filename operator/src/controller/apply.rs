@@ -1,24 +1,33 @@
-//! The apply branch of reconcile: validate → build → server-side apply → status.
+//! The apply branch of reconcile: validate → observe → size → roll → build → apply → status.
 //!
 //! Order of the API calls (the reconcile tests assert it):
 //! 1. the generated token Secret: GET, and POST only when it does not exist (never
 //!    re-applied: a new key would log everyone out); GET of referenced Secrets (a missing
 //!    one is reported as `Degraded`/`SecretMissing`, the children are applied anyway);
-//! 2. GET the StatefulSet, to know its current size (scale-down drains first); then the
-//!    node certificates of `spec.tls` (see `certificates` for their calls), and GETs of the
-//!    etcd Secrets `spec.etcd` names, for the operator's own etcd connection;
-//! 3. server-side apply of ConfigMap, headless Service, client Service, PDB, StatefulSet;
-//! 4. merge patch of the ChatCluster's `status`.
+//! 2. LIST the cluster's StatefulSets, to know their current sizes and revisions (a
+//!    scale-down drains first; a StatefulSet the spec no longer has is drained and deleted);
+//!    GETs of the etcd Secrets `spec.etcd` names, for the operator's own etcd connection
+//!    (dialled once and kept while they are unchanged);
+//! 3. the node certificates of `spec.tls` for every pod there is or will be, in every pool
+//!    (see `certificates` for their calls), before the StatefulSets that mount them;
+//! 4. only while a rolling upgrade is under way: LIST the chat pods, and DELETE the one pod
+//!    that has drained (see [`super::rollout`]);
+//! 5. server-side apply of ConfigMap, headless Service, client Service, then per node pool
+//!    its PDB and StatefulSet (the children are built once, at the sizes decided);
+//! 6. merge patch of the ChatCluster's `status`.
 //!
-//! Events are published along the way for what changes (secret created, scaling, drains).
+//! etcd is read once per reconcile over a connection kept in the [`Context`]. Events are
+//! published along the way for what changes (secret created, scaling, drains, replacements,
+//! autoscaling decisions).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource};
@@ -26,19 +35,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use super::scale::{self, Target};
 use super::status::{self, DrainState, Observed};
 use super::{Context, Error, Result};
 use crate::FIELD_MANAGER;
-use crate::crd::{ChatCluster, ChatClusterStatus};
-use crate::drain::{self, DrainRequest, Etcd, EtcdView, ScalePlan};
+use crate::crd::{ChatCluster, ChatClusterStatus, ZoneStatus};
+use crate::drain::{self, Etcd, EtcdView};
+use crate::metrics::PoolLabels;
+use crate::pools::{self, paused};
 use crate::resources::{self, Children};
 use crate::validate::validate;
 
 /// Reconciles a ChatCluster that is not being deleted.
 pub(super) async fn apply(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
-    let ns = cc.namespace_or_default();
-    let name = cc.name_or_empty();
-
     // 1. validate
     if let Err(invalid) = validate(cc) {
         warn!(%invalid, "invalid spec");
@@ -54,8 +63,8 @@ pub(super) async fn apply(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
     }
 
     // 2. the token Secret, created once; referenced Secrets checked
-    if let Some(secret) = resources::children(cc, cc.spec.replicas).token_secret {
-        ensure_token_secret(cc, ctx, secret).await?;
+    if resources::needs_token_secret(cc) {
+        ensure_token_secret(cc, ctx).await?;
     }
     let missing_secrets = missing_secrets(cc, ctx).await?;
     if !missing_secrets.is_empty() {
@@ -68,195 +77,249 @@ pub(super) async fn apply(cc: &ChatCluster, ctx: &Context) -> Result<Action> {
         .await;
     }
 
-    // 3. current size, etcd view, scale plan
-    let sts_api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let current = sts_api
-        .get_opt(&name)
-        .await
-        .map_err(Error::kube(format!("get StatefulSet {ns}/{name}")))?
-        .and_then(|s| s.spec.and_then(|s| s.replicas));
+    // 3. observe: the StatefulSets and etcd
+    let existing = list_statefulsets(cc, ctx).await?;
     let cluster = cc.cluster_id();
-    // 3b. node certificates for every pod there is or will be (before their StatefulSet)
-    let pods = current.unwrap_or(0).max(cc.spec.replicas);
-    super::certificates::ensure(cc, ctx, pods, Timestamp::now().as_second()).await?;
     let plain = resources::plain_text_parts(cc);
     if !plain.is_empty() {
         warn!(parts = ?plain, "the nodes run with --insecure-cluster: {}", plain.join("; "));
     }
     let mut etcd = connect_and_view(cc, ctx, &cluster).await;
-    let plan = drain::plan(current, cc.spec.replicas, |o| resources::pod_name(cc, o));
-    let (sts_replicas, drain_state, shrunk) =
-        scale_step(cc, ctx, &cluster, &mut etcd, current, &plan).await?;
+    let pools = pools::pools(cc);
 
-    // 4. build and apply the children
-    let children = resources::children(cc, sts_replicas);
-    let sts = apply_children(cc, ctx, &children).await?;
+    // 4. sizes: what each pool heads to, and this reconcile's step (drains first)
+    let sizing = scale::desired(
+        cc,
+        &pools,
+        etcd.as_ref().ok().map(|(_, v)| v),
+        drain::now_ms(),
+    );
+    for (label, decision) in &sizing.decisions {
+        let note = if pools.len() > 1 || cc.spec.zones.is_some() {
+            format!("{label}: {decision}")
+        } else {
+            decision.to_string()
+        };
+        info!(%note, "autoscaling");
+        ctx.event(cc, EventType::Normal, "Autoscaling", note).await;
+    }
+    let current = |name: &str| {
+        existing
+            .get(name)
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.replicas)
+    };
+    let mut targets: Vec<Target> = pools
+        .iter()
+        .map(|p| Target {
+            label: p.label(),
+            name: p.name.clone(),
+            current: current(&p.name),
+            desired: sizing.desired.get(&p.name).copied().unwrap_or(0),
+            leftover: false,
+        })
+        .collect();
+    for name in existing
+        .keys()
+        .filter(|n| !pools.iter().any(|p| &p.name == *n))
+    {
+        targets.push(Target {
+            label: format!("StatefulSet {name}"),
+            name: name.clone(),
+            current: current(name),
+            desired: 0,
+            leftover: true,
+        });
+    }
 
-    // 5. after a shrink, the removed nodes' drain keys go
-    if let (Some(leaving), Ok((client, _))) = (&shrunk, &mut etcd) {
-        for id in leaving {
+    // 4b. node certificates for every pod there is or will be, in every pool (before the
+    // StatefulSets that mount them): a pool heading up gets its new pods' certificates now,
+    // one draining down keeps its leaving pods' until they are gone
+    let pods: Vec<String> = targets
+        .iter()
+        .flat_map(|t| (0..t.current.unwrap_or(0).max(t.desired)).map(|o| format!("{}-{o}", t.name)))
+        .collect();
+    super::certificates::ensure(cc, ctx, &pods, Timestamp::now().as_second()).await?;
+
+    let scaled = scale::step(cc, ctx, &cluster, &mut etcd, &targets).await?;
+
+    // 5. a rolling upgrade, one drained pod at a time (never while a scale-down drains)
+    let rollout = if scaled.drain == DrainState::None {
+        super::rollout::step(cc, ctx, &cluster, &mut etcd, &existing, &pools).await?
+    } else {
+        None
+    };
+
+    // 6. build the children once, at the decided sizes, and apply them
+    let children = resources::children(cc, |p| scaled.sizes.get(&p.name).copied().unwrap_or(0));
+    let applied = apply_children(cc, ctx, &children).await?;
+    for t in targets.iter().filter(|t| t.leftover) {
+        if scaled.gone.contains(&t.name) {
+            scale::delete_leftover(cc, ctx, &t.name).await?;
+        } else if let Some(n) = scaled.sizes.get(&t.name).filter(|n| Some(**n) != t.current) {
+            scale::resize_leftover(cc, ctx, &t.name, *n).await?;
+        }
+    }
+
+    // 7. after a shrink, the removed nodes' drain keys go
+    if let Ok((client, _)) = &mut etcd {
+        for id in &scaled.shrunk {
             if let Err(e) = client.delete_drain(&cluster, id).await {
                 warn!(node_id = %id, error = %e, "deleting a drain key failed; retried next reconcile");
             }
         }
     }
 
-    // 6. status
-    let sts_status = sts.status.clone().unwrap_or_default();
+    // 8. status (and the per-pool metrics)
+    let seen = observe(
+        cc,
+        ctx,
+        &children,
+        &applied,
+        &existing,
+        &targets,
+        &sizing.desired,
+        &etcd,
+    );
     let seen = Observed {
-        replicas: sts_status.replicas,
-        ready_replicas: sts_status.ready_replicas.unwrap_or(0),
-        updated_replicas: sts_status.updated_replicas.unwrap_or(0),
-        etcd: match &etcd {
-            Ok((_, view)) => Ok((view.members(), view.connections())),
-            Err(e) => Err(e.to_string()),
-        },
         missing_secrets,
-        drain: drain_state.clone(),
+        drain: scaled.drain.clone(),
+        rollout: rollout.clone(),
+        autoscaling: sizing.autoscaling.clone(),
+        ..seen
     };
     patch_status(cc, ctx, status::status(cc, &seen, Timestamp::now())).await?;
 
-    Ok(match (&drain_state, &etcd) {
-        (DrainState::Waiting { .. }, _) => Action::requeue(ctx.drain_poll),
-        (_, Err(_)) | (DrainState::Blocked { .. }, _) => Action::requeue(ctx.drain_poll * 6),
-        _ => Action::requeue(ctx.resync),
-    })
+    Ok(
+        match (&scaled.drain, &etcd, &rollout, &cc.spec.autoscaling) {
+            (DrainState::Waiting { .. }, _, _, _) | (_, Ok(_), Some(_), _) => {
+                Action::requeue(ctx.drain_poll)
+            }
+            (_, Err(_), _, _) | (DrainState::Blocked { .. }, _, _, _) => {
+                Action::requeue(ctx.drain_poll * 6)
+            }
+            (_, _, _, Some(_)) => Action::requeue(ctx.autoscale_poll.min(ctx.resync)),
+            _ => Action::requeue(ctx.resync),
+        },
+    )
 }
 
+/// What the reconcile saw, for status; also sets the per-pool metrics.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    cc: &ChatCluster,
+    ctx: &Context,
+    children: &Children,
+    applied: &[StatefulSet],
+    existing: &BTreeMap<String, StatefulSet>,
+    targets: &[Target],
+    desired: &BTreeMap<String, i32>,
+    etcd: &std::result::Result<(Etcd, EtcdView), drain::Error>,
+) -> Observed {
+    let mut seen = Observed {
+        etcd: match etcd {
+            Ok((_, view)) => Ok((view.members(), view.connections())),
+            Err(e) => Err(e.to_string()),
+        },
+        paused: paused(cc),
+        desired: desired.values().sum(),
+        ..Observed::settled(0)
+    };
+    let view = etcd.as_ref().ok().map(|(_, v)| v);
+    let leftovers = targets
+        .iter()
+        .filter(|t| t.leftover)
+        .filter_map(|t| existing.get(&t.name));
+    for sts in applied.iter().chain(leftovers) {
+        let st = sts.status.clone().unwrap_or_default();
+        seen.replicas += st.replicas;
+        seen.ready_replicas += st.ready_replicas.unwrap_or(0);
+        seen.updated_replicas += st.updated_replicas.unwrap_or(0);
+    }
+    for (pc, sts) in children.pools.iter().zip(applied) {
+        let pool = &pc.pool;
+        let (members, connections) =
+            view.map_or((0, 0), |v| v.count(|id| pool.ordinal_of(id).is_some()));
+        let labels = PoolLabels {
+            namespace: cc.namespace_or_default(),
+            name: cc.name_or_empty(),
+            zone: pool.zone.clone().unwrap_or_default(),
+        };
+        if view.is_some() {
+            ctx.metrics
+                .connections
+                .get_or_create(&labels)
+                .set(connections);
+            ctx.metrics
+                .members
+                .get_or_create(&labels)
+                .set(i64::from(members));
+        }
+        let want = desired.get(&pool.name).copied().unwrap_or(0);
+        ctx.metrics
+            .desired_replicas
+            .get_or_create(&labels)
+            .set(i64::from(want));
+        if let (Some(zone), Some(region)) = (&pool.zone, &pool.region) {
+            let st = sts.status.clone().unwrap_or_default();
+            seen.zones.push(ZoneStatus {
+                name: zone.clone(),
+                region: region.clone(),
+                replicas: st.replicas,
+                ready_replicas: st.ready_replicas.unwrap_or(0),
+                desired_replicas: want,
+                members,
+                connections,
+            });
+        }
+    }
+    seen
+}
+
+/// etcd's view of the cluster, over the connection kept in the context (a failed read drops
+/// it, so the next reconcile dials again).
 async fn connect_and_view(
     cc: &ChatCluster,
     ctx: &Context,
     cluster: &str,
-) -> Result<(Etcd, EtcdView), drain::Error> {
-    let connect = super::credentials::etcd_connect(cc, &ctx.client).await?;
-    let mut etcd = Etcd::connect(&connect).await?;
-    let view = etcd.view(cluster).await?;
-    Ok((etcd, view))
-}
-
-/// Decides the StatefulSet size: immediate on scale-up, draining first on scale-down.
-/// Returns (size to apply, drain state for status, leaving nodes when this reconcile shrinks).
-async fn scale_step(
-    cc: &ChatCluster,
-    ctx: &Context,
-    cluster: &str,
-    etcd: &mut Result<(Etcd, EtcdView), drain::Error>,
-    current: Option<i32>,
-    plan: &ScalePlan,
-) -> Result<(i32, DrainState, Option<Vec<String>>)> {
-    match plan {
-        ScalePlan::Apply(n) => {
-            if let Ok((client, view)) = etcd {
-                // Drain requests for nodes that stay (a scale-down undone): cancel them.
-                for id in view.drains.keys().cloned().collect::<Vec<_>>() {
-                    client.delete_drain(cluster, &id).await?;
-                    view.drains.remove(&id);
-                    info!(node_id = %id, "drain cancelled: the node stays");
-                }
-            }
-            if let Some(cur) = current.filter(|c| c < n) {
-                ctx.event(
-                    cc,
-                    EventType::Normal,
-                    "ScalingUp",
-                    format!("scaling {cur} → {n} nodes"),
-                )
-                .await;
-            }
-            Ok((*n, DrainState::None, None))
-        }
-        ScalePlan::Drain {
-            hold,
-            target,
-            leaving,
-        } => {
-            let (client, view) = match etcd {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!(error = %e, "cannot drain without etcd; holding the StatefulSet size");
-                    return Ok((
-                        *hold,
-                        DrainState::Blocked {
-                            from: *hold,
-                            to: *target,
-                        },
-                        None,
-                    ));
-                }
-            };
-            let now = drain::now_ms();
-            let mut started = Vec::new();
-            for id in leaving {
-                if !view.drains.contains_key(id) {
-                    let req = DrainRequest {
-                        requested_at: now,
-                        deadline: now + cc.spec.drain.timeout_seconds * 1000,
-                    };
-                    let in_force = client.request_drain(cluster, id, req).await?;
-                    view.drains.insert(id.clone(), in_force);
-                    started.push(id.clone());
-                }
-            }
-            for id in view
-                .drains
-                .keys()
-                .filter(|id| !leaving.contains(id))
-                .cloned()
-                .collect::<Vec<_>>()
-            {
-                client.delete_drain(cluster, &id).await?;
-                view.drains.remove(&id);
-            }
-            if !started.is_empty() {
-                ctx.event(
-                    cc,
-                    EventType::Normal,
-                    "DrainStarted",
-                    format!(
-                        "scaling {hold} → {target}: asked {} to move their clients away (timeout {}s)",
-                        started.join(", "),
-                        cc.spec.drain.timeout_seconds
-                    ),
-                )
-                .await;
-            }
-            let progress = drain::progress(leaving, view, now);
-            if !progress.done {
-                info!(waiting = ?progress.waiting, "scale-down waits for draining nodes");
-                return Ok((
-                    *hold,
-                    DrainState::Waiting {
-                        from: *hold,
-                        to: *target,
-                        waiting: progress.waiting,
-                    },
-                    None,
-                ));
-            }
-            if progress.timed_out.is_empty() {
-                ctx.event(
-                    cc,
-                    EventType::Normal,
-                    "ScaledDown",
-                    format!("scaling {hold} → {target}: {} drained", leaving.join(", ")),
-                )
-                .await;
-            } else {
-                ctx.event(
-                    cc,
-                    EventType::Warning,
-                    "DrainTimedOut",
-                    format!(
-                        "scaling {hold} → {target}: {} still had clients after {}s; removing them anyway (their clients reconnect)",
-                        progress.timed_out.join(", "),
-                        cc.spec.drain.timeout_seconds
-                    ),
-                )
-                .await;
-            }
-            Ok((*target, DrainState::None, Some(leaving.clone())))
+) -> std::result::Result<(Etcd, EtcdView), drain::Error> {
+    let mut etcd = ctx.etcd(cc).await?;
+    match etcd.view(cluster).await {
+        Ok(view) => Ok((etcd, view)),
+        Err(e) => {
+            ctx.forget_etcd(cc).await;
+            Err(e)
         }
     }
+}
+
+/// The cluster's StatefulSets (the pools', and any the spec no longer has), by name: those
+/// with the cluster's labels that this ChatCluster owns.
+async fn list_statefulsets(
+    cc: &ChatCluster,
+    ctx: &Context,
+) -> Result<BTreeMap<String, StatefulSet>> {
+    let ns = cc.namespace_or_default();
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let list = api
+        .list(&ListParams::default().labels(&resources::selector_string(cc)))
+        .await
+        .map_err(Error::kube(format!("list StatefulSets in {ns}")))?;
+    let uid = cc.metadata.uid.clone();
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|s| {
+            uid.as_ref().is_none_or(|uid| {
+                s.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| &o.uid == uid)
+            })
+        })
+        .filter_map(|s| s.metadata.name.clone().map(|n| (n, s)))
+        .collect())
 }
 
 /// The Secrets the spec references (token key, push HMAC key) that do not exist or lack the
@@ -344,9 +407,9 @@ async fn missing_secrets(cc: &ChatCluster, ctx: &Context) -> Result<Vec<String>>
 }
 
 /// Creates the generated token Secret unless it exists. Never overwrites it.
-async fn ensure_token_secret(cc: &ChatCluster, ctx: &Context, mut secret: Secret) -> Result<()> {
+async fn ensure_token_secret(cc: &ChatCluster, ctx: &Context) -> Result<()> {
     let ns = cc.namespace_or_default();
-    let name = secret.metadata.name.clone().unwrap_or_default();
+    let name = resources::generated_token_secret_name(cc);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     if api
         .get_opt(&name)
@@ -358,7 +421,7 @@ async fn ensure_token_secret(cc: &ChatCluster, ctx: &Context, mut secret: Secret
     }
     let key: [u8; 32] = rand::random();
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    secret = resources::token_secret(cc, Some(hex.as_bytes()));
+    let secret = resources::token_secret(cc, Some(hex.as_bytes()));
     match api
         .create(
             &PostParams {
@@ -387,14 +450,18 @@ async fn ensure_token_secret(cc: &ChatCluster, ctx: &Context, mut secret: Secret
     }
 }
 
-/// Server-side applies every child (the StatefulSet last) and returns the StatefulSet as the
-/// API server answered, with its status.
-async fn apply_children(cc: &ChatCluster, ctx: &Context, c: &Children) -> Result<StatefulSet> {
+/// Server-side applies every child (each pool's StatefulSet after its budget) and returns
+/// the StatefulSets as the API server answered, with their status.
+async fn apply_children(cc: &ChatCluster, ctx: &Context, c: &Children) -> Result<Vec<StatefulSet>> {
     ssa(ctx, cc, &c.configmap).await?;
     ssa(ctx, cc, &c.headless_service).await?;
     ssa(ctx, cc, &c.client_service).await?;
-    ssa(ctx, cc, &c.pdb).await?;
-    ssa(ctx, cc, &c.statefulset).await
+    let mut applied = Vec::with_capacity(c.pools.len());
+    for p in &c.pools {
+        ssa(ctx, cc, &p.pdb).await?;
+        applied.push(ssa(ctx, cc, &p.statefulset).await?);
+    }
+    Ok(applied)
 }
 
 async fn ssa<K>(ctx: &Context, cc: &ChatCluster, obj: &K) -> Result<K>

@@ -1,4 +1,4 @@
-//! Step 2b of apply: the node certificates of `spec.tls` (see `resources::tls`).
+//! Step 3 of apply: the node certificates of `spec.tls` (see `resources::tls`).
 //!
 //! - `selfSigned`: the CA Secret `<name>-ca` is created once; `<name>-node-tls` gets a
 //!   certificate for every pod that lacks one, whose certificate is due for renewal (a third
@@ -10,7 +10,8 @@
 //!
 //! Order of the API calls (the reconcile tests assert it), selfSigned: GET `<name>-ca`
 //! (POST it when missing), GET `<name>-node-tls`, PATCH (apply) it when something changed.
-//! certManager: PATCH each Certificate, GET each `<name>-node-tls-<ordinal>`, GET and PATCH
+//! certManager: PATCH each Certificate, GET each pod's `<name>-node-tls-<ordinal>`
+//! (`<name>-node-tls-<zone>-<ordinal>` in a zone's pool), GET and PATCH
 //! `<name>-node-tls` when its copy changed.
 
 use std::collections::BTreeMap;
@@ -26,14 +27,19 @@ use super::{Context, Error, Result};
 use crate::FIELD_MANAGER;
 use crate::crd::{ChatCluster, TlsMode};
 use crate::pki::{self, Ca};
-use crate::resources::pod_name;
 use crate::resources::tls::{
     NOT_AFTER_ANNOTATION, ca_secret, ca_secret_name, certificate_resource, certificates,
     node_tls_secret, node_tls_secret_name, node_uri, pod_dns, pod_tls_secret_name,
 };
 
-/// Make sure pods 0..`pods` have certificates in `<name>-node-tls`. `now`: Unix seconds.
-pub(super) async fn ensure(cc: &ChatCluster, ctx: &Context, pods: i32, now: i64) -> Result<()> {
+/// Make sure the pods `pods` (every pool's, by name) have certificates in
+/// `<name>-node-tls`. `now`: Unix seconds.
+pub(super) async fn ensure(
+    cc: &ChatCluster,
+    ctx: &Context,
+    pods: &[String],
+    now: i64,
+) -> Result<()> {
     match cc.spec.tls.mode {
         TlsMode::Disabled => Ok(()),
         TlsMode::SelfSigned => self_signed(cc, ctx, pods, now).await,
@@ -110,7 +116,7 @@ pub fn plan_self_signed(
     cc: &ChatCluster,
     ca: &Ca,
     current: Option<&Secret>,
-    pods: i32,
+    pods: &[String],
     now: i64,
 ) -> Result<
     Option<(
@@ -130,13 +136,12 @@ pub fn plan_self_signed(
     )]);
     let mut not_after = BTreeMap::new();
     let mut issued = Vec::new();
-    for ordinal in 0..pods {
-        let pod = pod_name(cc, ordinal);
+    for pod in pods {
         let (crt, key) = (format!("{pod}.crt"), format!("{pod}.key"));
         let kept = match (
             old_data.get(&crt),
             old_data.get(&key),
-            old_not_after.get(&pod),
+            old_not_after.get(pod),
         ) {
             (Some(c), Some(k), Some(&until)) if same_ca && !pki::due(until, now, hours) => {
                 Some((c.clone(), k.clone(), until))
@@ -146,7 +151,7 @@ pub fn plan_self_signed(
         let (c, k, until) = match kept {
             Some(v) => v,
             None => {
-                let i = ca.issue(&pod, &node_uri(cc, &pod), &[pod_dns(cc, &pod)], now, hours)?;
+                let i = ca.issue(pod, &node_uri(cc, pod), &[pod_dns(cc, pod)], now, hours)?;
                 issued.push(pod.clone());
                 (
                     ByteString(i.cert_pem.into_bytes()),
@@ -157,7 +162,7 @@ pub fn plan_self_signed(
         };
         data.insert(crt, c);
         data.insert(key, k);
-        not_after.insert(pod, until);
+        not_after.insert(pod.clone(), until);
     }
     if data == old_data && not_after == old_not_after {
         return Ok(None);
@@ -181,7 +186,7 @@ async fn apply_node_tls(cc: &ChatCluster, ctx: &Context, secret: &Secret) -> Res
     Ok(())
 }
 
-async fn self_signed(cc: &ChatCluster, ctx: &Context, pods: i32, now: i64) -> Result<()> {
+async fn self_signed(cc: &ChatCluster, ctx: &Context, pods: &[String], now: i64) -> Result<()> {
     let ca = ensure_ca(cc, ctx, now).await?;
     let current = get(&secrets(cc, ctx), cc, &node_tls_secret_name(cc)).await?;
     let Some((data, not_after, issued)) = plan_self_signed(cc, &ca, current.as_ref(), pods, now)?
@@ -206,7 +211,7 @@ async fn self_signed(cc: &ChatCluster, ctx: &Context, pods: i32, now: i64) -> Re
     Ok(())
 }
 
-async fn cert_manager(cc: &ChatCluster, ctx: &Context, pods: i32) -> Result<()> {
+async fn cert_manager(cc: &ChatCluster, ctx: &Context, pods: &[String]) -> Result<()> {
     let ns = cc.namespace_or_default();
     let api: Api<DynamicObject> =
         Api::namespaced_with(ctx.client.clone(), &ns, &certificate_resource());
@@ -224,12 +229,11 @@ async fn cert_manager(cc: &ChatCluster, ctx: &Context, pods: i32) -> Result<()> 
     }
     let secrets_api = secrets(cc, ctx);
     let mut data = BTreeMap::new();
-    for ordinal in 0..pods {
-        let Some(issued) = get(&secrets_api, cc, &pod_tls_secret_name(cc, ordinal)).await? else {
+    for pod in pods {
+        let Some(issued) = get(&secrets_api, cc, &pod_tls_secret_name(cc, pod)).await? else {
             continue;
         };
         let issued = issued.data.unwrap_or_default();
-        let pod = pod_name(cc, ordinal);
         if let (Some(c), Some(k)) = (issued.get("tls.crt"), issued.get("tls.key")) {
             data.insert(format!("{pod}.crt"), c.clone());
             data.insert(format!("{pod}.key"), k.clone());

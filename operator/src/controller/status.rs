@@ -7,7 +7,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::crd::{ChatCluster, ChatClusterStatus};
+use crate::crd::{AutoscalingStatus, ChatCluster, ChatClusterStatus, ZoneStatus};
 use crate::resources::selector_string;
 
 /// Where a scale-down stands.
@@ -17,35 +17,66 @@ pub enum DrainState {
     None,
     /// Waiting for leaving nodes: (node id, connections left), and the scale it is heading to.
     Waiting {
+        /// The pool (`zone a`, `the cluster`).
+        pool: String,
         from: i32,
         to: i32,
         waiting: Vec<(String, u64)>,
     },
     /// A scale-down cannot start because etcd cannot be read.
-    Blocked { from: i32, to: i32 },
+    Blocked { pool: String, from: i32, to: i32 },
 }
 
 /// What the reconcile saw.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
-    /// Pods of the StatefulSet (its `status.replicas`).
+    /// Pods of the StatefulSets (their `status.replicas`).
     pub replicas: i32,
     /// Ready pods.
     pub ready_replicas: i32,
     /// Pods at the current template revision.
     pub updated_replicas: i32,
+    /// The sizes the operator is heading to, summed over the pools.
+    pub desired: i32,
     /// Registered nodes and their connections (`None`: etcd could not be read, with why).
     pub etcd: Result<(i32, i64), String>,
     /// Referenced Secrets (or keys in them) that do not exist, described for the user.
     pub missing_secrets: Vec<String>,
-    /// The scale-down, if any.
+    /// The scale-down, if any (the first pool that drains).
     pub drain: DrainState,
+    /// The rolling upgrade, if one is under way: what it is doing.
+    pub rollout: Option<String>,
+    /// `spec.replicas` is 0.
+    pub paused: bool,
+    /// Per zone, when the spec has zones.
+    pub zones: Vec<ZoneStatus>,
+    /// The autoscaler's state, when the spec has autoscaling.
+    pub autoscaling: Option<AutoscalingStatus>,
+}
+
+impl Observed {
+    /// What a reconcile with nothing going on sees: `n` pods, all ready and up to date.
+    pub fn settled(n: i32) -> Self {
+        Self {
+            replicas: n,
+            ready_replicas: n,
+            updated_replicas: n,
+            desired: n,
+            etcd: Ok((n, 0)),
+            missing_secrets: Vec::new(),
+            drain: DrainState::None,
+            rollout: None,
+            paused: false,
+            zones: Vec::new(),
+            autoscaling: None,
+        }
+    }
 }
 
 /// The status for a valid spec.
 pub fn status(cc: &ChatCluster, seen: &Observed, now: Timestamp) -> ChatClusterStatus {
     let old = cc.status.clone().unwrap_or_default();
-    let desired = cc.spec.replicas;
+    let desired = seen.desired;
     let generation = cc.metadata.generation;
     let (members, connections) = match &seen.etcd {
         Ok(v) => *v,
@@ -73,12 +104,25 @@ pub fn status(cc: &ChatCluster, seen: &Observed, now: Timestamp) -> ChatClusterS
         ),
     };
     set(&mut conditions, "Degraded", degraded, generation, now);
+    let pool_prefix = |pool: &str| {
+        if pool.starts_with("zone ") {
+            format!("{pool}: ")
+        } else {
+            String::new()
+        }
+    };
     let progressing = match &seen.drain {
-        DrainState::Waiting { from, to, waiting } => (
+        DrainState::Waiting {
+            pool,
+            from,
+            to,
+            waiting,
+        } => (
             "True",
             "Draining",
             format!(
-                "scaling {from} → {to}: waiting for {} to move their clients ({})",
+                "{}scaling {from} → {to}: waiting for {} to move their clients ({})",
+                pool_prefix(pool),
                 waiting
                     .iter()
                     .map(|(id, _)| id.as_str())
@@ -91,17 +135,33 @@ pub fn status(cc: &ChatCluster, seen: &Observed, now: Timestamp) -> ChatClusterS
                     .join(", ")
             ),
         ),
-        DrainState::Blocked { from, to } => (
+        DrainState::Blocked { pool, from, to } => (
             "True",
             "DrainBlocked",
             format!(
-                "scaling {from} → {to} waits: the leaving nodes cannot be drained while etcd is unreachable"
+                "{}scaling {from} → {to} waits: the leaving nodes cannot be drained while etcd is unreachable",
+                pool_prefix(pool)
             ),
+        ),
+        DrainState::None if seen.paused && seen.replicas == 0 => (
+            "False",
+            "Paused",
+            "spec.replicas is 0: every node drained and stopped; history is kept, scale up to resume".to_string(),
         ),
         DrainState::None if seen.replicas < desired => (
             "True",
             "ScalingUp",
             format!("{} of {desired} pods exist", seen.replicas),
+        ),
+        DrainState::None if seen.rollout.is_some() => (
+            "True",
+            "RollingOut",
+            format!(
+                "replacing outdated pods one at a time, each drained first: {} ({} of {} up to date)",
+                seen.rollout.clone().unwrap_or_default(),
+                seen.updated_replicas,
+                seen.replicas
+            ),
         ),
         DrainState::None
             if seen.updated_replicas < seen.replicas || seen.ready_replicas < desired =>
@@ -122,7 +182,14 @@ pub fn status(cc: &ChatCluster, seen: &Observed, now: Timestamp) -> ChatClusterS
         ),
     };
     set(&mut conditions, "Progressing", progressing, generation, now);
-    let ready = if seen.ready_replicas >= desired && seen.etcd.is_ok() {
+    let ready = if seen.paused {
+        (
+            "False",
+            "Paused",
+            "spec.replicas is 0: the cluster is paused (history kept); scale up to resume"
+                .to_string(),
+        )
+    } else if seen.ready_replicas >= desired && seen.etcd.is_ok() {
         (
             "True",
             "AllNodesReady",
@@ -150,6 +217,8 @@ pub fn status(cc: &ChatCluster, seen: &Observed, now: Timestamp) -> ChatClusterS
         selector: selector_string(cc),
         observed_generation: generation,
         conditions,
+        zones: seen.zones.clone(),
+        autoscaling: seen.autoscaling.clone(),
     }
 }
 
@@ -233,12 +302,10 @@ mod tests {
 
     fn seen(ready: i32) -> Observed {
         Observed {
-            replicas: 3,
             ready_replicas: ready,
-            updated_replicas: 3,
+            desired: 3,
             etcd: Ok((ready, 42)),
-            missing_secrets: Vec::new(),
-            drain: DrainState::None,
+            ..Observed::settled(3)
         }
     }
 
@@ -298,7 +365,9 @@ mod tests {
     fn status_reports_draining_and_unreachable_etcd() {
         let cc = ChatCluster::test().replicas(2);
         let mut s = seen(3);
+        s.desired = 2;
         s.drain = DrainState::Waiting {
+            pool: "the cluster".into(),
             from: 3,
             to: 2,
             waiting: vec![("demo-2".into(), 5)],
@@ -319,5 +388,25 @@ mod tests {
             ("True", "EtcdUnavailable")
         );
         assert!(d.message.contains("connection refused"));
+    }
+
+    #[test]
+    fn a_paused_cluster_says_so_and_zones_are_reported() {
+        let cc = ChatCluster::test().replicas(0);
+        let mut s = Observed::settled(0);
+        s.paused = true;
+        s.zones = vec![ZoneStatus {
+            name: "a".into(),
+            region: "eu".into(),
+            ..ZoneStatus::default()
+        }];
+        let st = status(&cc, &s, Timestamp::UNIX_EPOCH);
+        for type_ in ["Ready", "Progressing"] {
+            let c = condition(&st, type_)
+                .cloned()
+                .unwrap_or_else(|| panic!("{type_} missing"));
+            assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "Paused"));
+        }
+        assert_eq!(st.zones.len(), 1);
     }
 }

@@ -4,9 +4,17 @@
 //! downward API), advertising its stable DNS name through the headless Service. Shared
 //! settings come from the ConfigMap (`envFrom`); secrets are mounted as files.
 //!
+//! One StatefulSet per node pool ([`crate::pools`]): `<name>` without zones, `<name>-<zone>`
+//! per zone, the zone's pods started with `PARLEY_ZONE` and `PARLEY_REGION`.
+//!
+//! Updates: `OnDelete`. A template change (new image, settings) does not make the StatefulSet
+//! controller replace pods by itself; the operator replaces them one at a time, each drained
+//! first through etcd (see `controller::rollout`), so no client is cut off.
+//!
 //! Termination: the node, on SIGTERM, stops taking connections, sends `reconnect` to its
 //! clients and exits 0. The preStop hook first sleeps a few seconds so that endpoints stop
-//! sending new clients before that, and the grace period covers the drain timeout on top.
+//! sending new clients before that, and the grace period covers the drain timeout on top
+//! (a pod deleted by anyone else than the operator still drains).
 
 use std::collections::BTreeMap;
 
@@ -25,10 +33,9 @@ use super::tls::{
     ETCD_AUTH_MOUNT, ETCD_TLS_MOUNT, INTERNAL_PORT, NODE_TLS_MOUNT, TIKV_TLS_MOUNT,
     node_tls_secret_name,
 };
-use super::{
-    base_name, child_meta, configmap_name, headless_name, labels, selector_labels, token_secret_ref,
-};
+use super::{child_meta, configmap_name, headless_name, labels, selector_labels, token_secret_ref};
 use crate::crd::{ChatCluster, EmbeddedSpec, StorageBackend, TlsMode};
+use crate::pools::{Pool, ZONE_LABEL};
 
 /// Port of the chat node (HTTP, WebSocket and `/metrics`).
 pub const HTTP_PORT: i32 = 8080;
@@ -53,26 +60,30 @@ pub fn termination_grace_seconds(cc: &ChatCluster) -> i64 {
     PRESTOP_SLEEP_SECONDS + cc.spec.drain.timeout_seconds + GRACE_MARGIN_SECONDS
 }
 
-/// The StatefulSet `<name>` at `replicas` pods; `config_hash` is the ConfigMap's hash, put on
-/// the pod template so a settings change rolls the pods.
-pub fn statefulset(cc: &ChatCluster, replicas: i32, config_hash: &str) -> StatefulSet {
+/// The StatefulSet of `pool` at `replicas` pods; `config_hash` is the ConfigMap's hash, put
+/// on the pod template so a settings change rolls the pods.
+pub fn statefulset(cc: &ChatCluster, pool: &Pool, replicas: i32, config_hash: &str) -> StatefulSet {
     let embedded = cc.spec.storage.backend == StorageBackend::Embedded;
     let claim = embedded.then(|| data_claim(cc.spec.storage.embedded.clone().unwrap_or_default()));
+    let mut metadata = child_meta(cc, pool.name.clone());
+    if let (Some(zone), Some(labels)) = (&pool.zone, metadata.labels.as_mut()) {
+        labels.insert(ZONE_LABEL.into(), zone.clone());
+    }
     StatefulSet {
-        metadata: child_meta(cc, base_name(cc)),
+        metadata,
         spec: Some(StatefulSetSpec {
             replicas: Some(replicas),
             service_name: Some(headless_name(cc)),
             selector: LabelSelector {
-                match_labels: Some(selector_labels(cc)),
+                match_labels: Some(pool.selector_labels(cc)),
                 ..LabelSelector::default()
             },
             pod_management_policy: Some("Parallel".into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("OnDelete".into()),
                 ..Default::default()
             }),
-            template: pod_template(cc, config_hash, embedded),
+            template: pod_template(cc, pool, config_hash, embedded),
             volume_claim_templates: claim.map(|c| vec![c]),
             ..StatefulSetSpec::default()
         }),
@@ -80,7 +91,12 @@ pub fn statefulset(cc: &ChatCluster, replicas: i32, config_hash: &str) -> Statef
     }
 }
 
-fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTemplateSpec {
+fn pod_template(
+    cc: &ChatCluster,
+    pool: &Pool,
+    config_hash: &str,
+    embedded: bool,
+) -> PodTemplateSpec {
     let spec = &cc.spec;
     let token = token_secret_ref(cc);
     let mut volumes = vec![Volume {
@@ -146,6 +162,12 @@ fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTempl
         ),
     ];
     security_mounts(cc, &mut volumes, &mut mounts, &mut env);
+    if let Some(region) = &pool.region {
+        env.push(value_env("PARLEY_REGION", region));
+    }
+    if let Some(zone) = &pool.zone {
+        env.push(value_env("PARLEY_ZONE", zone));
+    }
     if let Some(secret) = spec.push.as_ref().and_then(|p| p.secret_ref.as_ref()) {
         volumes.push(Volume {
             name: "push".into(),
@@ -222,9 +244,11 @@ fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTempl
         }),
         ..Container::default()
     };
+    let mut pod_labels = labels(cc);
+    pod_labels.extend(pool.selector_labels(cc));
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(cc)),
+            labels: Some(pod_labels),
             annotations: Some(BTreeMap::from([
                 (
                     "parley.dev/config-hash".to_string(),
@@ -253,9 +277,9 @@ fn pod_template(cc: &ChatCluster, config_hash: &str, embedded: bool) -> PodTempl
                 }),
                 ..PodSecurityContext::default()
             }),
-            node_selector: spec.node_selector.clone(),
-            tolerations: spec.tolerations.clone(),
-            affinity: spec.affinity.clone(),
+            node_selector: pool.node_selector.clone(),
+            tolerations: pool.tolerations.clone(),
+            affinity: pool.affinity.clone(),
             topology_spread_constraints: Some(
                 spec.topology_spread_constraints
                     .clone()

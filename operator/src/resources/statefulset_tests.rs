@@ -30,7 +30,7 @@ fn env_value(c: &Container, name: &str) -> Option<String> {
 #[test]
 fn statefulset_identity_selector_and_scaling_fields() {
     let cc = ChatCluster::test();
-    let sts = statefulset(&cc, 4, "abc");
+    let sts = statefulset(&cc, &crate::pools::pools(&cc)[0], 4, "abc");
     assert_eq!(sts.metadata.name.as_deref(), Some("demo"));
     assert_eq!(sts.metadata.namespace.as_deref(), Some("chat"));
     let owners = sts.metadata.owner_references.clone().unwrap_or_default();
@@ -78,7 +78,8 @@ fn statefulset_identity_selector_and_scaling_fields() {
 
 #[test]
 fn statefulset_container_passes_node_identity_and_config() {
-    let sts = statefulset(&ChatCluster::test(), 3, "h");
+    let cc = ChatCluster::test();
+    let sts = statefulset(&cc, &crate::pools::pools(&cc)[0], 3, "h");
     let c = container(&sts);
     assert_eq!(c.name, "chat-node");
     assert_eq!(
@@ -124,7 +125,7 @@ fn statefulset_container_passes_node_identity_and_config() {
 #[test]
 fn statefulset_probes_prestop_and_grace_fit_the_drain_timeout() {
     let cc = ChatCluster::test().drain_timeout(200);
-    let sts = statefulset(&cc, 3, "h");
+    let sts = statefulset(&cc, &crate::pools::pools(&cc)[0], 3, "h");
     let c = container(&sts);
     let path = |p: Option<Probe>| p.and_then(|p| p.http_get).and_then(|h| h.path);
     assert_eq!(path(c.readiness_probe.clone()).as_deref(), Some("/readyz"));
@@ -150,7 +151,7 @@ fn statefulset_mounts_token_and_push_secrets_as_files() {
     let cc = ChatCluster::test()
         .token_secret("parley-token", "signing")
         .push("https://push.example.com/hook", "parley-push", "hmac");
-    let sts = statefulset(&cc, 3, "h");
+    let sts = statefulset(&cc, &crate::pools::pools(&cc)[0], 3, "h");
     let c = container(&sts);
     assert_eq!(
         env_value(&c, "PARLEY_TOKEN_SECRET_FILE").as_deref(),
@@ -203,7 +204,7 @@ fn statefulset_embedded_store_gets_a_volume_claim() {
     let cc = ChatCluster::test()
         .replicas(1)
         .embedded("20Gi", Some("fast"));
-    let sts = statefulset(&cc, 1, "h");
+    let sts = statefulset(&cc, &crate::pools::pools(&cc)[0], 1, "h");
     let claims = sts
         .spec
         .as_ref()
@@ -238,7 +239,7 @@ fn statefulset_is_non_root_and_takes_scheduling_from_the_spec() {
         operator: Some("Exists".into()),
         ..Default::default()
     }]);
-    let sts = statefulset(&cc, 3, "h");
+    let sts = statefulset(&cc, &crate::pools::pools(&cc)[0], 3, "h");
     let pod = pod_spec(&sts);
     let sc = pod.security_context.clone().unwrap_or_default();
     assert_eq!(sc.run_as_non_root, Some(true));
@@ -269,7 +270,7 @@ fn statefulset_mounts_node_certificates_and_etcd_and_tikv_credentials() {
     cc.spec.storage.tikv.as_mut().unwrap().tls_secret_ref = Some(crate::crd::LocalSecretRef {
         name: "tikv-client".into(),
     });
-    let sts = statefulset(&cc, 3, "h");
+    let sts = statefulset(&cc, &crate::pools::pools(&cc)[0], 3, "h");
     let c = container(&sts);
     let ports = c.ports.clone().unwrap_or_default();
     assert_eq!(
@@ -324,15 +325,67 @@ fn statefulset_mounts_node_certificates_and_etcd_and_tikv_credentials() {
     assert_eq!(secret_of("etcd-auth").as_deref(), Some("etcd-user"));
     assert_eq!(secret_of("tikv-tls").as_deref(), Some("tikv-client"));
 
-    let open = statefulset(
-        &ChatCluster::test().tls_mode(crate::crd::TlsMode::Disabled),
-        3,
-        "h",
-    );
+    let open_cc = ChatCluster::test().tls_mode(crate::crd::TlsMode::Disabled);
+    let open = statefulset(&open_cc, &crate::pools::pools(&open_cc)[0], 3, "h");
     let c = container(&open);
     assert_eq!(env(&c, "PARLEY_INTERNAL_CERT_FILE"), None);
     assert_eq!(
         env_value(&c, "PARLEY_INTERNAL_ADVERTISE_URL").as_deref(),
         Some("http://$(POD_NAME).demo-headless.chat.svc:8081")
     );
+}
+
+#[test]
+fn a_zone_gets_its_own_statefulset_selector_scheduling_and_location() {
+    let cc = ChatCluster::test()
+        .zone("a", "eu-west", 2)
+        .zone("b", "us-east", 1);
+    let pools = crate::pools::pools(&cc);
+    let sts = statefulset(&cc, &pools[1], 1, "h");
+    assert_eq!(sts.metadata.name.as_deref(), Some("demo-b"));
+    let spec = sts.spec.clone().unwrap_or_default();
+    let selector = spec.selector.match_labels.clone().unwrap_or_default();
+    assert_eq!(selector.get(ZONE_LABEL).map(String::as_str), Some("b"));
+    assert_eq!(
+        spec.service_name.as_deref(),
+        Some("demo-headless"),
+        "one headless Service for all zones"
+    );
+    assert_eq!(
+        spec.update_strategy.and_then(|u| u.type_).as_deref(),
+        Some("OnDelete"),
+        "the operator replaces pods itself, each drained first"
+    );
+    let c = container(&sts);
+    assert_eq!(env_value(&c, "PARLEY_REGION").as_deref(), Some("us-east"));
+    assert_eq!(env_value(&c, "PARLEY_ZONE").as_deref(), Some("b"));
+    assert_eq!(
+        env_value(&c, "PARLEY_INTERNAL_CERT_FILE").as_deref(),
+        Some("/etc/parley/node-tls/$(POD_NAME).crt"),
+        "a zone's pods find their certificate by pod name in the one node-tls Secret"
+    );
+    let pod = pod_spec(&sts);
+    assert_eq!(
+        pod.node_selector
+            .unwrap_or_default()
+            .get("topology.kubernetes.io/zone")
+            .map(String::as_str),
+        Some("b")
+    );
+    let tpl = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert_eq!(tpl.get(ZONE_LABEL).map(String::as_str), Some("b"));
+    // Without zones the nodes keep the default region and no zone.
+    let plain = ChatCluster::test();
+    let c = container(&statefulset(
+        &plain,
+        &crate::pools::pools(&plain)[0],
+        3,
+        "h",
+    ));
+    assert_eq!(env_value(&c, "PARLEY_REGION"), None);
+    assert_eq!(env_value(&c, "PARLEY_ZONE"), None);
 }

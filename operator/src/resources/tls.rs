@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::json;
 
-use super::{child_meta, headless_name, pod_name};
+use super::{child_meta, headless_name};
 use crate::crd::{ChatCluster, StorageBackend, TlsMode};
 
 /// The chat node's internal (node-to-node) port.
@@ -48,9 +48,15 @@ pub fn node_tls_secret_name(cc: &ChatCluster) -> String {
     format!("{}-node-tls", cc.name_or_empty())
 }
 
-/// `<name>-node-tls-<ordinal>`: the Secret cert-manager writes for one pod (certManager).
-pub fn pod_tls_secret_name(cc: &ChatCluster, ordinal: i32) -> String {
-    format!("{}-node-tls-{ordinal}", cc.name_or_empty())
+/// `<name>-node-tls-<ordinal>` (`<name>-node-tls-<zone>-<ordinal>` for a zone's pod): the
+/// Secret cert-manager writes for the pod `pod` (certManager).
+pub fn pod_tls_secret_name(cc: &ChatCluster, pod: &str) -> String {
+    let name = cc.name_or_empty();
+    let suffix = pod
+        .strip_prefix(name.as_str())
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or(pod);
+    format!("{name}-node-tls-{suffix}")
 }
 
 /// A pod's node identity, as its certificate must name it.
@@ -78,22 +84,22 @@ pub fn certificate_resource() -> ApiResource {
     }
 }
 
-/// One cert-manager `Certificate` per pod 0..`pods` (certManager mode; none otherwise).
-pub fn certificates(cc: &ChatCluster, pods: i32) -> Vec<DynamicObject> {
+/// One cert-manager `Certificate` per pod of `pods` (every pool's; certManager mode, none
+/// otherwise).
+pub fn certificates(cc: &ChatCluster, pods: &[String]) -> Vec<DynamicObject> {
     let tls = &cc.spec.tls;
     let (TlsMode::CertManager, Some(issuer)) = (tls.mode, &tls.issuer_ref) else {
         return Vec::new();
     };
     let hours = i64::from(tls.certificate_hours);
-    (0..pods)
-        .map(|ordinal| {
-            let pod = pod_name(cc, ordinal);
-            let mut cert = DynamicObject::new(&pod, &certificate_resource()).data(json!({
+    pods.iter()
+        .map(|pod| {
+            let mut cert = DynamicObject::new(pod, &certificate_resource()).data(json!({
                 "spec": {
-                    "secretName": pod_tls_secret_name(cc, ordinal),
+                    "secretName": pod_tls_secret_name(cc, pod),
                     "commonName": pod,
-                    "uris": [node_uri(cc, &pod)],
-                    "dnsNames": [pod_dns(cc, &pod)],
+                    "uris": [node_uri(cc, pod)],
+                    "dnsNames": [pod_dns(cc, pod)],
                     "duration": format!("{hours}h"),
                     "renewBefore": format!("{}h", (hours / 3).max(1)),
                     "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
@@ -101,7 +107,7 @@ pub fn certificates(cc: &ChatCluster, pods: i32) -> Vec<DynamicObject> {
                     "issuerRef": {"name": issuer.name, "kind": issuer.kind, "group": issuer.group},
                 }
             }));
-            cert.metadata = child_meta(cc, pod);
+            cert.metadata = child_meta(cc, pod.clone());
             cert
         })
         .collect()
@@ -179,7 +185,8 @@ mod tests {
     #[test]
     fn cert_manager_mode_renders_one_certificate_per_pod_naming_its_identity() {
         let cc = ChatCluster::test().cert_manager("parley-issuer");
-        let certs = certificates(&cc, 3);
+        let pods: Vec<String> = (0..3).map(|o| format!("demo-{o}")).collect();
+        let certs = certificates(&cc, &pods);
         assert_eq!(certs.len(), 3);
         let c = serde_json::to_value(&certs[1]).unwrap();
         assert_eq!(c["apiVersion"], "cert-manager.io/v1");
@@ -202,8 +209,16 @@ mod tests {
             .filter_map(|u| u.as_str())
             .collect();
         assert!(usages.contains(&"server auth") && usages.contains(&"client auth"));
+        let zoned = certificates(&cc, &["demo-eu-1".to_string()]);
+        let z = serde_json::to_value(&zoned[0]).unwrap();
+        assert_eq!(z["metadata"]["name"], "demo-eu-1");
+        assert_eq!(z["spec"]["secretName"], "demo-node-tls-eu-1");
+        assert_eq!(
+            z["spec"]["uris"][0],
+            "spiffe://parley/chat.demo/node/demo-eu-1"
+        );
         assert!(
-            certificates(&ChatCluster::test(), 3).is_empty(),
+            certificates(&ChatCluster::test(), &pods).is_empty(),
             "selfSigned renders none"
         );
     }

@@ -29,10 +29,18 @@ impl Recorded {
 /// What the fake API server holds, shared with the test.
 #[derive(Clone, Debug, Default)]
 pub struct World {
-    /// The StatefulSet a GET returns (`None`: 404).
+    /// The StatefulSet `demo` a GET (or LIST) returns (`None`: 404).
     pub statefulset: Option<Value>,
-    /// Status the API server adds to the StatefulSet an apply returns.
+    /// More StatefulSets that exist (zones, leftovers), listed after `statefulset`.
+    pub statefulsets: Vec<Value>,
+    /// Status the API server adds to a StatefulSet an apply returns.
     pub statefulset_status: Option<Value>,
+    /// The same, per StatefulSet name (overrides `statefulset_status`).
+    pub statefulset_statuses: std::collections::BTreeMap<String, Value>,
+    /// The pods a LIST of pods returns.
+    pub pods: Vec<Value>,
+    /// The lease namespace does not exist: creating a Lease answers 404.
+    pub lease_namespace_missing: bool,
     /// Whether the generated token Secret exists.
     pub token_secret_exists: bool,
     /// Other Secrets that exist (the GET answer, by name).
@@ -170,6 +178,38 @@ fn respond(r: &Recorded, world: &World) -> (u16, Value) {
                    "message": "scripted outage", "reason": "ServiceUnavailable", "code": code}),
         );
     }
+    if p.ends_with("/statefulsets") && m == "GET" {
+        let items: Vec<Value> = world
+            .statefulset
+            .iter()
+            .chain(&world.statefulsets)
+            .cloned()
+            .collect();
+        return (
+            200,
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSetList", "metadata": {}, "items": items}),
+        );
+    }
+    if p.ends_with("/pods") && m == "GET" {
+        return (
+            200,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": world.pods}),
+        );
+    }
+    if m == "DELETE" {
+        let name = p.rsplit('/').next().unwrap_or_default();
+        return (
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": {"name": name}}),
+        );
+    }
+    if p.ends_with("/leases") && m == "POST" && world.lease_namespace_missing {
+        return (
+            404,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                   "message": "namespaces \"parley-system\" not found", "reason": "NotFound", "code": 404}),
+        );
+    }
     if p.ends_with("/statefulsets/demo") && m == "GET" {
         return match &world.statefulset {
             Some(s) => (200, s.clone()),
@@ -206,8 +246,22 @@ fn respond(r: &Recorded, world: &World) -> (u16, Value) {
         // Server-side apply: the API server answers with the object (and, for the
         // StatefulSet, its status).
         let mut obj = r.body.clone();
+        let name = p.rsplit('/').next().unwrap_or_default().to_string();
+        if obj.get("kind").is_none() {
+            // A merge patch: answer with the object as it exists.
+            obj = world
+                .statefulset
+                .iter()
+                .chain(&world.statefulsets)
+                .find(|s| s["metadata"]["name"] == name.as_str())
+                .cloned()
+                .unwrap_or_else(|| json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name}}));
+        }
         if p.contains("/statefulsets/")
-            && let Some(st) = &world.statefulset_status
+            && let Some(st) = world
+                .statefulset_statuses
+                .get(&name)
+                .or(world.statefulset_status.as_ref())
         {
             obj["status"] = st.clone();
         }

@@ -4,5 +4,6 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod cluster;
 
 pub use parley_testkit::bounded;

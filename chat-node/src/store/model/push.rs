@@ -259,6 +259,7 @@ mod tests {
             display_name: id.into(),
             password_hash: String::new(),
             created_at: 0,
+            region: None,
         }
     }
 

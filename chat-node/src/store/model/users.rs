@@ -46,20 +46,45 @@ impl ChatStore {
         .await
     }
 
-    /// Change a user's display name and return the updated record.
-    pub async fn set_display_name(
+    /// Change a user's display name and/or home region and return the updated record with
+    /// the home region it had before.
+    pub async fn update_user(
         &self,
         user_id: &str,
-        display_name: &str,
-    ) -> Result<UserRecord, ApiError> {
+        display_name: Option<&str>,
+        region: Option<&str>,
+    ) -> Result<(UserRecord, String), ApiError> {
         self.write(|txn, _| {
             Box::pin(async move {
                 let mut user: UserRecord = get_json(txn, &keys::user(user_id))
                     .await?
                     .ok_or_else(|| ApiError::not_found("your user no longer exists"))?;
-                user.display_name = display_name.to_owned();
+                let before = user.home_region().to_owned();
+                if let Some(name) = display_name {
+                    user.display_name = name.to_owned();
+                }
+                if let Some(region) = region {
+                    user.region = Some(region.to_owned());
+                }
                 txn.put(&keys::user(user_id), &encode(&user));
-                Ok(user)
+                Ok((user, before))
+            })
+        })
+        .await
+    }
+
+    /// The home regions of those of `users` that exist, read in one transaction.
+    pub async fn home_regions(&self, users: &[String]) -> Result<Vec<(String, String)>, ApiError> {
+        self.read(|txn, _| {
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(users.len());
+                for id in users {
+                    let user: Option<UserRecord> = get_json(txn, &keys::user(id)).await?;
+                    if let Some(user) = user {
+                        out.push((id.clone(), user.home_region().to_owned()));
+                    }
+                }
+                Ok(out)
             })
         })
         .await
