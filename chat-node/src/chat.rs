@@ -186,16 +186,19 @@ impl Chat {
     }
 
     /// Push a stored message to the online devices here of `recipients`, except the
-    /// sender's sending device. The frame is encoded once; each recipient's copy only
-    /// gets its `inbox_id` spliced in.
+    /// sender's sending device (which has the ack; a system item, made by the server, goes
+    /// to every device). The frame is encoded once; each recipient's copy only gets its
+    /// `inbox_id` spliced in.
     pub fn deliver_local(&self, message: &Message, recipients: &[(String, u64)]) {
         let frame = MessageFrame::new(message);
         let mut delivered = 0;
+        let system = message.kind == Some(crate::protocol::timeline::ItemKind::System);
         for (user_id, inbox_id) in recipients {
             if !self.hub.is_online(user_id) {
                 continue;
             }
-            let except = (*user_id == message.from).then_some(message.from_device.as_str());
+            let except =
+                (*user_id == message.from && !system).then_some(message.from_device.as_str());
             delivered += self
                 .hub
                 .send_to_user(user_id, &frame.with_inbox_id(*inbox_id), except);

@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use common::{Client, Node, User, dm};
 use serde_json::{Value, json};
 
