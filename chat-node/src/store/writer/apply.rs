@@ -63,7 +63,11 @@ pub(super) fn writes_of(units: &Units, op: &Op) -> usize {
                 .peek(&send.channel.to_string())
                 .map_or(2, |c| c.members.list().len());
             // An edit, delete or reaction rewrites its target too (a delete its edits).
-            members + 3 + usize::from(send.action.target().is_some())
+            let target = match send.action {
+                ItemAction::Delete { .. } => 1 + super::targets::MAX_EDITS,
+                ref action => usize::from(action.target().is_some()),
+            };
+            members + 3 + target
         }
         Op::Append(append) => append.items.iter().map(|i| 2 * i.members.len() + 1).sum(),
         Op::Group(group) => {
@@ -71,7 +75,8 @@ pub(super) fn writes_of(units: &Units, op: &Op) -> usize {
                 .channels
                 .peek(&Channel::Group(group.group_id.clone()).to_string())
                 .map_or(super::groups::MAX_WRITES, |c| c.members.list().len() + 1);
-            members + 3
+            // The group record, the member's group index, the item, its outbox entry.
+            members + 4
         }
         Op::Read(_) | Op::Block(_) => 1,
         Op::Flush => 0,
