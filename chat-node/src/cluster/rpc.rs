@@ -60,7 +60,10 @@ impl Call {
     /// and a group change wait on their items' appends; appends, read markers and blocks
     /// wait on nothing but the writer.
     fn waits_on_calls(&self) -> bool {
-        !matches!(self, Call::Append { .. } | Call::Read { .. } | Call::Block { .. })
+        !matches!(
+            self,
+            Call::Append { .. } | Call::Read { .. } | Call::Block { .. }
+        )
     }
 }
 
