@@ -5,6 +5,7 @@
 #   python3-venv       for the offline Kubernetes manifest checks and schemathesis
 #   g++, curl          (--test) libFuzzer's C++ sources (the fuzz pass); the schema pass's set-up
 #   nodejs, npm, chromium  for the web client's browser tests (Playwright drives Debian's Chromium)
+#   fonts-noto-color-emoji so that reactions show as emoji in the browser tests' screenshots
 # On other systems it says what to install and stops.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v curl >/dev/null 2>&1 || need+=(curl)
   command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 

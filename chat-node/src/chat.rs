@@ -1,27 +1,36 @@
 //! The chat service: contacts, groups, sending with live delivery, history, sync, cursors
 //! and typing. Everything a client can do, whether it arrived over HTTP or a WebSocket.
-//! Sending, and the cluster's routing of the write path, are in [`sending`].
+//!
+//! # Layout
+//!
+//! | module | role |
+//! | --- | --- |
+//! | `sending` | timeline items (messages, edits, deletes, reactions) at their channel's owner, and the cluster's second stage |
+//! | `groups` | groups: creation, members and renames (with their system items) |
+//! | `marks` | read markers, the channel list, and blocks |
+//! | `route` | running a writer operation at the node that owns its unit |
 
+mod groups;
+mod marks;
+mod route;
 mod sending;
 
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::accounts::new_id;
 use crate::cluster::link::{Event, Links};
-use crate::cluster::rpc::GroupChange;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::presence::Presence;
 use crate::protocol::frames::{MessageFrame, ServerFrame};
-use crate::protocol::types::{Contact, Group, Message};
+use crate::protocol::types::{Contact, Message};
 use crate::protocol::validate::{self, Channel};
 use crate::protocol::{ApiError, Limits};
 use crate::push::Push;
+use crate::store::ChatStore;
 use crate::store::writer::Writer;
-use crate::store::{ChatStore, GroupRecord};
 
 /// The chat service.
 pub struct Chat {
@@ -125,7 +134,7 @@ impl Chat {
         let contacts = self.store.contacts(owner).await?;
         let mutual: Vec<String> = contacts
             .iter()
-            .filter(|c| c.mutual)
+            .filter(|c| c.mutual && !c.hidden)
             .map(|c| c.user.user_id.clone())
             .collect();
         // Who is online comes from their nodes; an offline contact's last activity is
@@ -133,7 +142,7 @@ impl Chat {
         let online = self.presence.online_map(&mutual).await;
         let mut out = Vec::new();
         for c in contacts {
-            let (status, last_seen) = if !c.mutual {
+            let (status, last_seen) = if !c.mutual || c.hidden {
                 (None, None)
             } else if let Some((ts, _)) = online.get(c.user.user_id.as_str()) {
                 (Some("online"), Some(*ts))
@@ -147,111 +156,10 @@ impl Chat {
                 mutual: c.mutual,
                 status,
                 last_seen,
+                blocked: c.blocked,
             });
         }
         Ok(out)
-    }
-
-    // --- groups ---------------------------------------------------------------------------
-
-    pub async fn create_group(
-        &self,
-        owner: &str,
-        name: &str,
-        members: Vec<String>,
-    ) -> Result<Group, ApiError> {
-        validate::group_name(name)?;
-        // Dedupe with a set and stop at the size limit: a body of 100,000 ids costs one
-        // pass over what was read, never a comparison of every id with every other.
-        let max = self.limits.max_group_members;
-        let mut seen = std::collections::HashSet::with_capacity(members.len().min(max + 1));
-        seen.insert(owner.to_owned());
-        let mut all = vec![owner.to_owned()];
-        for m in members {
-            if !validate::is_id(&m) {
-                return Err(ApiError::bad_request(format!(
-                    "member {m:?} is not a user id"
-                )));
-            }
-            if seen.insert(m.clone()) {
-                all.push(m);
-                if all.len() > max {
-                    return Err(ApiError::group_full(max));
-                }
-            }
-        }
-        let group = GroupRecord {
-            group_id: new_id(),
-            name: name.to_owned(),
-            owner: owner.to_owned(),
-            members: all,
-            created_at: now_ms(),
-            joined: Default::default(),
-        };
-        self.store
-            .create_group(
-                &group,
-                self.limits.max_group_members,
-                self.limits.max_groups_per_user,
-            )
-            .await?;
-        Ok(group.to_wire())
-    }
-
-    pub async fn groups(&self, user_id: &str) -> Result<Vec<Group>, ApiError> {
-        Ok(self
-            .store
-            .groups_of(user_id)
-            .await?
-            .iter()
-            .map(GroupRecord::to_wire)
-            .collect())
-    }
-
-    pub async fn group(&self, caller: &str, group_id: &str) -> Result<Group, ApiError> {
-        let not_found = || ApiError::not_found(format!("no group has the id {group_id:?}"));
-        if !validate::is_id(group_id) {
-            return Err(not_found());
-        }
-        let group = self.store.group(group_id).await?.ok_or_else(not_found)?;
-        if !group.members.iter().any(|m| m == caller) {
-            return Err(ApiError::forbidden("only members can see a group"));
-        }
-        Ok(group.to_wire())
-    }
-
-    pub async fn add_member(
-        &self,
-        caller: &str,
-        group_id: &str,
-        user_id: &str,
-    ) -> Result<Group, ApiError> {
-        group_and_user_ids(group_id, user_id)?;
-        let group = self
-            .route_group_change(GroupChange::Add {
-                caller: caller.to_owned(),
-                group_id: group_id.to_owned(),
-                user: user_id.to_owned(),
-                max_members: self.limits.max_group_members,
-            })
-            .await?;
-        Ok(group.to_wire())
-    }
-
-    pub async fn remove_member(
-        &self,
-        caller: &str,
-        group_id: &str,
-        user_id: &str,
-    ) -> Result<(), ApiError> {
-        group_and_user_ids(group_id, user_id)?;
-        self.route_group_change(GroupChange::Remove {
-            caller: caller.to_owned(),
-            group_id: group_id.to_owned(),
-            user: user_id.to_owned(),
-        })
-        .await
-        .map(|_| ())
     }
 
     // --- delivery -------------------------------------------------------------------------
@@ -270,7 +178,7 @@ impl Chat {
         for (node, recipients) in remote {
             let event = Event::Deliver {
                 sending_device: message.from_device.clone(),
-                message: message.clone(),
+                message: Box::new(message.clone()),
                 recipients,
             };
             self.links.send(&node, &event);
@@ -278,16 +186,19 @@ impl Chat {
     }
 
     /// Push a stored message to the online devices here of `recipients`, except the
-    /// sender's sending device. The frame is encoded once; each recipient's copy only
-    /// gets its `inbox_id` spliced in.
+    /// sender's sending device (which has the ack; a system item, made by the server, goes
+    /// to every device). The frame is encoded once; each recipient's copy only gets its
+    /// `inbox_id` spliced in.
     pub fn deliver_local(&self, message: &Message, recipients: &[(String, u64)]) {
         let frame = MessageFrame::new(message);
         let mut delivered = 0;
+        let system = message.kind == Some(crate::protocol::timeline::ItemKind::System);
         for (user_id, inbox_id) in recipients {
             if !self.hub.is_online(user_id) {
                 continue;
             }
-            let except = (*user_id == message.from).then_some(message.from_device.as_str());
+            let except =
+                (*user_id == message.from && !system).then_some(message.from_device.as_str());
             delivered += self
                 .hub
                 .send_to_user(user_id, &frame.with_inbox_id(*inbox_id), except);
@@ -352,19 +263,4 @@ impl Chat {
         );
         Ok(())
     }
-}
-
-/// Ids from a path that cannot name anything are "not found", like unknown ones.
-fn group_and_user_ids(group_id: &str, user_id: &str) -> Result<(), ApiError> {
-    if !validate::is_id(group_id) {
-        return Err(ApiError::not_found(format!(
-            "no group has the id {group_id:?}"
-        )));
-    }
-    if !validate::is_id(user_id) {
-        return Err(ApiError::not_found(format!(
-            "no user has the id {user_id:?}"
-        )));
-    }
-    Ok(())
 }

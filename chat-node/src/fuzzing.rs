@@ -8,9 +8,11 @@
 use serde_json::{Map, Value};
 
 use crate::auth::TokenKeys;
-use crate::protocol::frames::{Inbound, SendRequest};
+use crate::protocol::frames::Inbound;
+use crate::protocol::items;
 use crate::protocol::types::{
-    Login, NewGroup, NewMember, PasswordChange, ProfilePatch, PushRegistration, SignUp,
+    GroupPatch, Login, NewGroup, NewMember, PasswordChange, ProfilePatch, PushRegistration,
+    ReadBody, SignUp,
 };
 use crate::store::records;
 
@@ -28,7 +30,8 @@ pub fn frame(data: &[u8]) {
     }
 }
 
-/// Every JSON body type of the HTTP API, and the send body of `POST /v1/messages`.
+/// Every JSON body type of the HTTP API, and the body of `POST /v1/messages` (a send, or an
+/// edit, delete or reaction).
 pub fn http_body(data: &[u8]) {
     let _ = serde_json::from_slice::<SignUp>(data);
     let _ = serde_json::from_slice::<Login>(data);
@@ -37,8 +40,10 @@ pub fn http_body(data: &[u8]) {
     let _ = serde_json::from_slice::<NewGroup>(data);
     let _ = serde_json::from_slice::<NewMember>(data);
     let _ = serde_json::from_slice::<PushRegistration>(data);
+    let _ = serde_json::from_slice::<GroupPatch>(data);
+    let _ = serde_json::from_slice::<ReadBody>(data);
     if let Ok(mut obj) = serde_json::from_slice::<Map<String, Value>>(data) {
-        let _ = SendRequest::from_json(&mut obj);
+        let _ = items::http_request(&mut obj);
     }
 }
 

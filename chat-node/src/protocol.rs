@@ -7,7 +7,9 @@
 pub mod close;
 pub mod error;
 pub mod frames;
+pub mod items;
 pub mod limits;
+pub mod timeline;
 pub mod types;
 pub mod validate;
 

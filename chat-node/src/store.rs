@@ -36,7 +36,7 @@ pub use model::{
     ChatStore, OutboxEntry, PREVIEW_CHARS, PushJob, PushNotification, REVOCATION_FEED_KEEP_MS,
     Revocation, Revoke, preview,
 };
-pub use records::{DeviceRecord, GroupRecord, UserRecord};
+pub use records::{DeviceRecord, GroupRecord, UserChannel, UserRecord};
 pub use writer::SendOutcome;
 
 use async_trait::async_trait;
@@ -100,6 +100,18 @@ impl Batch {
     /// Bytes of keys and values queued.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// The value the batch last wrote under `key`: `Some(None)` for a delete, `None` when
+    /// the batch does not write it. A linear search from the end, for the rare operation
+    /// that reads what an earlier one of its batch wrote (an edit of a message sent in the
+    /// same batch).
+    pub fn latest(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_deref())
     }
 
     /// The writes in order: `Some(value)` for a put, `None` for a delete.

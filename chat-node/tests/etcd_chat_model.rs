@@ -64,6 +64,7 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
         text,
         ts,
         push_due: None,
+        action: Default::default(),
     };
 
     // 4 senders x 5 messages at once: the writer takes them in batches (each batch of group

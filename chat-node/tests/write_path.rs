@@ -34,6 +34,7 @@ fn send(from: &str, channel: &Channel, cmid: String) -> SendOp {
         text: "hello".into(),
         ts: 1,
         push_due: None,
+        action: Default::default(),
     }
 }
 

@@ -79,6 +79,7 @@ fn send(cmid: &str) -> SendOp {
         text: format!("text of {cmid}"),
         ts: 1,
         push_due: None,
+        action: Default::default(),
     }
 }
 

@@ -1,5 +1,7 @@
 // Parley web client: vanilla JS against the public contract (PROTOCOL.md, docs/protocol.md).
 // User content is only ever put into the page with textContent, never innerHTML.
+// Timeline items (edits, deletes, reactions, replies, group events), read markers and blocks
+// are in timeline.js, loaded first.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -16,7 +18,7 @@ let session = load('parley.session');          // {token, user_id, username, dev
 const people = new Map();     // user_id -> {user_id, username, display_name}
 const contacts = new Map();   // user_id -> contact entry (with status, last_seen, mutual)
 const groups = new Map();     // channel -> group
-const chans = new Map();      // channel -> {msgs: Map seq->msg, before, more, loaded, unread}
+const chans = new Map();      // channel -> {msgs: Map seq->msg (items too), before, more, loaded, unread, reads: Map user->seq}
 const typing = new Map();     // channel -> Map user -> expiry ts
 let outbox = [];              // [{client_msg_id, channel, text, ts, sentAt}]
 let current = null;           // open channel
@@ -139,7 +141,8 @@ async function start() {
   outbox = load(devKey('outbox')) || [];
   for (const o of outbox) chan(o.channel);
   renderSidebar();
-  await Promise.all([refreshContacts(), refreshGroups()]).catch(() => {});
+  clearMode();
+  await Promise.all([refreshContacts(), refreshGroups(), refreshChannels(), refreshBlocks()]).catch(() => {});
   connect();
 }
 
@@ -211,6 +214,7 @@ function onFrame(f) {
   switch (f.type) {
     case 'message': addMessage(f, true); break;
     case 'sync':
+      asServerState(f.items);
       for (const m of f.items) addMessage(m, false);
       if (f.more && f.items.length) {
         sendFrame({ type: 'sync', req: 'sync-' + ++reqNo, after: f.items[f.items.length - 1].inbox_id, limit: 500 });
@@ -218,12 +222,15 @@ function onFrame(f) {
         syncing = false;
         for (const o of outbox) if (!o.failed) transmit(o);
         sendCursor(true);
+        refreshChannels().catch(() => {}); // the unread counts as the server keeps them
         if (above.size && f.items.length) sync(); // still a gap: ask again (once it stops helping, give up)
       }
       break;
     case 'ack': onAck(f); break;
     case 'presence': onPresence(f); break;
     case 'typing': onTyping(f); break;
+    case 'read': onRead(f); break;
+    case 'group': onGroupFrame(f); break;
     case 'reconnect': {
       // Go where the node says at once, unless we were just sent here: then ask /v1/assign
       // again, with backoff, until the nodes' views of the cluster agree (docs/protocol.md).
@@ -258,7 +265,7 @@ function sendCursor(now) {
 // ---------- messages ----------
 function chan(channel) {
   let c = chans.get(channel);
-  if (!c) { c = { msgs: new Map(), before: null, more: null, loaded: false, unread: 0 }; chans.set(channel, c); }
+  if (!c) { c = { msgs: new Map(), before: null, more: null, loaded: false, unread: 0, reads: new Map() }; chans.set(channel, c); }
   return c;
 }
 function knownChannel(channel) {
@@ -271,13 +278,36 @@ function addMessage(m, live) {
   const c = chan(m.channel);
   if (m.from === session.user_id && m.client_msg_id) dropOutbox(m.client_msg_id, m);
   if (c.msgs.has(m.seq)) return;
+  if (!m.kind && m._foldSeq === undefined) m._foldSeq = m.seq;
   c.msgs.set(m.seq, m);
   if (!knownChannel(m.channel)) {
     if (m.channel.startsWith('g:')) refreshGroups().catch(() => {}); else ensurePerson(dmPeer(m.channel));
   }
-  const t = typing.get(m.channel); if (t) t.delete(m.from);
-  if (m.channel === current) { renderMessage(m); if (live) scrollToEnd(false); renderTyping(); }
-  else if (m.from !== session.user_id) { c.unread++; renderSidebar(); }
+  if (m.kind === 'system') onSystemItem(m);
+  if (isQuiet(m)) {
+    const target = foldItem(c, m);
+    if (target && m.channel === current) { renderMessage(target); rerenderReplies(c, target.seq); }
+  } else {
+    const t = typing.get(m.channel); if (t) t.delete(m.from);
+    if (m.channel === current) { renderMessage(m); if (live) scrollToEnd(false); renderTyping(); }
+  }
+  if (m.channel === current) markRead(m.channel);
+  else if (live && m.from !== session.user_id && !isQuiet(m)) { c.unread++; renderSidebar(); }
+}
+/** Messages from the server (history, sync) are as they are now: items of their channel up to
+ * the newest in the same answer are folded in already. */
+function asServerState(items) {
+  const newest = new Map();
+  for (const m of items) newest.set(m.channel, Math.max(newest.get(m.channel) || 0, m.seq));
+  for (const m of items) if (!m.kind) m._foldSeq = newest.get(m.channel);
+}
+/** Take the server's state of a message we hold, then apply what came since. */
+function refold(c, m) {
+  c.msgs.set(m.seq, m);
+  for (const i of [...c.msgs.values()].filter((x) => x.target_seq === m.seq).sort((a, b) => a.seq - b.seq)) foldItem(c, i);
+}
+function rerenderReplies(c, seq) {
+  for (const m of c.msgs.values()) if (m.reply_to === seq) renderMessage(m);
 }
 function dropOutbox(cmid, m) {
   const i = outbox.findIndex((o) => o.client_msg_id === cmid);
@@ -290,9 +320,11 @@ function onAck(a) {
   const o = outbox.find((x) => x.client_msg_id === a.client_msg_id);
   seen(a.inbox_id);
   if (!o) return;
+  dropOutbox(a.client_msg_id);
+  if (o.kind) { itemAcked(o, a); return; }
   const m = { channel: a.channel, seq: a.seq, from: session.user_id, from_device: session.device_id,
     client_msg_id: a.client_msg_id, text: o.text, ts: a.ts };
-  dropOutbox(a.client_msg_id);
+  if (o.reply_to) m.reply_to = o.reply_to;
   addMessage(m, true);
 }
 function onError(f) {
@@ -300,19 +332,25 @@ function onError(f) {
   const o = outbox.find((x) => x.client_msg_id === f.client_msg_id);
   if (!o) return;
   if (f.code === 'unavailable' || f.code === 'internal' || f.code === 'rate_limited') { o.sentAt = Date.now() - RESEND_AFTER + 2000; return; }
+  if (o.kind) {
+    dropOutbox(o.client_msg_id);
+    if (o.channel === current) $('conv-sub').textContent = `Could not ${o.kind === 'reaction' ? 'react' : o.kind}: ${f.message || f.code}`;
+    return;
+  }
   o.failed = f.code === 'too_large' ? 'too long' : (f.message || f.code);
   save(devKey('outbox'), outbox);
   if (o.channel === current) renderPending(o);
 }
-function sendText(text) {
+function sendText(text, replyTo) {
   if (!current || !text.trim()) return;
   const o = { client_msg_id: `${session.device_id}-${Date.now().toString(36)}-${randId(4)}`, channel: current, text, ts: Date.now() };
+  if (replyTo) o.reply_to = replyTo;
   outbox.push(o); save(devKey('outbox'), outbox);
   renderPending(o); scrollToEnd(true);
   transmit(o);
 }
 function transmit(o) {
-  if (sendFrame({ type: 'send', client_msg_id: o.client_msg_id, channel: o.channel, text: o.text })) o.sentAt = Date.now();
+  if (sendFrame(frameOf(o))) o.sentAt = Date.now();
 }
 
 // ---------- history ----------
@@ -325,13 +363,19 @@ async function loadHistory(channel, older) {
   try {
     const r = await api('GET', `/v1/channels/${encodeURIComponent(channel)}/messages?${q}`);
     const box = $('messages'), fromBottom = box.scrollHeight - box.scrollTop;
-    for (const m of r.messages) if (!c.msgs.has(m.seq)) { c.msgs.set(m.seq, m); if (channel === current) renderMessage(m); }
+    asServerState(r.messages);
+    for (const m of r.messages) {
+      if (!m.kind) refold(c, m); else if (!c.msgs.has(m.seq)) c.msgs.set(m.seq, m);
+      if (m.kind === 'system' || !m.kind) if (channel === current) renderMessage(c.msgs.get(m.seq));
+    }
     for (const m of r.messages) if (m.from === session.user_id) dropOutbox(m.client_msg_id, m);
     if (r.messages.length) c.before = r.messages[0].seq;
     c.more = r.more && r.messages.length > 0; c.loaded = true;
     if (channel === current) {
       $('load-older').hidden = !c.more;
       if (older) box.scrollTop = box.scrollHeight - fromBottom; else scrollToEnd(true);
+      for (const m of r.messages) if (m.reply_to) renderMessage(c.msgs.get(m.seq));
+      markRead(channel);
     }
   } catch (e) {
     if (channel === current) $('conv-sub').textContent = e.status === 403 ? 'You are not a member any more.' : 'Could not load history: ' + e.message;
@@ -349,7 +393,7 @@ function renderSidebar() {
   for (const c of list) {
     const ch = dmChannel(session.user_id, c.user_id);
     const status = c.stranger ? 'none' : !c.mutual ? 'pending' : c.status || 'offline';
-    const sub = status === 'online' ? 'online' : status === 'pending' ? 'waiting for them to add you'
+    const sub = blocks.has(c.user_id) ? 'blocked' : status === 'online' ? 'online' : status === 'pending' ? 'waiting for them to add you'
       : status === 'none' ? 'not in your contacts' : c.last_seen ? `last seen ${fmtTime(c.last_seen)}` : 'offline';
     ul.append(item(ch, c.display_name || c.username, sub, { 'data-testid': `contact-${c.username}`, 'data-status': status },
       el('span', { class: `dot ${status}`, 'aria-hidden': 'true' })));
@@ -373,6 +417,7 @@ function item(channel, title, sub, attrs, icon) {
 
 // ---------- rendering: conversation ----------
 function openChannel(channel) {
+  if (composeMode && composeMode.channel !== channel) clearMode();
   current = channel;
   history.replaceState(null, '', '#' + encodeURIComponent(channel));
   const c = chan(channel); c.unread = 0;
@@ -380,22 +425,25 @@ function openChannel(channel) {
   $('empty').hidden = true; $('compose').hidden = false;
   $('msg-list').replaceChildren();
   for (const seq of [...c.msgs.keys()].sort((a, b) => a - b)) renderMessage(c.msgs.get(seq));
-  for (const o of outbox) if (o.channel === channel) renderPending(o);
+  for (const o of outbox) if (o.channel === channel && !o.kind) renderPending(o);
   $('load-older').hidden = !c.more;
   renderSidebar(); renderHeader(); renderTyping();
   scrollToEnd(true);
-  if (!c.loaded) loadHistory(channel, false);
+  if (!c.loaded) loadHistory(channel, false); else markRead(channel);
+  loadReads(channel);
   $('compose-text').focus();
 }
 function renderHeader() {
   if (!current || !session) return;
   const panel = $('group-panel');
   if (current.startsWith('g:')) {
+    renderContactMenu(null);
     const g = groups.get(current);
     $('conv-title').textContent = g ? g.name : 'Group';
     $('conv-sub').textContent = g ? g.members.map(nameOf).join(', ') : '';
     panel.hidden = !g;
     if (!g) return;
+    $('rename-group').hidden = g.owner !== session.user_id;
     const ul = $('group-members'); ul.replaceChildren();
     for (const id of g.members) {
       const canRemove = id !== session.user_id && g.owner === session.user_id;
@@ -408,11 +456,13 @@ function renderHeader() {
     panel.hidden = true;
     const peer = dmPeer(current), c = contacts.get(peer);
     $('conv-title').textContent = nameOf(peer);
-    $('conv-sub').textContent = !c ? 'not in your contacts' : c.status === 'online' ? 'online'
-      : c.last_seen ? `last seen ${fmtTime(c.last_seen)}` : '';
+    $('conv-sub').textContent = blocks.has(peer) ? 'blocked: they cannot write to you' : !c ? 'not in your contacts'
+      : c.status === 'online' ? 'online' : c.last_seen ? `last seen ${fmtTime(c.last_seen)}` : '';
+    renderContactMenu(peer);
   }
 }
 function msgNode(m, pending) {
+  if (m.kind === 'system') return systemNode(m);
   const mine = m.from === session.user_id;
   const state = pending ? (pending.failed ? 'failed' : 'sending') : 'acked';
   const label = { sending: 'sending…', acked: 'sent', failed: `not sent: ${pending?.failed}` }[state];
@@ -442,9 +492,11 @@ function msgNode(m, pending) {
     li.append(el('button', { type: 'button', class: 'link', onclick: () => { delete pending.failed; renderPending(pending); transmit(pending); } }, 'Retry'),
       el('button', { type: 'button', class: 'link', onclick: () => dropOutbox(pending.client_msg_id) }, 'Discard'));
   }
+  decorate(li, m, pending);
   return li;
 }
 function renderMessage(m) {
+  if (!m || !isShown(m)) return;
   const list = $('msg-list');
   const node = msgNode(m);
   const old = list.querySelector(`[data-key="s:${m.seq}"]`);
@@ -541,6 +593,8 @@ $('logout').addEventListener('click', () => logout());
 $('add-contact').addEventListener('submit', onAddContact);
 $('new-group-form').addEventListener('submit', onNewGroup);
 $('add-member').addEventListener('submit', onAddMember);
+$('rename-group').addEventListener('submit', onRename);
+$('compose-mode-cancel').addEventListener('click', () => { if (composeMode?.kind === 'edit') $('compose-text').value = ''; clearMode(); });
 $('leave-group').addEventListener('click', () => { const g = groups.get(current); if (g && confirm(`Leave "${g.name}"?`)) removeMember(g, session.user_id); });
 $('back').addEventListener('click', () => { document.body.classList.remove('show-conv'); });
 $('load-older').addEventListener('click', () => current && loadHistory(current, true));
@@ -552,10 +606,11 @@ $('compose').addEventListener('submit', (ev) => {
   ev.preventDefault();
   const ta = $('compose-text');
   if (!ta.value.trim()) return;
-  sendText(ta.value); ta.value = ''; ta.focus();
+  composeSubmit(ta.value); ta.value = ''; ta.focus();
 });
 $('compose-text').addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $('compose').requestSubmit(); }
+  if (ev.key === 'Escape' && composeMode) { if (composeMode.kind === 'edit') ev.target.value = ''; clearMode(); }
 });
 $('compose-text').addEventListener('input', () => {
   const now = Date.now();
@@ -563,6 +618,7 @@ $('compose-text').addEventListener('input', () => {
 });
 setInterval(renderTyping, 1000);
 window.addEventListener('online', () => { if (session && !wsOpen) { attempt = 0; scheduleReconnect(true); } });
+document.addEventListener('visibilitychange', () => { if (current) markRead(current); });
 
 if (session && session.token) {
   const ch = decodeURIComponent(location.hash.slice(1));

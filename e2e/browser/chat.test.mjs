@@ -2,98 +2,24 @@
 // against a real chat-node at PARLEY_URL. Run through ./run.sh, which starts the node.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import { ARTIFACTS, Harness, WAIT, addContact, expectTexts, launch, openContact, see, send, texts, tid, waitFor } from './kit.mjs';
 
-const URL = process.env.PARLEY_URL;
-if (!URL) throw new Error('PARLEY_URL is not set: run e2e/browser/run.sh, or start a node and set it');
-const ARTIFACTS = join(dirname(fileURLToPath(import.meta.url)), 'artifacts');
-const WAIT = 10_000;
 const run = Date.now().toString(36);
-const PASSWORD = 'correct horse battery';
 const users = { alice: `alice_${run}`, bob: `bob_${run}`, carol: `carol_${run}` };
 
-let browser;
-const ctx = {};   // name -> BrowserContext
-const page = {};  // name -> Page
-let broken = null; // the first failed step: later steps depend on it, so they are skipped
-
-async function step(t, name, fn) {
-  if (broken) { t.skip(`skipped: "${broken}" failed`); return; }
-  try { await fn(); } catch (e) {
-    broken = name;
-    await Promise.all(Object.entries(page).map(([who, p]) => p.isClosed() ? null
-      : p.screenshot({ path: join(ARTIFACTS, `failure-${who}.png`) }).catch(() => {})));
-    throw e;
-  }
-}
-
-/** Wait for `locator`, failing with a message naming what did not appear. */
-async function see(locator, what, state = 'visible') {
-  try { await locator.first().waitFor({ state, timeout: WAIT }); } catch {
-    throw new Error(`${what}: did not appear within ${WAIT / 1000} s`);
-  }
-}
-async function waitFor(p, fn, arg, what) {
-  try { await p.waitForFunction(fn, arg, { timeout: WAIT }); } catch {
-    throw new Error(`${what}: not true within ${WAIT / 1000} s`);
-  }
-}
-const tid = (p, id) => p.locator(`[data-testid="${id}"]`);
-/** Is a message with exactly `text` (and, if given, delivery `state`) shown in the open conversation? */
-const shown = ([text, state]) => [...document.querySelectorAll('[data-testid="message"]')].some((li) =>
-  li.querySelector('[data-testid="message-text"]')?.textContent === text && (!state || li.dataset.state === state));
-/** The texts of the open conversation, in display order. */
-const texts = (p) => p.$$eval('[data-testid="message-text"]', (els) => els.map((e) => e.textContent));
-
-async function openPage(name) {
-  const p = await ctx[name].newPage();
-  p.setDefaultTimeout(WAIT);
-  p.on('pageerror', (e) => console.error(`[${name}] page error:`, e.message));
-  await p.goto(URL);
-  page[name] = p;
-  return p;
-}
-async function signIn(name, username, action) {
-  const p = await openPage(name);
-  await tid(p, 'login-username').fill(username);
-  await tid(p, 'login-password').fill(PASSWORD);
-  await tid(p, action === 'signup' ? 'signup-submit' : 'login-submit').click();
-  await see(tid(p, 'conn-status').and(p.locator('[data-state="online"]')), `${name}: connection status "online"`);
-  return p;
-}
-async function addContact(p, username) {
-  await tid(p, 'add-contact-input').fill(username);
-  await tid(p, 'add-contact-submit').click();
-  await see(tid(p, `contact-${username}`), `contact ${username} in the list`);
-}
-async function openContact(p, username) {
-  await tid(p, `contact-${username}`).click();
-  await see(tid(p, 'conv-title').filter({ hasText: username }), `conversation with ${username} open`);
-}
-async function send(p, text, who) {
-  await tid(p, 'compose-input').fill(text);
-  await tid(p, 'compose-input').press('Enter');
-  await waitFor(p, shown, [text, 'acked'], `${who}: "${text}" shown as acked`);
-}
-async function expectTexts(p, expected, who) {
-  await waitFor(p, shown, [expected.at(-1)], `${who}: message "${expected.at(-1)}" shown`);
-  await waitFor(p, (n) => document.querySelectorAll('[data-testid="message-text"]').length >= n, expected.length,
-    `${who}: ${expected.length} messages shown`);
-  assert.deepEqual(await texts(p), expected, `${who}: the conversation, in order, each message once`);
-}
+let browser, h;
+const ctx = {};   // name -> BrowserContext (the harness's)
+const page = {};  // name -> Page (the harness's)
+const step = (t, name, fn) => h.step(t, name, fn);
+const openPage = (name) => h.openPage(name);
+const signIn = (name, username, action) => h.signIn(name, username, action);
 
 before(async () => {
-  mkdirSync(ARTIFACTS, { recursive: true });
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--no-first-run', '--disable-quic'],
-    timeout: 30_000,
-  });
-  for (const name of ['probe', 'alice', 'bob', 'alice2', 'carol']) ctx[name] = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  browser = await launch();
+  h = new Harness(browser);
+  h.ctx = ctx; h.page = page;
+  await h.contexts(['probe', 'alice', 'bob', 'alice2', 'carol']);
 });
 after(async () => { await browser?.close(); });
 

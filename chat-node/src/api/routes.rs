@@ -8,10 +8,10 @@ use warp::reply::{Reply, Response};
 
 use super::{Request, json, json_body, no_content, read_body};
 use crate::protocol::ApiError;
-use crate::protocol::frames::SendRequest;
+use crate::protocol::items;
 use crate::protocol::types::{
-    Assignment, Contacts, Devices, Groups, History, Login, NewGroup, NewMember, PasswordChange,
-    ProfilePatch, PushRegistration, SignUp, SyncPage,
+    Assignment, Blocks, Channels, Contacts, Devices, GroupPatch, Groups, History, Login, NewGroup,
+    NewMember, PasswordChange, ProfilePatch, PushRegistration, ReadBody, Reads, SignUp, SyncPage,
 };
 use crate::state::AppState;
 
@@ -211,7 +211,18 @@ where
                     &state.chat.group(&me.sub, group_id).await?,
                 ))
             }
-            _ => Err(method_not_allowed(&req, "GET")),
+            Method::PATCH => {
+                let me = req.auth(state).await?;
+                let body: GroupPatch = json_body(&read_body(body, &req, limit).await?)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &state
+                        .chat
+                        .rename_group(&me.sub, &me.dev, group_id, &body.name)
+                        .await?,
+                ))
+            }
+            _ => Err(method_not_allowed(&req, "GET or PATCH")),
         },
         ["v1", "groups", group_id, "members"] => match m {
             Method::POST => {
@@ -221,7 +232,7 @@ where
                     StatusCode::OK,
                     &state
                         .chat
-                        .add_member(&me.sub, group_id, &body.user_id)
+                        .add_member(&me.sub, &me.dev, group_id, &body.user_id)
                         .await?,
                 ))
             }
@@ -232,7 +243,7 @@ where
                 let me = req.auth(state).await?;
                 state
                     .chat
-                    .remove_member(&me.sub, group_id, user_id)
+                    .remove_member(&me.sub, &me.dev, group_id, user_id)
                     .await
                     .map(|()| no_content())
             }
@@ -242,7 +253,7 @@ where
             Method::POST => {
                 let me = req.auth(state).await?;
                 let mut obj: Map<String, Value> = json_body(&read_body(body, &req, limit).await?)?;
-                let send = SendRequest::from_json(&mut obj)?;
+                let send = items::http_request(&mut obj)?;
                 state.limiters.check_send(&me.sub)?;
                 let ack = state.chat.send(&me.sub, &me.dev, send).await?;
                 let frame = crate::protocol::frames::ServerFrame::Ack { ack, req: None };
@@ -267,6 +278,67 @@ where
             }
             _ => Err(method_not_allowed(&req, "GET")),
         },
+        ["v1", "channels"] => match m {
+            Method::GET => {
+                let me = req.auth(state).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &Channels {
+                        channels: state.chat.channels(&me.sub).await?,
+                    },
+                ))
+            }
+            _ => Err(method_not_allowed(&req, "GET")),
+        },
+        ["v1", "channels", channel, "read"] => match m {
+            Method::POST => {
+                let me = req.auth(state).await?;
+                let body: ReadBody = json_body(&read_body(body, &req, limit).await?)?;
+                state
+                    .chat
+                    .mark_read(&me.sub, channel, body.seq)
+                    .await
+                    .map(|_| no_content())
+            }
+            _ => Err(method_not_allowed(&req, "POST")),
+        },
+        ["v1", "channels", channel, "reads"] => match m {
+            Method::GET => {
+                let me = req.auth(state).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &Reads {
+                        reads: state.chat.reads(&me.sub, channel).await?,
+                    },
+                ))
+            }
+            _ => Err(method_not_allowed(&req, "GET")),
+        },
+        ["v1", "blocks"] => match m {
+            Method::GET => {
+                let me = req.auth(state).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &Blocks {
+                        blocks: state.chat.blocks(&me.sub).await?,
+                    },
+                ))
+            }
+            _ => Err(method_not_allowed(&req, "GET")),
+        },
+        ["v1", "blocks", user_id] => {
+            let me = req.auth(state).await?;
+            let block = match m {
+                Method::PUT => true,
+                Method::DELETE => false,
+                _ => return Err(method_not_allowed(&req, "PUT or DELETE")),
+            };
+            state
+                .chat
+                .set_block(&me.sub, user_id, block)
+                .await
+                .map(|()| no_content())
+        }
         ["v1", "sync"] => match m {
             Method::GET => {
                 let me = req.auth(state).await?;

@@ -5,6 +5,7 @@ use warp::reply::{Reply, Response};
 
 const INDEX: &str = include_str!("../../web/index.html");
 const APP: &str = include_str!("../../web/app.js");
+const TIMELINE: &str = include_str!("../../web/timeline.js");
 const STYLE: &str = include_str!("../../web/style.css");
 
 /// The asset at `name` (`""` is the page), if there is one.
@@ -12,6 +13,7 @@ pub fn asset(name: &str) -> Option<Response> {
     let (body, content_type) = match name {
         "" | "index.html" => (INDEX, "text/html; charset=utf-8"),
         "app.js" => (APP, "text/javascript; charset=utf-8"),
+        "timeline.js" => (TIMELINE, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE, "text/css; charset=utf-8"),
         _ => return None,
     };

@@ -16,20 +16,18 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::Chat;
-use crate::cluster::rpc::{Answer, Call, GroupChange};
+use crate::cluster::rpc::{Answer, Call};
 use crate::now_ms;
 use crate::protocol::ApiError;
 use crate::protocol::frames::{SendRequest, SendTarget};
+use crate::protocol::items::{self, ItemAction};
 use crate::protocol::types::{Ack, Message};
 use crate::protocol::validate::{self, Channel};
+use crate::store::preview;
 use crate::store::writer::{
-    AppendItem, AppendOp, AppendOutcome, Member, MemberAppend, Op, SendOp, WriteError,
+    AppendItem, AppendOp, AppendOutcome, Member, MemberAppend, SendOp, WriteError,
 };
-use crate::store::{GroupRecord, preview};
 
-/// How long a send keeps trying to reach its channel's owner while ownership moves: past
-/// the lease of a node that died (10 s), after which its units have new owners.
-const ROUTE_DEADLINE: Duration = Duration::from_secs(15);
 /// How long the second stage keeps trying to reach every member's inbox before the send is
 /// answered `unavailable` (the client retries with the same `client_msg_id`): past a dead
 /// node's lease too.
@@ -38,9 +36,9 @@ const FANOUT_DEADLINE: Duration = Duration::from_secs(15);
 const REPAIR_ITEMS: u64 = 1_000;
 
 impl Chat {
-    /// Store a message durably in every member's inbox, then deliver it live to every
-    /// online device of every member but the sending device. A resent `client_msg_id`
-    /// returns the first ack.
+    /// Store a timeline item (a message, or an edit, delete or reaction: `req.action`)
+    /// durably in every member's inbox, then deliver it live to every online device of
+    /// every member but the sending device. A resent `client_msg_id` returns the first ack.
     pub async fn send(
         &self,
         sender: &str,
@@ -49,7 +47,13 @@ impl Chat {
     ) -> Result<Ack, ApiError> {
         let started = Instant::now();
         validate::client_msg_id(&req.client_msg_id)?;
-        validate::text(&req.text, self.limits.max_message_chars)?;
+        match &req.action {
+            ItemAction::Message | ItemAction::Reply { .. } | ItemAction::Edit { .. } => {
+                validate::text(&req.text, self.limits.max_message_chars)?
+            }
+            ItemAction::Delete { .. } => {}
+            ItemAction::React { .. } => items::emoji(&req.text)?,
+        }
         let channel = match &req.target {
             SendTarget::User(to) => {
                 if !validate::is_id(to) {
@@ -67,7 +71,13 @@ impl Chat {
             client_msg_id: req.client_msg_id,
             text: req.text,
             ts,
-            push_due: self.push.as_ref().map(|p| p.due_at(ts)),
+            // Edits, deletes and reactions do not push.
+            push_due: self
+                .push
+                .as_ref()
+                .filter(|_| req.action.target().is_none())
+                .map(|p| p.due_at(ts)),
+            action: req.action,
         };
         let ack = self.route_send(op).await?;
         if let Some(push) = &self.push {
@@ -82,48 +92,18 @@ impl Chat {
     /// Run `op` at its channel's owner, here or over a link, following ownership while it
     /// moves.
     async fn route_send(&self, op: SendOp) -> Result<Ack, ApiError> {
-        let name = op.channel.to_string();
-        let deadline = Instant::now() + ROUTE_DEADLINE;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            // The write path's owner (not the user placement's: a one-on-one channel
-            // belongs with one of its users' inboxes), as the writers themselves judge it.
-            let owner = self
-                .links
-                .cluster()
-                .owners()
-                .owner(&name)
-                .map(str::to_owned);
-            let result = match owner {
-                None => self.sequence_here(op.clone()).await,
-                Some(node) => {
-                    match self
-                        .links
-                        .rpc()
-                        .call(&node, &Call::Sequence { op: op.clone() })
-                        .await
-                    {
-                        Ok(Answer::Acked { ack }) => Ok(ack),
-                        Ok(Answer::NotOwner) => Err(WriteError::NotOwner),
-                        Ok(Answer::Refused { error }) => Err(WriteError::Api(error)),
-                        Ok(_) => Err(WriteError::Api(ApiError::internal(
-                            "a node answered a send with something else",
-                        ))),
-                        Err(e) => {
-                            tracing::debug!(error = %e, node = %node, "a send could not reach its channel's owner");
-                            Err(WriteError::NotOwner)
-                        }
-                    }
-                }
-            };
-            match result {
-                Err(WriteError::NotOwner) if Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(400));
-                }
-                other => return other.map_err(WriteError::into_api),
-            }
-        }
+        let unit = op.channel.to_string();
+        let call = Call::Sequence { op: op.clone() };
+        self.at_owner(
+            &unit,
+            call,
+            || self.sequence_here(op.clone()),
+            |answer| match answer {
+                Answer::Acked { ack } => Some(ack),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// At the channel's owner: write the message (and the inboxes this node owns), hand it
@@ -165,14 +145,10 @@ impl Chat {
             return Ok(ack);
         };
         if !outcome.remote.is_empty() {
-            let item = AppendItem {
-                seq: ack.seq,
-                ts: ack.ts,
-                from: message.from.clone(),
-                client_msg_id: message.client_msg_id.clone(),
-                members: outcome.remote,
-                push: push_due.map(|due| (due, preview(&message.text))),
-            };
+            let mut item = AppendItem::of(&message, outcome.remote);
+            if message.kind.is_none() {
+                item.push = push_due.map(|due| (due, preview(&message.text)));
+            }
             if let Some(inbox_id) = self
                 .second_stage(&ack.channel, item, message.clone())
                 .await?
@@ -188,7 +164,7 @@ impl Chat {
     /// owners (here included), handing missing earlier items first where an inbox lacks
     /// them. Returns the `inbox_id` the item took in its sender's inbox, when the sender is
     /// among the members.
-    async fn second_stage(
+    pub(super) async fn second_stage(
         &self,
         channel: &str,
         item: AppendItem,
@@ -328,17 +304,13 @@ impl Chat {
         let to = next.min(from + REPAIR_ITEMS);
         let mut missing = Vec::new();
         for (seq, message) in self.store.channel_items(channel, from, to).await? {
-            let item = AppendItem {
-                seq,
-                ts: message.ts,
-                from: message.from.clone(),
-                client_msg_id: message.client_msg_id.clone(),
-                members: vec![Member {
+            let item = AppendItem::of(
+                &message,
+                vec![Member {
                     user: user.to_owned(),
                     first: seq == from && joined >= last,
                 }],
-                push: None,
-            };
+            );
             missing.push((item, message));
         }
         missing.append(items);
@@ -358,15 +330,7 @@ impl Chat {
                 "{channel}#{seq} is missing from the store; report this to the operator"
             )))
         })?;
-        let item = AppendItem {
-            seq,
-            ts: message.ts,
-            from: message.from.clone(),
-            client_msg_id: message.client_msg_id.clone(),
-            members: Vec::new(),
-            push: None,
-        };
-        Ok((item, message))
+        Ok((AppendItem::of(&message, Vec::new()), message))
     }
 
     /// At the owner of some members' inboxes: append the items, then deliver what was
@@ -392,84 +356,6 @@ impl Chat {
         Ok(outcome)
     }
 
-    /// Run a group change at the group's owner, here or over a link.
-    pub(super) async fn route_group_change(
-        &self,
-        change: GroupChange,
-    ) -> Result<GroupRecord, ApiError> {
-        let group_id = match &change {
-            GroupChange::Add { group_id, .. } | GroupChange::Remove { group_id, .. } => {
-                group_id.clone()
-            }
-        };
-        let name = Channel::Group(group_id).to_string();
-        let deadline = Instant::now() + ROUTE_DEADLINE;
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let owner = self
-                .links
-                .cluster()
-                .owners()
-                .owner(&name)
-                .map(str::to_owned);
-            let result = match owner {
-                None => self.group_change_here(change.clone()).await,
-                Some(node) => match self
-                    .links
-                    .rpc()
-                    .call(
-                        &node,
-                        &Call::Group {
-                            change: change.clone(),
-                        },
-                    )
-                    .await
-                {
-                    Ok(Answer::Group { group }) => Ok(group),
-                    Ok(Answer::Refused { error }) => Err(WriteError::Api(error)),
-                    Ok(_) | Err(_) => Err(WriteError::NotOwner),
-                },
-            };
-            match result {
-                Err(WriteError::NotOwner) if Instant::now() < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(400));
-                }
-                other => return other.map_err(WriteError::into_api),
-            }
-        }
-    }
-
-    /// A group change at the group's owner.
-    pub(crate) async fn group_change_here(
-        &self,
-        change: GroupChange,
-    ) -> Result<GroupRecord, WriteError> {
-        let op = match change {
-            GroupChange::Add {
-                caller,
-                group_id,
-                user,
-                max_members,
-            } => Op::AddMember {
-                caller,
-                group_id,
-                user,
-                max_members,
-            },
-            GroupChange::Remove {
-                caller,
-                group_id,
-                user,
-            } => Op::RemoveMember {
-                caller,
-                group_id,
-                user,
-            },
-        };
-        self.writer.group_change(op).await
-    }
-
     /// Answer a call from another node.
     pub async fn answer(&self, call: Call) -> Answer {
         let result = match call {
@@ -485,6 +371,14 @@ impl Chat {
                 .group_change_here(change)
                 .await
                 .map(|group| Answer::Group { group }),
+            Call::Read { op } => self
+                .read_here(op)
+                .await
+                .map(|outcome| Answer::Read { outcome }),
+            Call::Block { op } => self
+                .block_here(op)
+                .await
+                .map(|changed| Answer::Blocked { changed }),
         };
         match result {
             Ok(answer) => answer,

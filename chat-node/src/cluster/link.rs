@@ -39,7 +39,7 @@ pub enum Event {
     /// A stored message for these recipients (`(user, inbox_id)`) with sockets on the
     /// receiving node; the sender's sending device is skipped.
     Deliver {
-        message: Message,
+        message: Box<Message>,
         recipients: Vec<(String, u64)>,
         sending_device: String,
     },

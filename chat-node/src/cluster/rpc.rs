@@ -21,7 +21,9 @@ use super::transport::Transport;
 use crate::protocol::ApiError;
 use crate::protocol::types::{Ack, Message};
 use crate::store::GroupRecord;
-use crate::store::writer::{AppendOp, AppendOutcome, SendOp};
+use crate::store::writer::{
+    AppendOp, AppendOutcome, BlockOp, GroupOp, ReadOp, ReadOutcome, SendOp,
+};
 
 /// A batch stops growing past this many bytes (after its first call).
 const BATCH_BYTES: usize = 1024 * 1024;
@@ -44,32 +46,25 @@ pub enum Call {
         op: AppendOp,
         messages: Vec<Message>,
     },
-    /// A group change at the group channel's owner.
-    Group { change: GroupChange },
+    /// A group change at the group channel's owner (which also hands its system item to
+    /// every member's inbox).
+    Group { change: GroupOp },
+    /// Move a read marker at the owner of the reader's inbox.
+    Read { op: ReadOp },
+    /// Block or unblock at the owner of the two users' one-on-one channel.
+    Block { op: BlockOp },
 }
 
 impl Call {
-    /// Whether answering it waits on other calls (so it must not share their lane).
+    /// Whether answering it waits on other calls (so it must not share their lane): a send
+    /// and a group change wait on their items' appends; appends, read markers and blocks
+    /// wait on nothing but the writer.
     fn waits_on_calls(&self) -> bool {
-        !matches!(self, Call::Append { .. })
+        !matches!(
+            self,
+            Call::Append { .. } | Call::Read { .. } | Call::Block { .. }
+        )
     }
-}
-
-/// A change of a group's members, as a call carries it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum GroupChange {
-    Add {
-        caller: String,
-        group_id: String,
-        user: String,
-        max_members: usize,
-    },
-    Remove {
-        caller: String,
-        group_id: String,
-        user: String,
-    },
 }
 
 /// Its answer.
@@ -84,6 +79,12 @@ pub enum Answer {
     },
     Group {
         group: GroupRecord,
+    },
+    Read {
+        outcome: ReadOutcome,
+    },
+    Blocked {
+        changed: bool,
     },
     /// The receiving node does not own what the call is about: ask the owner.
     NotOwner,
@@ -291,10 +292,13 @@ mod tests {
     #[test]
     fn calls_and_answers_round_trip_as_json() {
         let call = Call::Group {
-            change: GroupChange::Remove {
+            change: GroupOp {
                 caller: "a".into(),
+                device: "d".into(),
                 group_id: "g".into(),
-                user: "b".into(),
+                change: crate::store::writer::GroupEdit::Remove { user: "b".into() },
+                ts: 1,
+                push_due: None,
             },
         };
         let json = serde_json::to_string(&CallBatch {
@@ -305,7 +309,7 @@ mod tests {
         let back: CallBatch = serde_json::from_str(&json).unwrap();
         assert!(matches!(
             &back.calls[0],
-            Call::Group { change: GroupChange::Remove { user, .. } } if user == "b"
+            Call::Group { change: GroupOp { change: crate::store::writer::GroupEdit::Remove { user }, .. } } if user == "b"
         ));
         let answer = serde_json::to_string(&Answer::NotOwner).unwrap();
         assert_eq!(answer, r#"{"answer":"not_owner"}"#);

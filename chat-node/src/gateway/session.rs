@@ -269,10 +269,19 @@ impl Session {
                     .err()
                     .and_then(|e| failed(e, req))
             })),
+            // A marker moved has no answer (every member's devices hear of it).
+            ClientFrame::Read { channel, seq } => Some(Box::pin(async move {
+                state
+                    .chat
+                    .mark_read(&user, &channel, seq)
+                    .await
+                    .err()
+                    .and_then(|e| failed(e, req))
+            })),
             ClientFrame::Heartbeat => None,
             ClientFrame::Unknown { kind } => {
                 let e = ApiError::bad_request(format!(
-                    "unknown frame type {kind:?}; known types: send, sync, cursor, heartbeat, typing"
+                    "unknown frame type {kind:?}; known types: send, edit, delete, react, read, sync, cursor, heartbeat, typing"
                 ));
                 self.conn.push(Utf8Bytes::from(
                     ServerFrame::error(e, client_msg_id, req).to_json(),

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::types::{Ack, Message};
+use super::items::{self, ItemAction};
+use super::types::{Ack, Group, Message};
 use super::{ApiError, ErrorCode};
 
 /// Where a `send` goes: a user (the one-on-one channel with them) or a named channel.
@@ -14,23 +15,40 @@ pub enum SendTarget {
     Channel(String),
 }
 
-/// A message to store, from a `send` frame or `POST /v1/messages`.
+/// A timeline item to store: a message from a `send` frame or `POST /v1/messages`, or an
+/// edit, delete or reaction (`action`; see [`items`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRequest {
     pub client_msg_id: String,
     pub target: SendTarget,
+    /// The message's text, an edit's new text, a reaction's emoji (empty for a delete).
     pub text: String,
+    pub action: ItemAction,
 }
 
 /// A decoded client frame. An unknown `type` is a normal value, answered with an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
     Send(SendRequest),
-    Sync { after: u64, limit: Option<u64> },
-    Cursor { inbox_id: u64 },
+    Sync {
+        after: u64,
+        limit: Option<u64>,
+    },
+    Cursor {
+        inbox_id: u64,
+    },
     Heartbeat,
-    Typing { channel: String },
-    Unknown { kind: String },
+    Typing {
+        channel: String,
+    },
+    /// The user has read `channel` up to `seq`.
+    Read {
+        channel: String,
+        seq: u64,
+    },
+    Unknown {
+        kind: String,
+    },
 }
 
 /// A client frame with its optional correlation ids (echoed on any error it causes).
@@ -73,6 +91,8 @@ struct Fast<'a> {
     limit: Option<u64>,
     #[serde(default)]
     inbox_id: Option<u64>,
+    #[serde(default)]
+    reply_to: Option<u64>,
 }
 
 impl Fast<'_> {
@@ -87,6 +107,10 @@ impl Fast<'_> {
                     _ => return None,
                 },
                 text: self.text?.into_owned(),
+                action: match self.reply_to {
+                    None => ItemAction::Message,
+                    Some(reply_to) => ItemAction::Reply { reply_to },
+                },
             }),
             "sync" => ClientFrame::Sync {
                 after: self.after.unwrap_or(0),
@@ -190,6 +214,14 @@ impl Inbound {
                 channel: opt_string(obj, "channel")?
                     .ok_or_else(|| ApiError::bad_request("typing needs \"channel\""))?,
             },
+            "edit" | "delete" | "react" => ClientFrame::Send(items::target_request(kind, obj)?),
+            "read" => ClientFrame::Read {
+                channel: opt_string(obj, "channel")?
+                    .ok_or_else(|| ApiError::bad_request("read needs \"channel\""))?,
+                seq: opt_u64(obj, "seq")?.ok_or_else(|| {
+                    ApiError::bad_request("read needs \"seq\": a non-negative integer")
+                })?,
+            },
             other => ClientFrame::Unknown {
                 kind: other.chars().take(64).collect(),
             },
@@ -205,6 +237,10 @@ impl SendRequest {
         })?;
         let text =
             opt_string(obj, "text")?.ok_or_else(|| ApiError::bad_request("send needs \"text\""))?;
+        let action = match opt_u64(obj, "reply_to")? {
+            None => ItemAction::Message,
+            Some(reply_to) => ItemAction::Reply { reply_to },
+        };
         let target = match (opt_string(obj, "to")?, opt_string(obj, "channel")?) {
             (Some(to), None) => SendTarget::User(to),
             (None, Some(ch)) => SendTarget::Channel(ch),
@@ -218,6 +254,7 @@ impl SendRequest {
             client_msg_id,
             target,
             text,
+            action,
         })
     }
 }
@@ -294,6 +331,16 @@ pub enum ServerFrame {
     Typing {
         channel: String,
         user: String,
+    },
+    /// `user` has read `channel` up to `seq`.
+    Read {
+        channel: String,
+        user: String,
+        seq: u64,
+    },
+    /// The receiver was made a member of a new group.
+    Group {
+        group: Group,
     },
     Error {
         code: ErrorCode,
@@ -390,7 +437,8 @@ mod tests {
             client_msg_id: "c".into(),
             text: "hello \u{1F600} \\ \n".into(),
             ts: 17,
-            inbox_id: None,
+            reply_to: Some(3),
+            ..Message::default()
         };
         let frame = MessageFrame::new(&message);
         for inbox_id in [1, 42, u64::MAX] {
@@ -417,6 +465,7 @@ mod tests {
             r#"{"type":"cursor","inbox_id":3}"#,
             r#"{"type":"heartbeat","req":null}"#,
             r#"{"type":"typing","channel":"dm:a:b"}"#,
+            r#"{"type":"send","client_msg_id":"c1","channel":"g:x","text":"re","reply_to":4}"#,
         ] {
             let fast = serde_json::from_str::<Fast<'_>>(text)
                 .ok()
@@ -455,7 +504,8 @@ mod tests {
             ClientFrame::Send(SendRequest {
                 client_msg_id: "c1".into(),
                 target: SendTarget::User("u1".into()),
-                text: "hi".into()
+                text: "hi".into(),
+                action: ItemAction::Message,
             })
         );
     }

@@ -2,9 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::timeline::{ItemKind, Reactions, SystemEvent};
+
 /// A message as clients see it. `inbox_id` is present wherever the message comes from the
-/// caller's inbox (sync, live delivery) and absent in channel history.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// caller's inbox (sync, live delivery) and absent in channel history. A timeline item
+/// (PROTOCOL.md, "Timeline items") is a message with a `kind`; a plain message carries its
+/// current state (`edited_at`, `deleted`, `reactions`) when it has any. Fields a message
+/// does not have are left out, so a plain message looks exactly as in the first version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub channel: String,
     pub seq: u64,
@@ -13,6 +18,29 @@ pub struct Message {
     pub client_msg_id: String,
     pub text: String,
     pub ts: i64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kind: Option<ItemKind>,
+    /// The message an edit, delete or reaction is about.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target_seq: Option<u64>,
+    /// The message this one answers.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reply_to: Option<u64>,
+    /// A reaction taken back.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub remove: bool,
+    /// A system item's group change.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub event: Option<SystemEvent>,
+    /// When the text was last edited.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub edited_at: Option<i64>,
+    /// Taken back by its author (or a group's owner): its text is gone.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub deleted: bool,
+    /// The reactions in force.
+    #[serde(skip_serializing_if = "Reactions::is_empty", default)]
+    pub reactions: Reactions,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub inbox_id: Option<u64>,
 }
@@ -89,9 +117,11 @@ pub struct Contact {
     pub username: String,
     pub display_name: String,
     pub mutual: bool,
-    /// `online`/`offline` for mutual contacts, null otherwise.
+    /// `online`/`offline` for mutual contacts (neither blocking the other), null otherwise.
     pub status: Option<&'static str>,
     pub last_seen: Option<i64>,
+    /// The caller blocks this contact (an extension: the contract's fields are unchanged).
+    pub blocked: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +134,12 @@ pub struct NewGroup {
     pub name: String,
     #[serde(default)]
     pub members: Vec<String>,
+}
+
+/// `PATCH /v1/groups/{group_id}`.
+#[derive(Debug, Deserialize)]
+pub struct GroupPatch {
+    pub name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +165,54 @@ pub struct Groups {
 pub struct History {
     pub messages: Vec<Message>,
     pub more: bool,
+}
+
+/// One entry of `GET /v1/channels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelSummary {
+    pub channel: String,
+    /// `direct` or `group`.
+    pub kind: &'static str,
+    /// A one-on-one channel's other user (the caller, in the channel with oneself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// A group's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub last_seq: u64,
+    pub last_ts: i64,
+    pub read_seq: u64,
+    pub unread: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Channels {
+    pub channels: Vec<ChannelSummary>,
+}
+
+/// One member's read marker (`GET /v1/channels/{channel}/reads`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadMarker {
+    pub user: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Reads {
+    pub reads: Vec<ReadMarker>,
+}
+
+/// `POST /v1/channels/{channel}/read`.
+#[derive(Debug, Deserialize)]
+pub struct ReadBody {
+    pub seq: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Blocks {
+    pub blocks: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -11,6 +11,9 @@
 //! 2. **Send.** Send the due jobs this node owns, concurrently. Delivered and dropped jobs are
 //!    deleted; a retry rewrites the job with the next due time and attempt count.
 //!
+//! Both steps read each message as it is now: a message edited since carries its latest
+//! text, and a deleted one an empty preview, so a deleted message's text is never pushed.
+//!
 //! A crash anywhere leaves either the outbox entry or the job in the store, so the push is
 //! sent after restart: at least once (a crash between the provider's answer and the delete
 //! sends it again).
@@ -120,6 +123,20 @@ impl Push {
         if owned.is_empty() {
             return Ok(false);
         }
+        // A message edited since carries its latest text, a deleted one none: a deleted
+        // message's preview is never pushed.
+        let messages: Vec<(String, u64)> = owned
+            .iter()
+            .map(|(_, e)| (e.channel.clone(), e.seq))
+            .collect();
+        for ((_, entry), now) in owned
+            .iter_mut()
+            .zip(self.store.previews_now(&messages).await?)
+        {
+            if let Some(preview) = now {
+                entry.preview = preview;
+            }
+        }
 
         // Each recipient's due entries, newest last (by inbox_id).
         let mut by_user: BTreeMap<String, Vec<(u64, &OutboxEntry)>> = BTreeMap::new();
@@ -196,6 +213,20 @@ impl Push {
             .collect();
         if jobs.is_empty() {
             return Ok(false);
+        }
+        // The message may have been deleted (or edited) since its job was written.
+        let messages: Vec<(String, u64)> = jobs
+            .iter()
+            .map(|(_, j)| (j.notification.channel.clone(), j.notification.seq))
+            .collect();
+        let mut jobs = jobs;
+        for ((_, job), now) in jobs
+            .iter_mut()
+            .zip(self.store.previews_now(&messages).await?)
+        {
+            if let Some(preview) = now {
+                job.notification.preview = preview;
+            }
         }
         let outcomes = join_all(jobs.iter().map(|(_, job)| self.try_once(job))).await;
         // Online state was decided at expansion: a device that came online since gets one

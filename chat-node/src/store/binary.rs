@@ -6,18 +6,27 @@
 //!
 //! ```text
 //! message  1 | ts be64 | from | from_device | client_msg_id | extras | text…
-//! pointer  1 | flags u8 (1: the user sent it) | seq be64 | ts be64 | channel…
+//!          2 | ts be64 | from | from_device | client_msg_id | extras (be32 length) | text…
+//! pointer  1 | flags u8 (1: the user sent it, 2: not unread) | seq be64 | ts be64 | channel…
 //! ack      1 | seq be64 | inbox_id be64 | ts be64 | channel | client_msg_id…
 //! ```
 //! A string is a be16 length and its UTF-8 bytes; the last field of each runs to the end.
-//! `extras` is a JSON object of the less common fields (empty: no bytes), so that later
-//! fields do not need a new layout.
+//! `extras` is a JSON object of the less common fields ([`super::records::Extras`]: an
+//! item's kind and target, a reply's target, a message's edits, deletion and reactions);
+//! a plain message has none and is written as version 1 (no bytes of extras), anything
+//! else as version 2, whose longer length field holds the reactions of a whole group.
 
 use super::StoreError;
 use super::records::{InboxEntry, MessageRecord};
 use crate::protocol::types::Ack;
 
 const V1: u8 = 1;
+/// A message record with extras (a be32 length).
+const V2: u8 = 2;
+
+/// Pointer flags.
+const OWN: u8 = 1;
+const QUIET: u8 = 2;
 
 fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
@@ -65,6 +74,22 @@ impl<'a> Fields<'a> {
         std::str::from_utf8(s).map_err(|_| corrupt(self.key, "a string is not UTF-8"))
     }
 
+    /// A be32-length string.
+    fn long_str(&mut self) -> Result<&'a str, StoreError> {
+        if self.rest.len() < 4 {
+            return Err(corrupt(self.key, "a record ends early"));
+        }
+        let len =
+            u32::from_be_bytes([self.rest[0], self.rest[1], self.rest[2], self.rest[3]]) as usize;
+        let rest = &self.rest[4..];
+        if rest.len() < len {
+            return Err(corrupt(self.key, "a record ends early"));
+        }
+        let (s, rest) = rest.split_at(len);
+        self.rest = rest;
+        std::str::from_utf8(s).map_err(|_| corrupt(self.key, "a string is not UTF-8"))
+    }
+
     fn tail(&mut self) -> Result<&'a str, StoreError> {
         let s = std::str::from_utf8(self.rest)
             .map_err(|_| corrupt(self.key, "a string is not UTF-8"))?;
@@ -82,18 +107,29 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 
 impl MessageRecord {
     pub fn encode(&self) -> Vec<u8> {
+        let extras = if self.extras.is_empty() {
+            Vec::new()
+        } else {
+            super::records::encode(&self.extras)
+        };
         let mut out = Vec::with_capacity(
-            24 + self.from.len()
+            26 + self.from.len()
                 + self.from_device.len()
                 + self.client_msg_id.len()
+                + extras.len()
                 + self.text.len(),
         );
-        out.push(V1);
+        out.push(if extras.is_empty() { V1 } else { V2 });
         out.extend_from_slice(&self.ts.to_be_bytes());
         put_str(&mut out, &self.from);
         put_str(&mut out, &self.from_device);
         put_str(&mut out, &self.client_msg_id);
-        put_str(&mut out, "");
+        if extras.is_empty() {
+            put_str(&mut out, "");
+        } else {
+            out.extend_from_slice(&(extras.len() as u32).to_be_bytes());
+            out.extend_from_slice(&extras);
+        }
         out.extend_from_slice(self.text.as_bytes());
         out
     }
@@ -101,7 +137,7 @@ impl MessageRecord {
     pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
         match bytes.first() {
             Some(b'{') => super::records::decode(key, bytes),
-            Some(&V1) => {
+            Some(&version) if version == V1 || version == V2 => {
                 let mut f = Fields {
                     key,
                     rest: &bytes[1..],
@@ -110,7 +146,16 @@ impl MessageRecord {
                 let from = f.str()?.to_owned();
                 let from_device = f.str()?.to_owned();
                 let client_msg_id = f.str()?.to_owned();
-                let _extras = f.str()?;
+                let extras = if version == V1 {
+                    f.str()?
+                } else {
+                    f.long_str()?
+                };
+                let extras = if extras.is_empty() {
+                    super::records::Extras::default()
+                } else {
+                    super::records::decode(key, extras.as_bytes())?
+                };
                 let text = f.tail()?.to_owned();
                 Ok(Self {
                     from,
@@ -118,6 +163,7 @@ impl MessageRecord {
                     client_msg_id,
                     text,
                     ts,
+                    extras,
                 })
             }
             _ => Err(corrupt(key, "not a message record")),
@@ -129,7 +175,7 @@ impl InboxEntry {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(18 + self.channel.len());
         out.push(V1);
-        out.push(u8::from(self.own));
+        out.push(if self.own { OWN } else { 0 } | if self.quiet { QUIET } else { 0 });
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.ts.to_be_bytes());
         out.extend_from_slice(self.channel.as_bytes());
@@ -151,6 +197,7 @@ impl InboxEntry {
                     seq: old.seq,
                     ts: 0,
                     own: true,
+                    quiet: false,
                 })
             }
             Some(&V1) => {
@@ -158,7 +205,7 @@ impl InboxEntry {
                     key,
                     rest: &bytes[1..],
                 };
-                let own = f.u8()? & 1 == 1;
+                let flags = f.u8()?;
                 let seq = f.u64()?;
                 let ts = f.u64()? as i64;
                 let channel = f.tail()?.to_owned();
@@ -166,7 +213,8 @@ impl InboxEntry {
                     channel,
                     seq,
                     ts,
-                    own,
+                    own: flags & OWN != 0,
+                    quiet: flags & QUIET != 0,
                 })
             }
             _ => Err(corrupt(key, "not an inbox pointer")),
@@ -223,7 +271,9 @@ mod tests {
             client_msg_id: "c-1".into(),
             text: "héllo {\"x\"}".into(),
             ts: 1_700_000_000_000,
+            extras: Default::default(),
         };
+        assert_eq!(m.encode()[0], V1, "a plain message is written as before");
         let back = MessageRecord::decode(b"m/x", &m.encode()).unwrap();
         assert_eq!(
             (
@@ -249,11 +299,15 @@ mod tests {
             seq: 9,
             ts: 77,
             own: true,
+            quiet: true,
         };
         let back = InboxEntry::decode(b"i/x", &p.encode()).unwrap();
+        assert_eq!(back, p);
+        let plain = InboxEntry { quiet: false, ..p };
         assert_eq!(
-            (back.channel, back.seq, back.ts, back.own),
-            ("dm:a:b".into(), 9, 77, true)
+            plain.encode()[1],
+            OWN,
+            "a plain pointer's flags are as before"
         );
         let old = InboxEntry::decode(b"i/x", br#"{"channel":"g:x","seq":3}"#).unwrap();
         assert_eq!((old.channel.as_str(), old.seq, old.ts), ("g:x", 3, 0));
@@ -269,5 +323,50 @@ mod tests {
         let json = serde_json::to_vec(&ack).unwrap();
         assert_eq!(decode_ack(b"d/x", &json).unwrap(), ack);
         assert!(MessageRecord::decode(b"m/x", &[1, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn extras_of_any_size_round_trip() {
+        use crate::protocol::timeline::{ItemKind, Reactions};
+        let mut reactions = Reactions::default();
+        for i in 0..4_000 {
+            reactions.add(&format!("e{}", i % 40), &format!("user-{i:0>20}"));
+        }
+        let m = MessageRecord {
+            from: "u1".into(),
+            from_device: "d".into(),
+            client_msg_id: "c".into(),
+            text: "edited".into(),
+            ts: 5,
+            extras: super::super::records::Extras {
+                kind: None,
+                reply_to: Some(2),
+                edited_at: Some(9),
+                reactions,
+                edits: vec![4, 7],
+                ..Default::default()
+            },
+        };
+        let bytes = m.encode();
+        assert_eq!(bytes[0], V2);
+        assert!(
+            bytes.len() > 64 * 1024,
+            "larger than a be16 length could hold"
+        );
+        let back = MessageRecord::decode(b"m/x", &bytes).unwrap();
+        assert_eq!(back.extras, m.extras);
+        assert_eq!(back.text, "edited");
+        let reaction = MessageRecord {
+            extras: super::super::records::Extras {
+                kind: Some(ItemKind::Reaction),
+                target_seq: Some(1),
+                remove: true,
+                ..Default::default()
+            },
+            ..m
+        };
+        let back = MessageRecord::decode(b"m/x", &reaction.encode()).unwrap();
+        assert_eq!(back.extras, reaction.extras);
+        assert!(!back.is_plain());
     }
 }

@@ -85,7 +85,8 @@ pub fn apply(entry: &mut UserChannel, pointer: &InboxEntry) {
         // Sending to a channel moves the sender's read marker to what they sent.
         entry.read_seq = pointer.seq;
         entry.unread = 0;
-    } else if pointer.seq > entry.read_seq {
+    } else if pointer.seq > entry.read_seq && !pointer.quiet {
+        // Edits, deletes and reactions are not unread (`quiet`).
         entry.unread += 1;
     }
 }
@@ -171,6 +172,36 @@ pub async fn load_channels(
     Ok(())
 }
 
+/// Every channel entry of `user` (at most `max`) as the store has it: the written
+/// entries, with the inbox after the checkpoint laid over them. Read-only: for the channel
+/// list, on any node.
+pub async fn read_all(
+    kv: &dyn Kv,
+    user: &str,
+    max: usize,
+) -> Result<Vec<(String, UserChannel)>, ApiError> {
+    let mut index = load(kv, user, &[]).await?;
+    let prefix = keys::user_channels_of(user);
+    let mut txn = kv.begin().await?;
+    let pairs = txn
+        .scan(&prefix, &prefix_end(&prefix), max, Order::Ascending)
+        .await?;
+    for (key, value) in pairs {
+        let channel = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+        if let std::collections::hash_map::Entry::Vacant(slot) = index.channels.entry(channel) {
+            slot.insert(UserChannel::decode(&key, &value)?);
+        }
+    }
+    Ok(index.channels.into_iter().collect())
+}
+
+/// `user`'s entry for `channel` as the store has it (all zero when the user's inbox holds
+/// nothing of it).
+pub async fn read_one(kv: &dyn Kv, user: &str, channel: &str) -> Result<UserChannel, ApiError> {
+    let mut index = load(kv, user, &[channel.to_owned()]).await?;
+    Ok(index.channels.remove(channel).unwrap_or_default())
+}
+
 /// The pointers of `user`'s inbox after `after`, in order.
 async fn replay(kv: &dyn Kv, user: &str, after: u64) -> Result<Vec<InboxEntry>, ApiError> {
     let prefix = keys::inbox_of(user);
@@ -205,6 +236,7 @@ mod tests {
             seq,
             ts: seq as i64 * 10,
             own,
+            quiet: false,
         }
     }
 
@@ -218,5 +250,15 @@ mod tests {
         assert_eq!(e.unread, 2, "a pointer seen before changes nothing");
         apply(&mut e, &pointer(3, true));
         assert_eq!((e.last_seq, e.unread, e.read_seq, e.last_ts), (3, 0, 3, 30));
+        apply(
+            &mut e,
+            &InboxEntry {
+                quiet: true,
+                ..pointer(4, false)
+            },
+        );
+        assert_eq!((e.last_seq, e.unread), (4, 0), "a reaction is not unread");
+        apply(&mut e, &pointer(5, false));
+        assert_eq!((e.last_seq, e.unread), (5, 1));
     }
 }

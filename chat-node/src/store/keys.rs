@@ -6,6 +6,9 @@
 //! u/{user_id}                   -> UserRecord (JSON)
 //! un/{username}                 -> user_id
 //! c/{owner}/{contact}           -> ContactRecord (JSON)          owner's contact list
+//! b/{owner}/{blocked}           -> blocked at ts (be64)          owner blocks blocked; written
+//!                                                                by the owner of their one-on-one
+//!                                                                channel's writer
 //! g/{group_id}                  -> GroupRecord (JSON)
 //! ug/{user_id}/{group_id}       -> ""                            the groups a user is in
 //! cs/{channel}                  -> last seq (be64)               written by the first version only
@@ -66,6 +69,13 @@ pub fn contact(owner: &str, contact: &str) -> Vec<u8> {
 /// `c/{owner}/`: all of owner's contacts.
 pub fn contacts_of(owner: &str) -> Vec<u8> {
     join(&[b"c", owner.as_bytes(), b""])
+}
+pub fn block(owner: &str, blocked: &str) -> Vec<u8> {
+    join(&[b"b", owner.as_bytes(), blocked.as_bytes()])
+}
+/// `b/{owner}/`: everyone owner blocks.
+pub fn blocks_of(owner: &str) -> Vec<u8> {
+    join(&[b"b", owner.as_bytes(), b""])
 }
 pub fn group(group_id: &str) -> Vec<u8> {
     join(&[b"g", group_id.as_bytes()])

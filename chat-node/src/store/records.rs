@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
+use crate::protocol::timeline::{ItemKind, Reactions, SystemEvent};
 use crate::protocol::types::{Group, Message, Profile, PushRegistration};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,18 +82,54 @@ impl GroupRecord {
     }
 }
 
-/// One message, stored once per channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One timeline item, stored once per channel. A plain message's current state (edits,
+/// deletion, reactions) is kept with it, rewritten in the batch of the item that changed
+/// it, so history and sync read it as it is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessageRecord {
     pub from: String,
     pub from_device: String,
     pub client_msg_id: String,
     pub text: String,
     pub ts: i64,
+    #[serde(default, skip_serializing_if = "Extras::is_empty")]
+    pub extras: Extras,
+}
+
+/// The less common fields of an item (`store::binary`: a JSON object, absent for a plain
+/// message nobody edited or reacted to).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extras {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ItemKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<SystemEvent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    #[serde(default, skip_serializing_if = "Reactions::is_empty")]
+    pub reactions: Reactions,
+    /// The seqs of this message's edit items: a delete erases their text too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edits: Vec<u64>,
+}
+
+impl Extras {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl MessageRecord {
     pub fn into_wire(self, channel: &str, seq: u64, inbox_id: Option<u64>) -> Message {
+        let x = self.extras;
         Message {
             channel: channel.to_owned(),
             seq,
@@ -101,8 +138,21 @@ impl MessageRecord {
             client_msg_id: self.client_msg_id,
             text: self.text,
             ts: self.ts,
+            kind: x.kind,
+            target_seq: x.target_seq,
+            reply_to: x.reply_to,
+            remove: x.remove,
+            event: x.event,
+            edited_at: x.edited_at,
+            deleted: x.deleted,
+            reactions: x.reactions,
             inbox_id,
         }
+    }
+
+    /// Whether it is a plain message (not an edit, delete, reaction or system item).
+    pub fn is_plain(&self) -> bool {
+        self.extras.kind.is_none()
     }
 }
 
@@ -115,6 +165,8 @@ pub struct InboxEntry {
     pub ts: i64,
     /// The inbox's user sent the item (it moves their read marker, it is not unread).
     pub own: bool,
+    /// The item does not count as unread (an edit, delete or reaction).
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

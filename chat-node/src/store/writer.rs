@@ -24,14 +24,20 @@
 //! | --- | --- |
 //! | `op` | the operations ([`Op`]) and their answers |
 //! | `units` | the owned units' state in memory (channel heads and members, users' inbox heads and channel entries), bounded, loaded from the store |
-//! | `apply` | one operation applied to the state and to the batch being built |
+//! | `apply` | one operation applied to the state and to the batch being built: sends and the second stage's appends |
+//! | `targets` | items about another message (edit, delete, reaction): checks and the target's aggregate |
+//! | `groups` | group changes and their system items |
+//! | `marks` | read markers and blocks |
 //! | `durable` | the durability stage: one sync per round, then the answers |
 //! | [`fence`] | in a cluster: who owns what, and the fence that stops a node that lost a unit |
 
 mod apply;
 mod durable;
 pub mod fence;
+mod groups;
+mod marks;
 mod op;
+mod targets;
 mod units;
 
 use std::collections::VecDeque;
@@ -43,14 +49,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::index as store_index;
-use super::records::GroupRecord;
 use super::{Batch, Kv, StoreError};
 use crate::protocol::ApiError;
 use fence::{SharedOwnership, Standing};
 
 pub use op::{
-    AppendItem, AppendOp, AppendOutcome, Member, MemberAppend, Op, Reply, SendOp, SendOutcome,
-    WriteError,
+    AppendItem, AppendOp, AppendOutcome, BlockOp, Counted, GroupEdit, GroupOp, GroupOutcome,
+    Member, MemberAppend, Op, ReadOp, ReadOutcome, Reply, SendOp, SendOutcome, WriteError,
 };
 pub(crate) use units::inbox_head;
 
@@ -220,11 +225,27 @@ impl Writer {
         self.submit(Op::Flush).await.map(|_| ())
     }
 
-    /// Run a group change; see [`Op::AddMember`] and [`Op::RemoveMember`].
-    pub async fn group_change(&self, op: Op) -> Result<GroupRecord, WriteError> {
-        match self.submit(op).await? {
-            Reply::Group(group) => Ok(group),
+    /// Run a group change; see [`Op::Group`].
+    pub async fn group_change(&self, op: GroupOp) -> Result<GroupOutcome, WriteError> {
+        match self.submit(Op::Group(op)).await? {
+            Reply::Group(outcome) => Ok(outcome),
             _ => Err(unexpected("a group change")),
+        }
+    }
+
+    /// Move a read marker; see [`Op::Read`].
+    pub async fn read(&self, op: ReadOp) -> Result<ReadOutcome, WriteError> {
+        match self.submit(Op::Read(op)).await? {
+            Reply::Read(outcome) => Ok(outcome),
+            _ => Err(unexpected("a read marker")),
+        }
+    }
+
+    /// Block or unblock; see [`Op::Block`]. Returns whether anything changed.
+    pub async fn block(&self, op: BlockOp) -> Result<bool, WriteError> {
+        match self.submit(Op::Block(op)).await? {
+            Reply::Blocked(changed) => Ok(changed),
+            _ => Err(unexpected("a block")),
         }
     }
 

@@ -65,6 +65,8 @@ pub enum Scenario {
     Dm(TrafficArgs),
     /// Groups of (by default) 100 online members; every member sends to its group.
     Group(GroupArgs),
+    /// Online pairs mixing one-on-one messages with edits, reactions and read markers.
+    Mixed(MixedArgs),
     /// N clients drop at once and reconnect at once, then sync: time until all are back.
     Storm(StormArgs),
     /// One device offline for K messages syncs them: messages per second received.
@@ -119,6 +121,22 @@ pub struct TrafficArgs {
     /// After stepping, also run the half of the highest held rate (the latency target).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub half_step: bool,
+}
+
+/// `mixed` knobs: the paced knobs of `dm`, and the shares of the timeline operations.
+#[derive(Debug, Clone, Args)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub traffic: TrafficArgs,
+    /// Percent of the offered operations that edit the socket's latest message.
+    #[arg(long, default_value_t = 10)]
+    pub edit_pct: u8,
+    /// Percent that react to (or take back a reaction on) the latest message received.
+    #[arg(long, default_value_t = 20)]
+    pub react_pct: u8,
+    /// Percent that move the read marker to the newest item seen (no ack; counted apart).
+    #[arg(long, default_value_t = 20)]
+    pub read_pct: u8,
 }
 
 /// `group` knobs.

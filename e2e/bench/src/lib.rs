@@ -16,12 +16,14 @@
 //! | [`clock`] | one monotonic time base, so a timestamp in a message is read by its receiver |
 //! | [`report`] | HDR latency summaries, machine facts, the JSON line and the human summary |
 //! | [`procfs`] | a node's resident memory and CPU time from `/proc` |
-//! | [`traffic`] | the paced send/deliver engine shared by `dm` and `group` |
-//! | [`scenario`] | `idle`, `dm`, `group`, `storm`, `catchup` |
+//! | [`traffic`] | the paced send/deliver engine shared by `dm`, `group` and `mixed` |
+//! | [`mix`] | `mixed`'s timeline operations beside sends: edits, reactions, read markers |
+//! | [`scenario`] | `idle`, `dm`, `group`, `mixed`, `storm`, `catchup` |
 
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod mix;
 pub mod procfs;
 pub mod report;
 pub mod scenario;

@@ -43,6 +43,7 @@ async fn main() -> Result<()> {
         Scenario::Idle(a) => ("idle", scenario::idle::run(&ctx, a).await?),
         Scenario::Dm(a) => ("dm", scenario::dm::run(&ctx, a).await?),
         Scenario::Group(a) => ("group", scenario::group::run(&ctx, a).await?),
+        Scenario::Mixed(a) => ("mixed", scenario::mixed::run(&ctx, a).await?),
         Scenario::Storm(a) => ("storm", scenario::storm::run(&ctx, a).await?),
         Scenario::Catchup(a) => ("catchup", scenario::catchup::run(&ctx, a).await?),
     };

@@ -6,6 +6,7 @@ pub mod catchup;
 pub mod dm;
 pub mod group;
 pub mod idle;
+pub mod mixed;
 pub mod storm;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::api::User;
 use crate::clock;
+use crate::mix::{self, Mix, Op, Seen};
 use crate::report::{self, CpuMeter, CpuUse, Latency, NodeProbe};
 use crate::ws::{self, Dialer, Frame};
 
@@ -52,6 +53,8 @@ pub struct Spec {
     pub step_secs: u64,
     pub p99_limit_ms: f64,
     pub half_step: bool,
+    /// Besides sends: edits, reactions and read markers (the `mixed` scenario).
+    pub mix: Option<Mix>,
 }
 
 /// The figures of one step.
@@ -76,6 +79,16 @@ pub struct StepResult {
     pub ack: Latency,
     pub cpu: CpuUse,
     pub held: bool,
+    /// `read` frames sent (the `mixed` scenario; they have no ack and are not in `sent`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reads: u64,
+    /// `read` frames received (every member's devices get each marker moved).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub read_frames: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StepResult {
@@ -123,6 +136,8 @@ struct Shared {
     lost: AtomicU64,
     unsent: AtomicU64,
     reconnects: AtomicU64,
+    reads: AtomicU64,
+    read_frames: AtomicU64,
     /// (deliver, ack) histograms of the epoch being collected.
     hists: Mutex<(Histogram<u64>, Histogram<u64>)>,
     first_error: Mutex<Option<String>>,
@@ -169,6 +184,8 @@ pub async fn run(spec: Spec, dialer: Dialer, probe: &NodeProbe, rates: &[u64]) -
         lost: AtomicU64::new(0),
         unsent: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+        read_frames: AtomicU64::new(0),
         hists: Mutex::new((report::new_hist(), report::new_hist())),
         first_error: Mutex::new(None),
     });
@@ -284,9 +301,12 @@ async fn step(
         take(&shared.lost),
         take(&shared.unsent),
     );
-    let offered = rate as f64 * secs as f64;
+    let (reads, read_frames) = (take(&shared.reads), take(&shared.read_frames));
+    // Reads are offered too but answer nothing: only the rest is to be acked.
+    let share = spec.mix.map_or(1.0, |m| m.acked_share());
+    let offered = rate as f64 * secs as f64 * share;
     let deliver = Latency::of(&deliver);
-    let held = acked as f64 / elapsed >= 0.95 * rate as f64
+    let held = acked as f64 / elapsed >= 0.95 * rate as f64 * share
         && acked as f64 >= 0.95 * offered
         && deliver.p99_ms <= spec.p99_limit_ms
         && (errors + lost) as f64 <= 0.001 * sent as f64;
@@ -306,6 +326,8 @@ async fn step(
         ack: Latency::of(&ack),
         cpu,
         held,
+        reads,
+        read_frames,
     }
 }
 
@@ -352,6 +374,11 @@ async fn participant(
     let mut my_epoch = shared.epoch.load(Relaxed);
     let mut due_ns: Option<u64> = None;
     let mut counter = 0u64;
+    let seen = Seen::default();
+    let channel = match &p.target {
+        Target::To(peer) => mix::dm(&p.user.user_id, peer),
+        Target::Channel(ch) => ch.clone(),
+    };
     let to_json = |cmid: &str, text: &str| match &p.target {
         Target::To(user) => {
             json!({"type": "send", "client_msg_id": cmid, "to": user, "text": text}).to_string()
@@ -442,14 +469,28 @@ async fn participant(
                     // Up to SLACK late is the tool's timer, not the node: stamp the send
                     // time. Later than that the socket was held back: stamp the due time.
                     let stamp = if now - due > SLACK_NS { due } else { now };
-                    let cmid = ws::stamped_cmid(idx, counter, stamp);
                     let text = ws::stamped_text(stamp, spec.text_chars);
-                    if sink
-                        .feed(Message::Text(to_json(&cmid, &text).into()))
-                        .await
-                        .is_err()
-                    {
+                    let (op, json) = match &spec.mix {
+                        None => (
+                            Op::Send,
+                            to_json(&ws::stamped_cmid(idx, counter, stamp), &text),
+                        ),
+                        Some(m) => {
+                            let op = mix::pick(m, counter, &seen);
+                            let cmid = mix::cmid(&op, idx, counter, stamp);
+                            let json = mix::frame(&op, &channel, &cmid, &text)
+                                .unwrap_or_else(|| to_json(&cmid, &text));
+                            (op, json)
+                        }
+                    };
+                    if sink.feed(Message::Text(json.into())).await.is_err() {
                         return;
+                    }
+                    if let Op::Read(_) = op {
+                        shared.reads.fetch_add(1, Relaxed);
+                        due += interval;
+                        batch += 1;
+                        continue;
                     }
                     unacked.fetch_add(1, Relaxed);
                     shared.sent.fetch_add(1, Relaxed);
@@ -493,9 +534,16 @@ async fn participant(
                         if let Some(id) = frame.inbox_id {
                             last_inbox.fetch_max(id, Relaxed);
                         }
+                        if let (Some(cmid), Some(seq)) = (frame.client_msg_id.as_deref(), frame.seq)
+                        {
+                            seen.acked(cmid, seq);
+                        }
                     }
                     "message" => {
                         shared.delivered.fetch_add(1, Relaxed);
+                        if let Some(seq) = frame.seq {
+                            seen.received(seq, frame.item.is_none());
+                        }
                         if let Some(ns) = frame.text.as_deref().and_then(ws::read_stamp) {
                             let mut h = local.lock().unwrap_or_else(|p| p.into_inner());
                             report::record(&mut h.0, clock::since_us(ns));
@@ -527,6 +575,9 @@ async fn participant(
                     "reconnect" => {
                         *redirect.lock().unwrap() = frame.ws_url.clone();
                         return;
+                    }
+                    "read" => {
+                        shared.read_frames.fetch_add(1, Relaxed);
                     }
                     _ => {}
                 }

@@ -99,6 +99,11 @@ pub struct Frame<'a> {
     #[serde(default)]
     pub inbox_id: Option<u64>,
     #[serde(default)]
+    pub seq: Option<u64>,
+    /// A timeline item's `kind` (absent for a plain message).
+    #[serde(rename = "kind", borrow, default)]
+    pub item: Option<Cow<'a, str>>,
+    #[serde(default)]
     pub items: Option<Vec<Item>>,
     #[serde(default)]
     pub more: Option<bool>,

@@ -378,6 +378,17 @@ impl Client {
         .await
     }
 
+    /// Send a frame answered with an `ack` (`send`, `edit`, `delete`, `react`) and wait for
+    /// its ack or error (matched by `client_msg_id`).
+    pub async fn acked(&mut self, frame: Value) -> Value {
+        let cmid = frame["client_msg_id"].clone();
+        self.send(frame).await;
+        self.until(&format!("the ack of {cmid}"), |v| {
+            (v["type"] == "ack" || v["type"] == "error") && v["client_msg_id"] == cmid
+        })
+        .await
+    }
+
     /// Wait for the close frame; returns its code.
     pub async fn closed_with(&mut self) -> u16 {
         loop {

@@ -1,4 +1,6 @@
-//! Contacts: a one-way list per user; presence flows only between mutual contacts.
+//! Contacts: a one-way list per user; presence flows only between mutual contacts of whom
+//! neither blocks the other. Blocks (`b/{owner}/{blocked}`) are written by the write path
+//! (`store::writer`, at the owner of the two users' one-on-one channel) and read here.
 
 use super::{ChatStore, get_json};
 use crate::protocol::ApiError;
@@ -7,6 +9,8 @@ use crate::store::{KvTxn, Order, keys, prefix_end};
 
 /// Most contacts a user may have (bounds every contact scan).
 pub const MAX_CONTACTS: usize = 10_000;
+/// Most blocks listed for one user (bounds the block scan).
+pub const MAX_BLOCKS: usize = 10_000;
 
 /// A contact as the owner sees it.
 #[derive(Debug, Clone)]
@@ -14,6 +18,10 @@ pub struct ContactView {
     pub user: UserRecord,
     pub mutual: bool,
     pub last_seen: Option<i64>,
+    /// The owner blocks this contact.
+    pub blocked: bool,
+    /// One of the two blocks the other: no presence either way.
+    pub hidden: bool,
 }
 
 impl ChatStore {
@@ -51,24 +59,32 @@ impl ChatStore {
         .await
     }
 
-    /// Whether `a` has `b` and `b` has `a`.
+    /// Whether `a` and `b` share presence: `a` has `b`, `b` has `a`, and neither blocks
+    /// the other.
     pub async fn are_mutual(&self, a: &str, b: &str) -> Result<bool, ApiError> {
         self.read(|txn, _| {
             Box::pin(async move {
                 Ok(txn.get(&keys::contact(a, b)).await?.is_some()
-                    && txn.get(&keys::contact(b, a)).await?.is_some())
+                    && txn.get(&keys::contact(b, a)).await?.is_some()
+                    && txn.get(&keys::block(a, b)).await?.is_none()
+                    && txn.get(&keys::block(b, a)).await?.is_none())
             })
         })
         .await
     }
 
-    /// The ids of `owner`'s mutual contacts.
+    /// The ids of `owner`'s mutual contacts who share presence with them (neither blocks
+    /// the other).
     pub async fn mutual_contacts(&self, owner: &str) -> Result<Vec<String>, ApiError> {
         self.read(|txn, _| {
             Box::pin(async move {
+                let blocks = block_ids(txn, owner).await?;
                 let mut mutual = Vec::new();
                 for id in contact_ids(txn, owner).await? {
-                    if txn.get(&keys::contact(&id, owner)).await?.is_some() {
+                    if !blocks.contains(&id)
+                        && txn.get(&keys::contact(&id, owner)).await?.is_some()
+                        && txn.get(&keys::block(&id, owner)).await?.is_none()
+                    {
                         mutual.push(id);
                     }
                 }
@@ -78,10 +94,25 @@ impl ChatStore {
         .await
     }
 
+    /// Everyone `owner` blocks, in id order.
+    pub async fn blocks_of(&self, owner: &str) -> Result<Vec<String>, ApiError> {
+        self.read(|txn, _| Box::pin(async move { block_ids(txn, owner).await }))
+            .await
+    }
+
+    /// Whether `owner` blocks `other`.
+    pub async fn blocks(&self, owner: &str, other: &str) -> Result<bool, ApiError> {
+        self.read(|txn, _| {
+            Box::pin(async move { Ok(txn.get(&keys::block(owner, other)).await?.is_some()) })
+        })
+        .await
+    }
+
     /// `owner`'s contacts with their profiles, mutuality and stored last-seen time.
     pub async fn contacts(&self, owner: &str) -> Result<Vec<ContactView>, ApiError> {
         self.read(|txn, _| {
             Box::pin(async move {
+                let blocks = block_ids(txn, owner).await?;
                 let mut out = Vec::new();
                 for id in contact_ids(txn, owner).await? {
                     let Some(user) = get_json::<UserRecord>(txn, &keys::user(&id)).await? else {
@@ -93,10 +124,14 @@ impl ChatStore {
                         Some(v) => Some(decode_u64(&key, &v)? as i64),
                         None => None,
                     };
+                    let blocked = blocks.contains(&id);
+                    let hidden = blocked || txn.get(&keys::block(&id, owner)).await?.is_some();
                     out.push(ContactView {
                         user,
                         mutual,
                         last_seen,
+                        blocked,
+                        hidden,
                     });
                 }
                 Ok(out)
@@ -115,6 +150,17 @@ async fn contact_ids(txn: &mut dyn KvTxn, owner: &str) -> Result<Vec<String>, Ap
             MAX_CONTACTS,
             Order::Ascending,
         )
+        .await?;
+    Ok(pairs
+        .into_iter()
+        .map(|(k, _)| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+        .collect())
+}
+
+async fn block_ids(txn: &mut dyn KvTxn, owner: &str) -> Result<Vec<String>, ApiError> {
+    let prefix = keys::blocks_of(owner);
+    let pairs = txn
+        .scan(&prefix, &prefix_end(&prefix), MAX_BLOCKS, Order::Ascending)
         .await?;
     Ok(pairs
         .into_iter()

@@ -1,6 +1,7 @@
 //! Groups: a named member list (at most the configured size, the creator included) and the
-//! index of each user's groups. Created here; members are added and removed by the write
-//! path (`store::writer`), which owns a group's record once it exists.
+//! index of each user's groups. Created here (a user who blocks the creator cannot be among
+//! the members); members are added and removed, and groups renamed, by the write path
+//! (`store::writer`), which owns a group's record once it exists.
 
 use super::{ChatStore, get_json};
 use crate::protocol::{ApiError, ErrorCode};
@@ -47,6 +48,16 @@ impl ChatStore {
                             "member {member:?} is not a user id"
                         )));
                     }
+                    if *member != group.owner
+                        && txn
+                            .get(&keys::block(member, &group.owner))
+                            .await?
+                            .is_some()
+                    {
+                        return Err(ApiError::forbidden(format!(
+                            "user {member:?} does not accept being added to groups by you; nothing was created"
+                        )));
+                    }
                 }
                 if txn.get(&keys::group(&group.group_id)).await?.is_some() {
                     return Err(ApiError::internal("a generated group id collided; retry"));
@@ -64,6 +75,20 @@ impl ChatStore {
     pub async fn group(&self, group_id: &str) -> Result<Option<GroupRecord>, ApiError> {
         self.read(|txn, _| Box::pin(async move { get_json(txn, &keys::group(group_id)).await }))
             .await
+    }
+
+    /// The records of these groups (in one round trip where the backend allows), in order.
+    pub async fn groups_by_id(&self, ids: &[String]) -> Result<Vec<Option<GroupRecord>>, ApiError> {
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::group(id)).collect();
+        let values = self.kv().get_many(&keys).await?;
+        let mut out = Vec::with_capacity(values.len());
+        for (key, value) in keys.iter().zip(values) {
+            out.push(match value {
+                Some(bytes) => Some(crate::store::records::decode(key, &bytes)?),
+                None => None,
+            });
+        }
+        Ok(out)
     }
 
     /// The groups `user_id` is a member of.

@@ -321,6 +321,35 @@ impl ChatStore {
         .await
     }
 
+    /// The push preview of each of these messages as they are now (an edited message's
+    /// latest text, nothing of a deleted one), in one round trip where the backend allows;
+    /// `None` for a message not found.
+    pub async fn previews_now(
+        &self,
+        messages: &[(String, u64)],
+    ) -> Result<Vec<Option<String>>, ApiError> {
+        let keys: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|(channel, seq)| keys::message(channel, *seq))
+            .collect();
+        let values = self.kv().get_many(&keys).await?;
+        let mut out = Vec::with_capacity(values.len());
+        for (key, value) in keys.iter().zip(values) {
+            out.push(match value {
+                Some(bytes) => {
+                    let record = MessageRecord::decode(key, &bytes)?;
+                    Some(if record.extras.deleted {
+                        String::new()
+                    } else {
+                        super::preview(&record.text)
+                    })
+                }
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
     /// The largest `inbox_id` of `user_id` (0 when the inbox is empty).
     pub async fn inbox_head(&self, user_id: &str) -> Result<u64, ApiError> {
         crate::store::writer::inbox_head(self.kv().as_ref(), user_id).await

@@ -305,6 +305,7 @@ mod tests {
             text: text.clone(),
             ts: 1_000,
             push_due,
+            action: Default::default(),
         };
         writer.send(new("no-push", None)).await.unwrap();
         assert_eq!(

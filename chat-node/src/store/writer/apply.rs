@@ -10,18 +10,19 @@ use super::op::{
 };
 use super::units::{Members, Units};
 use crate::protocol::ApiError;
-use crate::protocol::types::Ack;
+use crate::protocol::items::ItemAction;
+use crate::protocol::types::{Ack, Message};
 use crate::protocol::validate::Channel;
 use crate::store::binary::encode_ack;
 use crate::store::index as store_index;
-use crate::store::model::{OutboxEntry, group_full, preview};
-use crate::store::records::{ChannelHead, GroupRecord, InboxEntry, MessageRecord, encode};
+use crate::store::model::{OutboxEntry, preview};
+use crate::store::records::{ChannelHead, Extras, InboxEntry, MessageRecord, encode};
 use crate::store::{Batch, keys};
 use std::time::Instant;
 
 /// The batch being built; sends are deduplicated within the batch too.
 pub(super) struct BatchBuilder {
-    batch: Batch,
+    pub(super) batch: Batch,
     sent: HashMap<(String, String), Ack>,
     max_ops: usize,
     /// When the batch was begun: index changes made in it are due from then.
@@ -61,16 +62,29 @@ pub(super) fn writes_of(units: &Units, op: &Op) -> usize {
                 .channels
                 .peek(&send.channel.to_string())
                 .map_or(2, |c| c.members.list().len());
-            members + 3
+            // An edit, delete or reaction rewrites its target too (a delete its edits).
+            let target = match send.action {
+                ItemAction::Delete { .. } => 1 + super::targets::MAX_EDITS,
+                ref action => usize::from(action.target().is_some()),
+            };
+            members + 3 + target
         }
         Op::Append(append) => append.items.iter().map(|i| 2 * i.members.len() + 1).sum(),
-        Op::AddMember { .. } | Op::RemoveMember { .. } => 2,
+        Op::Group(group) => {
+            let members = units
+                .channels
+                .peek(&Channel::Group(group.group_id.clone()).to_string())
+                .map_or(super::groups::MAX_WRITES, |c| c.members.list().len() + 1);
+            // The group record, the member's group index, the item, its outbox entry.
+            members + 4
+        }
+        Op::Read(_) | Op::Block(_) => 1,
         Op::Flush => 0,
     }
 }
 
 /// Whether this node owns `unit` in `view` (always, on a single node).
-fn owns(view: Option<&dyn OwnershipView>, unit: &str) -> bool {
+pub(super) fn owns(view: Option<&dyn OwnershipView>, unit: &str) -> bool {
     view.is_none_or(|v| v.owner(unit).is_none())
 }
 
@@ -92,35 +106,26 @@ pub(super) fn apply(
         }
         Op::Append(append) => Ok(Reply::Appended(append_items(units, batch, append, view))),
         Op::Flush => Ok(Reply::Flushed),
-        Op::AddMember {
-            caller,
-            group_id,
-            user,
-            max_members,
-        } => {
-            if !owns(view, &Channel::Group(group_id.clone()).to_string()) {
+        Op::Group(group) => {
+            if !owns(view, &Channel::Group(group.group_id.clone()).to_string()) {
                 return Err(WriteError::NotOwner);
             }
-            Ok(Reply::Group(add_member(
-                units,
-                batch,
-                &caller,
-                &group_id,
-                &user,
-                max_members,
-            )?))
+            super::groups::change(units, batch, group, view).map(Reply::Group)
         }
-        Op::RemoveMember {
-            caller,
-            group_id,
-            user,
-        } => {
-            if !owns(view, &Channel::Group(group_id.clone()).to_string()) {
+        Op::Read(read) => {
+            if !owns(view, &read.user) {
                 return Err(WriteError::NotOwner);
             }
-            Ok(Reply::Group(remove_member(
-                units, batch, &caller, &group_id, &user,
-            )?))
+            super::marks::read(units, batch, read).map(Reply::Read)
+        }
+        Op::Block(block) => {
+            if !owns(
+                view,
+                &Channel::direct(&block.user, &block.target).to_string(),
+            ) {
+                return Err(WriteError::NotOwner);
+            }
+            super::marks::block(units, batch, block).map(Reply::Blocked)
         }
     }
 }
@@ -246,80 +251,81 @@ fn send_message(
         })
         .into());
     }
+    // A user blocked by the other of a one-on-one channel adds nothing to it (but may take
+    // their own messages back).
+    if !channel.blocked.is_empty()
+        && channel.blocked.iter().any(|b| *b != sender)
+        && !matches!(send.action, ItemAction::Delete { .. })
+    {
+        return Err(ApiError::forbidden(
+            "this user does not accept messages from you; nothing was sent",
+        )
+        .into());
+    }
     let seq = channel.head.last_seq + 1;
+    let mut extras = Extras::default();
+    match &send.action {
+        ItemAction::Message => {}
+        ItemAction::Reply { reply_to } => {
+            if *reply_to == 0 || *reply_to >= seq {
+                return Err(ApiError::bad_request(format!(
+                    "reply_to {reply_to} is not a message of {name} (its newest is {})",
+                    seq - 1
+                ))
+                .into());
+            }
+            extras.reply_to = Some(*reply_to);
+        }
+        action => {
+            extras = super::targets::apply(
+                &mut units.targets,
+                batch,
+                super::targets::Target {
+                    channel: &name,
+                    members: &channel.members,
+                    last_seq: seq - 1,
+                    sender: &sender,
+                    item_seq: seq,
+                    ts: send.ts,
+                },
+                action,
+                &send.text,
+            )?;
+        }
+    }
     channel.head = ChannelHead {
         last_seq: seq,
         last_ts: send.ts,
     };
     let members = channel.members.clone();
-
+    // Edits, deletes and reactions do not push.
+    let push_due = send.push_due.filter(|_| send.action.target().is_none());
     let record = MessageRecord {
         from: sender.clone(),
         from_device: send.device,
         client_msg_id,
         text: send.text,
         ts: send.ts,
+        extras,
     };
-    batch.batch.put(keys::message(&name, seq), record.encode());
-    let mut pointer = InboxEntry {
-        channel: name.clone(),
+    let placed = put_item(
+        units,
+        batch,
+        &name,
         seq,
-        ts: send.ts,
-        own: false,
-    };
-    let mut recipients = Vec::with_capacity(members.list().len());
-    let mut remote = Vec::new();
-    let mut sender_inbox_id = 0;
-    for member in members.list() {
-        let first = members.first_for(member, seq);
-        // Members whose inbox is another node's, or that owe earlier items of the channel
-        // (a cluster only), go to the second stage.
-        let ready = view.is_none()
-            || (owns(view, member)
-                && continuity(units, member, &name, seq, first) == Continuity::Ready);
-        if !ready {
-            remote.push(Member {
-                user: member.clone(),
-                first,
-            });
-            continue;
-        }
-        let is_sender = *member == sender;
-        pointer.own = is_sender;
-        let inbox_id = append_one(units, batch, member, &pointer)?;
-        if is_sender {
-            sender_inbox_id = inbox_id;
-        }
-        recipients.push((member.clone(), inbox_id));
-    }
-    if let Some(due) = send.push_due {
-        let others: Vec<(String, u64)> = recipients
-            .iter()
-            .filter(|(member, _)| *member != sender)
-            .cloned()
-            .collect();
-        if !others.is_empty() {
-            let entry = OutboxEntry {
-                channel: name.clone(),
-                seq,
-                from: sender.clone(),
-                preview: preview(&record.text),
-                ts: send.ts,
-                recipients: others,
-            };
-            batch
-                .batch
-                .put(keys::push_outbox(due, &name, seq), encode(&entry));
-        }
-    }
+        record,
+        &members,
+        push_due.map(|due| (due, None)),
+        view,
+    )?;
     let ack = Ack {
-        client_msg_id: record.client_msg_id.clone(),
+        client_msg_id: placed.message.client_msg_id.clone(),
         channel: name.clone(),
         seq,
-        inbox_id: sender_inbox_id,
+        inbox_id: placed.sender_inbox_id,
         ts: send.ts,
     };
-    if sender_inbox_id > 0 {
+    if placed.sender_inbox_id > 0 {
         batch
             .batch
             .put(keys::dedupe(&sender, &ack.client_msg_id), encode_ack(&ack));
@@ -334,14 +340,102 @@ fn send_message(
     batch
         .sent
         .insert((sender, ack.client_msg_id.clone()), ack.clone());
-    let message = record.into_wire(&name, seq, None);
     Ok(SendOutcome {
         ack,
         duplicate: false,
-        message: Some(message),
+        message: Some(placed.message),
+        recipients: placed.recipients,
+        remote: placed.remote,
+        redrive: false,
+    })
+}
+
+/// Where a new item went.
+pub(super) struct Placed {
+    /// As clients see it (without `inbox_id`).
+    pub message: Message,
+    /// Members whose inboxes this batch appended, with the `inbox_id` each took.
+    pub recipients: Vec<(String, u64)>,
+    /// Members whose inboxes are other nodes' (or owe earlier items first).
+    pub remote: Vec<Member>,
+    /// The `inbox_id` it took in its sender's inbox (0: not appended here).
+    pub sender_inbox_id: u64,
+}
+
+/// Write item `seq` of channel `name` (its `seq` taken already) and append it to the
+/// inboxes of `members` this node owns and that are ready for it; with `push` (due, and
+/// the one member it concerns, if only one), a push outbox entry for the members appended
+/// but its sender.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn put_item(
+    units: &mut Units,
+    batch: &mut BatchBuilder,
+    name: &str,
+    seq: u64,
+    record: MessageRecord,
+    members: &Members,
+    push: Option<(i64, Option<&str>)>,
+    view: Option<&dyn OwnershipView>,
+) -> Result<Placed, ApiError> {
+    batch.batch.put(keys::message(name, seq), record.encode());
+    let sender = record.from.as_str();
+    let mut pointer = InboxEntry {
+        channel: name.to_owned(),
+        seq,
+        ts: record.ts,
+        own: false,
+        quiet: record.extras.kind.is_some_and(|k| k.is_quiet()),
+    };
+    let mut recipients = Vec::with_capacity(members.list().len());
+    let mut remote = Vec::new();
+    let mut sender_inbox_id = 0;
+    for member in members.list() {
+        let first = members.first_for(member, seq);
+        // Members whose inbox is another node's, or that owe earlier items of the channel
+        // (a cluster only), go to the second stage.
+        let ready = view.is_none()
+            || (owns(view, member)
+                && continuity(units, member, name, seq, first) == Continuity::Ready);
+        if !ready {
+            remote.push(Member {
+                user: member.clone(),
+                first,
+            });
+            continue;
+        }
+        let is_sender = member == sender;
+        pointer.own = is_sender;
+        let inbox_id = append_one(units, batch, member, &pointer)?;
+        if is_sender {
+            sender_inbox_id = inbox_id;
+        }
+        recipients.push((member.clone(), inbox_id));
+    }
+    if let Some((due, only)) = push {
+        let others: Vec<(String, u64)> = recipients
+            .iter()
+            .filter(|(member, _)| member != sender && only.is_none_or(|o| o == member))
+            .cloned()
+            .collect();
+        if !others.is_empty() {
+            let entry = OutboxEntry {
+                channel: name.to_owned(),
+                seq,
+                from: sender.to_owned(),
+                preview: preview(&record.text),
+                ts: record.ts,
+                recipients: others,
+            };
+            batch
+                .batch
+                .put(keys::push_outbox(due, name, seq), encode(&entry));
+        }
+    }
+    Ok(Placed {
+        message: record.into_wire(name, seq, None),
         recipients,
         remote,
-        redrive: false,
+        sender_inbox_id,
     })
 }
 
@@ -361,6 +455,7 @@ fn append_items(
             seq: item.seq,
             ts: item.ts,
             own: false,
+            quiet: item.quiet,
         };
         let mut results = Vec::with_capacity(item.members.len());
         for member in &item.members {
@@ -373,7 +468,7 @@ fn append_items(
                     Continuity::Ready => {
                         match append_as(units, batch, user, &mut pointer, is_sender) {
                             Ok(inbox_id) => {
-                                if is_sender {
+                                if is_sender && !item.system {
                                     let ack = Ack {
                                         client_msg_id: item.client_msg_id.clone(),
                                         channel: append.channel.clone(),
@@ -418,6 +513,7 @@ fn append_items(
             let recipients: Vec<(String, u64)> = results
                 .iter()
                 .filter(|(user, _)| *user != item.from)
+                .filter(|(user, _)| item.push_only.as_ref().is_none_or(|o| o == user))
                 .filter_map(|(user, r)| match r {
                     MemberAppend::Appended { inbox_id } => Some((user.clone(), *inbox_id)),
                     _ => None,
@@ -439,104 +535,4 @@ fn append_items(
         outcome.items.push(results);
     }
     outcome
-}
-
-/// The group `group_id` as this round loaded it.
-fn group<'u>(units: &'u mut Units, group_id: &str) -> Result<ChannelStateGroup<'u>, ApiError> {
-    let name = Channel::Group(group_id.to_owned()).to_string();
-    if let Some(e) = units.missing.get(&name) {
-        return Err(e.clone());
-    }
-    match units.channels.get_mut(&name) {
-        Some(state) => match &mut state.members {
-            Members::Group(group) => Ok(ChannelStateGroup {
-                group,
-                last_seq: state.head.last_seq,
-            }),
-            Members::Direct(_) => Err(ApiError::internal(format!(
-                "group {group_id} loaded as a one-on-one channel"
-            ))),
-        },
-        None => Err(ApiError::internal(format!(
-            "group {group_id} was not loaded"
-        ))),
-    }
-}
-
-fn write_group(batch: &mut BatchBuilder, group: &GroupRecord) {
-    batch.batch.put(keys::group(&group.group_id), encode(group));
-}
-
-fn add_member(
-    units: &mut Units,
-    batch: &mut BatchBuilder,
-    caller: &str,
-    group_id: &str,
-    user: &str,
-    max_members: usize,
-) -> Result<GroupRecord, ApiError> {
-    let missing_user = units.no_user.contains(user);
-    let ChannelStateGroup { group, last_seq } = group(units, group_id)?;
-    if !group.members.iter().any(|m| m == caller) {
-        return Err(ApiError::forbidden(
-            "only members of a group can add members to it",
-        ));
-    }
-    if group.members.iter().any(|m| m == user) {
-        return Ok(group.clone());
-    }
-    if missing_user {
-        return Err(ApiError::not_found(format!("no user has the id {user:?}")));
-    }
-    if group.members.len() >= max_members {
-        return Err(group_full(max_members));
-    }
-    group.members.push(user.to_owned());
-    group.joined.insert(user.to_owned(), last_seq);
-    let group = group.clone();
-    write_group(batch, &group);
-    batch
-        .batch
-        .put(keys::user_group(user, group_id), Vec::new());
-    Ok(group)
-}
-
-fn remove_member(
-    units: &mut Units,
-    batch: &mut BatchBuilder,
-    caller: &str,
-    group_id: &str,
-    user: &str,
-) -> Result<GroupRecord, ApiError> {
-    let ChannelStateGroup { group, .. } = group(units, group_id)?;
-    if !group.members.iter().any(|m| m == caller) {
-        return Err(ApiError::forbidden("you are not a member of this group"));
-    }
-    if caller != user && caller != group.owner {
-        return Err(ApiError::forbidden(
-            "only the group's owner can remove other members",
-        ));
-    }
-    if !group.members.iter().any(|m| m == user) {
-        return Err(ApiError::not_found(format!(
-            "{user:?} is not a member of this group"
-        )));
-    }
-    group.members.retain(|m| m != user);
-    group.joined.remove(user);
-    if group.owner == user
-        && let Some(next) = group.members.first()
-    {
-        group.owner = next.clone();
-    }
-    let group = group.clone();
-    write_group(batch, &group);
-    batch.batch.delete(keys::user_group(user, group_id));
-    Ok(group)
-}
-
-/// A loaded group and its channel's newest `seq`.
-struct ChannelStateGroup<'u> {
-    group: &'u mut GroupRecord,
-    last_seq: u64,
 }

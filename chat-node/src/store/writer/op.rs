@@ -1,6 +1,7 @@
 //! What the writer is asked to do, and what it answers.
 
 use crate::protocol::ApiError;
+use crate::protocol::items::ItemAction;
 use crate::protocol::types::{Ack, Message};
 use crate::protocol::validate::Channel;
 use crate::store::records::GroupRecord;
@@ -17,6 +18,10 @@ pub struct SendOp {
     /// When pushes are configured: when the message's push falls due (its `ts` plus the
     /// coalescing window); the batch then also writes one push outbox entry.
     pub push_due: Option<i64>,
+    /// What the item does: a plain message (the default), a reply, or an edit, delete or
+    /// reaction of another message of the channel, whose aggregate the batch rewrites.
+    #[serde(default)]
+    pub action: ItemAction,
 }
 
 /// Items of one channel for the inboxes of users this node owns (a cluster's second stage:
@@ -42,6 +47,32 @@ pub struct AppendItem {
     /// preview; the members appended (but its sender) get a push outbox entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push: Option<(i64, String)>,
+    /// Only this member is pushed (a system item pushes the member it concerns only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_only: Option<String>,
+    /// It does not count as unread (an edit, delete or reaction).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quiet: bool,
+    /// The server made it (a system item): no sender's dedupe record is written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
+}
+
+impl AppendItem {
+    /// The item for `message` (a stored item of the channel), to `members`, not pushed.
+    pub fn of(message: &Message, members: Vec<Member>) -> Self {
+        Self {
+            seq: message.seq,
+            ts: message.ts,
+            from: message.from.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            members,
+            push: None,
+            push_only: None,
+            quiet: message.kind.is_some_and(|k| k.is_quiet()),
+            system: message.kind == Some(crate::protocol::timeline::ItemKind::System),
+        }
+    }
 }
 
 /// A member an item goes to.
@@ -61,22 +92,95 @@ pub enum Op {
     Send(SendOp),
     /// Append a channel's items to inboxes this node owns.
     Append(AppendOp),
-    /// `caller` adds `user` to the group (a member may add; adding a member is a no-op).
-    AddMember {
-        caller: String,
-        group_id: String,
-        user: String,
-        max_members: usize,
-    },
-    /// The owner removes `user`, or a member leaves (`caller == user`).
-    RemoveMember {
-        caller: String,
-        group_id: String,
-        user: String,
-    },
+    /// A change of a group (its channel is this node's), with its system item.
+    Group(GroupOp),
+    /// Move a user's read marker (their inbox is this node's).
+    Read(ReadOp),
+    /// Block or unblock a user (their one-on-one channel is this node's).
+    Block(BlockOp),
     /// Write every user's channel index now (the node stops: the next start replays no
     /// inbox).
     Flush,
+}
+
+/// A change of a group, made by `caller` (from `device`); each but a no-op adds a system
+/// item to the group's timeline, stamped `ts`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GroupOp {
+    pub caller: String,
+    #[serde(default)]
+    pub device: String,
+    pub group_id: String,
+    pub change: GroupEdit,
+    #[serde(default)]
+    pub ts: i64,
+    /// When pushes are configured: when the item's push (to the member it concerns) falls
+    /// due.
+    #[serde(default)]
+    pub push_due: Option<i64>,
+}
+
+/// What a [`GroupOp`] changes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum GroupEdit {
+    /// Add `user` (a member may add; adding a member is a no-op, and adds no item).
+    Add { user: String, max_members: usize },
+    /// The owner removes `user`, or a member leaves (`caller == user`).
+    Remove { user: String },
+    /// The owner renames the group.
+    Rename { name: String },
+}
+
+/// `user` has read `channel` up to `seq`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReadOp {
+    pub user: String,
+    pub channel: String,
+    pub seq: u64,
+    /// Which items of the channel count as unread for the user in `(from, to]`, when the
+    /// writer asked ([`ReadOutcome::NeedCount`]): a marker moved short of the newest item
+    /// leaves the counted items after it unread.
+    #[serde(default)]
+    pub counted: Option<Counted>,
+}
+
+/// The items of a channel in `(from, to]` that count as unread (plain messages and system
+/// items the user's inbox holds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counted {
+    pub from: u64,
+    pub to: u64,
+    pub seqs: Vec<u64>,
+}
+
+/// What became of a read marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReadOutcome {
+    /// The marker moved to `seq` (durably).
+    Moved { seq: u64 },
+    /// It stays at `seq` (it never moves back).
+    Unchanged { seq: u64 },
+    /// The marker would stop short of the newest item: say which items in `(from, to]`
+    /// count (a [`Counted`]) and ask again. Nothing was written.
+    NeedCount { from: u64, to: u64 },
+}
+
+/// `user` blocks (or unblocks) `target`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BlockOp {
+    pub user: String,
+    pub target: String,
+    pub block: bool,
+    pub ts: i64,
+}
+
+/// What a group change did: the group as it is now and its system item (none for a no-op).
+#[derive(Debug, Clone)]
+pub struct GroupOutcome {
+    pub group: GroupRecord,
+    pub item: Option<SendOutcome>,
 }
 
 /// What a send did.
@@ -124,7 +228,10 @@ pub struct AppendOutcome {
 pub enum Reply {
     Sent(SendOutcome),
     Appended(AppendOutcome),
-    Group(GroupRecord),
+    Group(GroupOutcome),
+    Read(ReadOutcome),
+    /// Whether a block changed anything.
+    Blocked(bool),
     Flushed,
 }
 

@@ -12,13 +12,16 @@ use std::time::Instant;
 
 use lru::LruCache;
 
-use super::op::Op;
+use super::op::{GroupEdit, Op};
 use crate::protocol::ApiError;
+use crate::protocol::items::ItemAction;
 use crate::protocol::types::Ack;
 use crate::protocol::validate::Channel;
 use crate::store::binary::decode_ack;
 use crate::store::index::{self, UserIndex};
-use crate::store::records::{ChannelHead, GroupRecord, MessageRecord, decode, decode_u64};
+use crate::store::records::{
+    ChannelHead, GroupRecord, MessageRecord, UserRecord, decode, decode_u64,
+};
 use crate::store::{Kv, Order, keys, prefix_end};
 
 /// Who belongs to a channel.
@@ -53,6 +56,8 @@ impl Members {
 pub(super) struct ChannelState {
     pub head: ChannelHead,
     pub members: Members,
+    /// A one-on-one channel's users who block the other (their sends are refused).
+    pub blocked: Vec<String>,
 }
 
 /// The units' state, and what this round read for its operations.
@@ -74,6 +79,13 @@ pub(super) struct Units {
     pub missing: HashMap<String, ApiError>,
     /// This round's users that do not exist (a group change naming them).
     pub no_user: HashSet<String>,
+    /// This round's display names of the users a group change names.
+    pub names: HashMap<String, String>,
+    /// This round's blocks read for group changes: `(owner, blocked)`.
+    pub blocks: HashSet<(String, String)>,
+    /// This round's messages that edits, deletes and reactions are about, and a deleted
+    /// message's edit items, by `(channel, seq)`.
+    pub targets: HashMap<(String, u64), MessageRecord>,
     /// Writes the next batch carries for the state loaded (a user's channel index built
     /// for an inbox from before the index existed).
     pub pending: Vec<(Vec<u8>, Vec<u8>)>,
@@ -92,6 +104,9 @@ impl Units {
             channel_dedupe: HashMap::new(),
             missing: HashMap::new(),
             no_user: HashSet::new(),
+            names: HashMap::new(),
+            blocks: HashSet::new(),
+            targets: HashMap::new(),
             pending: Vec::new(),
         }
     }
@@ -115,7 +130,12 @@ impl Units {
         self.channel_dedupe.clear();
         self.missing.clear();
         self.no_user.clear();
+        self.names.clear();
+        self.blocks.clear();
+        self.targets.clear();
         let mut reads = Reads::default();
+        // Deleted messages, whose edit items are read once the messages are.
+        let mut deletes: Vec<(String, u64)> = Vec::new();
         // (user, channel) pairs whose inbox head and channel entry the round needs.
         let mut inboxes: Vec<(String, String)> = Vec::new();
         let mut round: Vec<String> = Vec::new();
@@ -130,6 +150,13 @@ impl Units {
                             &send.client_msg_id,
                         );
                     }
+                    if let Some(seq) = send.action.target() {
+                        let name = send.channel.to_string();
+                        if matches!(send.action, ItemAction::Delete { .. }) {
+                            deletes.push((name.clone(), seq));
+                        }
+                        reads.target(name, seq);
+                    }
                     send.channel.clone()
                 }
                 Op::Append(append) => {
@@ -143,11 +170,26 @@ impl Units {
                     }
                     continue;
                 }
-                Op::AddMember { group_id, user, .. } => {
-                    reads.user(user.clone());
-                    Channel::Group(group_id.clone())
+                Op::Group(group) => {
+                    reads.user(group.caller.clone());
+                    match &group.change {
+                        GroupEdit::Add { user, .. } => {
+                            reads.user(user.clone());
+                            reads.block(user, &group.caller);
+                            // The member added gets the change's item, their first.
+                            let name = Channel::Group(group.group_id.clone()).to_string();
+                            inboxes.push((user.clone(), name));
+                        }
+                        GroupEdit::Remove { user } => reads.user(user.clone()),
+                        GroupEdit::Rename { .. } => {}
+                    }
+                    Channel::Group(group.group_id.clone())
                 }
-                Op::RemoveMember { group_id, .. } => Channel::Group(group_id.clone()),
+                Op::Read(read) => {
+                    inboxes.push((read.user.clone(), read.channel.clone()));
+                    continue;
+                }
+                Op::Block(block) => Channel::direct(&block.user, &block.target),
                 Op::Flush => continue,
             };
             let name = channel.to_string();
@@ -175,10 +217,17 @@ impl Units {
         let mut loaded = Vec::new();
         for (name, channel) in reads.channels {
             let head = channel_head(self.kv.as_ref(), &name).await?;
+            let mut blocked = Vec::new();
             let members = match &channel {
                 Channel::Direct(a, b) => {
                     let a_exists = values.next().flatten().is_some();
                     let b_exists = values.next().flatten().is_some();
+                    if values.next().flatten().is_some() {
+                        blocked.push(a.clone());
+                    }
+                    if values.next().flatten().is_some() {
+                        blocked.push(b.clone());
+                    }
                     match (a_exists, b_exists) {
                         (true, true) if a == b => Members::Direct(vec![a.clone()]),
                         (true, true) => Members::Direct(vec![a.clone(), b.clone()]),
@@ -203,13 +252,38 @@ impl Units {
                     }
                 },
             };
-            loaded.push((name, ChannelState { head, members }));
+            loaded.push((
+                name,
+                ChannelState {
+                    head,
+                    members,
+                    blocked,
+                },
+            ));
         }
         for user in reads.users {
-            if values.next().flatten().is_none() {
-                self.no_user.insert(user);
+            match values.next().flatten() {
+                Some(bytes) => {
+                    let record: UserRecord = decode(&keys::user(&user), &bytes)?;
+                    self.names.insert(user, record.display_name);
+                }
+                None => {
+                    self.no_user.insert(user);
+                }
             }
         }
+        for (channel, seq) in reads.targets {
+            if let Some(bytes) = values.next().flatten() {
+                let record = MessageRecord::decode(&keys::message(&channel, seq), &bytes)?;
+                self.targets.insert((channel, seq), record);
+            }
+        }
+        for pair in reads.blocks {
+            if values.next().flatten().is_some() {
+                self.blocks.insert(pair);
+            }
+        }
+        self.load_edits(deletes).await?;
         for (name, state) in loaded {
             self.channels.put(name, state);
         }
@@ -221,6 +295,30 @@ impl Units {
             }
         }
         self.load_inboxes(inboxes).await
+    }
+
+    /// The edit items of the messages this round deletes (their text is erased too).
+    async fn load_edits(&mut self, deletes: Vec<(String, u64)>) -> Result<(), ApiError> {
+        let mut wanted = Vec::new();
+        for (channel, seq) in deletes {
+            if let Some(target) = self.targets.get(&(channel.clone(), seq)) {
+                for edit in &target.extras.edits {
+                    wanted.push((channel.clone(), *edit));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|(c, s)| keys::message(c, *s)).collect();
+        let values = self.kv.get_many(&keys).await?;
+        for (((channel, seq), key), value) in wanted.into_iter().zip(&keys).zip(values) {
+            if let Some(bytes) = value {
+                self.targets
+                    .insert((channel, seq), MessageRecord::decode(key, &bytes)?);
+            }
+        }
+        Ok(())
     }
 
     /// Load what memory lacks of these `(user, channel)` pairs: the users' inbox heads and
@@ -337,14 +435,17 @@ fn no_such_user(user: &str) -> ApiError {
 }
 
 /// What one prefetch reads: dedupe records, per-channel dedupe records, then channels (head,
-/// then the users of a one-on-one channel or the group record), then named users; answered
-/// in that order.
+/// then the users of a one-on-one channel and whether each blocks the other, or the group
+/// record), then named users, the messages items are about, and blocks; answered in that
+/// order.
 #[derive(Default)]
 struct Reads {
     dedupes: Vec<(String, String)>,
     channel_dedupes: Vec<(String, String, String)>,
     channels: Vec<(String, Channel)>,
     users: Vec<String>,
+    targets: Vec<(String, u64)>,
+    blocks: Vec<(String, String)>,
     seen: HashSet<Vec<u8>>,
 }
 
@@ -377,12 +478,27 @@ impl Reads {
         }
     }
 
+    fn target(&mut self, channel: String, seq: u64) {
+        if self.seen.insert(keys::message(&channel, seq)) {
+            self.targets.push((channel, seq));
+        }
+    }
+
+    /// Whether `owner` blocks `blocked`.
+    fn block(&mut self, owner: &str, blocked: &str) {
+        if self.seen.insert(keys::block(owner, blocked)) {
+            self.blocks.push((owner.to_owned(), blocked.to_owned()));
+        }
+    }
+
     fn keys(&self) -> Vec<Vec<u8>> {
         let mut keys = Vec::with_capacity(
             self.dedupes.len()
                 + self.channel_dedupes.len()
-                + 2 * self.channels.len()
-                + self.users.len(),
+                + 4 * self.channels.len()
+                + self.users.len()
+                + self.targets.len()
+                + self.blocks.len(),
         );
         keys.extend(self.dedupes.iter().map(|(s, c)| keys::dedupe(s, c)));
         keys.extend(
@@ -395,11 +511,15 @@ impl Reads {
                 Channel::Direct(a, b) => {
                     keys.push(keys::user(a));
                     keys.push(keys::user(b));
+                    keys.push(keys::block(a, b));
+                    keys.push(keys::block(b, a));
                 }
                 Channel::Group(group_id) => keys.push(keys::group(group_id)),
             }
         }
         keys.extend(self.users.iter().map(|u| keys::user(u)));
+        keys.extend(self.targets.iter().map(|(c, s)| keys::message(c, *s)));
+        keys.extend(self.blocks.iter().map(|(o, b)| keys::block(o, b)));
         keys
     }
 }

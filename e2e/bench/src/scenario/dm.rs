@@ -35,6 +35,7 @@ pub async fn run(ctx: &Ctx, args: &TrafficArgs) -> Result<Value> {
         step_secs: args.step_secs,
         p99_limit_ms: args.p99_limit_ms,
         half_step: args.half_step,
+        mix: None,
     };
     eprintln!(
         "dm: {} pairs ({} sockets), {} s per step, held = p99 ≤ {} ms and ≥ 95 % acked",

@@ -40,6 +40,7 @@ pub async fn run(ctx: &Ctx, args: &GroupArgs) -> Result<Value> {
         step_secs: args.step_secs,
         p99_limit_ms: args.p99_limit_ms,
         half_step: args.half_step,
+        mix: None,
     };
     eprintln!(
         "group: {} groups of {} members ({} sockets), each send delivered {} times",
