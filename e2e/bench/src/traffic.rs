@@ -77,6 +77,9 @@ pub struct StepResult {
     pub deliver: Latency,
     /// Due time → `ack` at the sender (the durability point).
     pub ack: Latency,
+    /// Due time → the send's answer, an `ack` or an `error` (e.g. `unavailable` when the
+    /// node sheds load): how long a client waits to learn what happened.
+    pub answer: Latency,
     pub cpu: CpuUse,
     pub held: bool,
     /// `read` frames sent (the `mixed` scenario; they have no ack and are not in `sent`).
@@ -95,13 +98,14 @@ impl StepResult {
     /// One summary line.
     pub fn human(&self) -> String {
         format!(
-            "{:>6} {:>7}/s offered: {:>9.0} acked/s {:>10.0} delivered/s | deliver {} | ack p99 {:.2} ms | cpu node {} bench {} | {}{}",
+            "{:>6} {:>7}/s offered: {:>9.0} acked/s {:>10.0} delivered/s | deliver {} | ack p99 {:.2} ms | answer max {:.0} ms | cpu node {} bench {} | {}{}",
             self.kind,
             self.offered_per_s,
             self.acked_per_s,
             self.delivered_per_s,
             self.deliver.human(),
             self.ack.p99_ms,
+            self.answer.max_ms,
             self.cpu
                 .node_cores
                 .map_or("?".into(), |c| format!("{c:.2}")),
@@ -138,8 +142,8 @@ struct Shared {
     reconnects: AtomicU64,
     reads: AtomicU64,
     read_frames: AtomicU64,
-    /// (deliver, ack) histograms of the epoch being collected.
-    hists: Mutex<(Histogram<u64>, Histogram<u64>)>,
+    /// (deliver, ack, answer: an ack or an error) histograms of the epoch being collected.
+    hists: Mutex<Hists>,
     first_error: Mutex<Option<String>>,
 }
 
@@ -186,7 +190,7 @@ pub async fn run(spec: Spec, dialer: Dialer, probe: &NodeProbe, rates: &[u64]) -
         reconnects: AtomicU64::new(0),
         reads: AtomicU64::new(0),
         read_frames: AtomicU64::new(0),
-        hists: Mutex::new((report::new_hist(), report::new_hist())),
+        hists: Mutex::new(new_hists()),
         first_error: Mutex::new(None),
     });
     let gate = Arc::new(Semaphore::new(256));
@@ -289,7 +293,7 @@ async fn step(
     }
     let elapsed = began.elapsed().as_secs_f64();
     let cpu = meter.read(probe);
-    let (deliver, ack) = collect(shared, n).await;
+    let (deliver, ack, answer) = collect(shared, n).await;
     let take = |c: &AtomicU64| c.swap(0, Relaxed);
     let (sent, acked, delivered) = (
         take(&shared.sent),
@@ -324,6 +328,7 @@ async fn step(
         delivered_per_s: (delivered as f64 / elapsed).round(),
         deliver,
         ack: Latency::of(&ack),
+        answer: Latency::of(&answer),
         cpu,
         held,
         reads,
@@ -333,7 +338,7 @@ async fn step(
 
 /// Close the current epoch: every socket adds its histograms into the shared pair (each
 /// checks at least every 20 ms), then take the pair.
-async fn collect(shared: &Shared, n: usize) -> (Histogram<u64>, Histogram<u64>) {
+async fn collect(shared: &Shared, n: usize) -> Hists {
     shared.flushed.store(0, Relaxed);
     shared.epoch.fetch_add(1, Relaxed);
     let until = Instant::now() + Duration::from_secs(5);
@@ -341,10 +346,14 @@ async fn collect(shared: &Shared, n: usize) -> (Histogram<u64>, Histogram<u64>) 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut h = shared.hists.lock().unwrap_or_else(|p| p.into_inner());
-    (
-        std::mem::replace(&mut h.0, report::new_hist()),
-        std::mem::replace(&mut h.1, report::new_hist()),
-    )
+    std::mem::replace(&mut *h, new_hists())
+}
+
+/// Deliver, ack, answer (ack or error) latencies.
+type Hists = (Histogram<u64>, Histogram<u64>, Histogram<u64>);
+
+fn new_hists() -> Hists {
+    (report::new_hist(), report::new_hist(), report::new_hist())
 }
 
 /// The shortest sleep of a sender between batches: at high rates it sends what fell due
@@ -367,7 +376,7 @@ async fn participant(
     gate: Arc<Semaphore>,
     spec: Spec,
 ) {
-    let local = Mutex::new((report::new_hist(), report::new_hist()));
+    let local = Mutex::new(new_hists());
     let last_inbox = AtomicU64::new(0);
     let mut ws_url: Option<String> = None;
     let mut counted = false;
@@ -394,8 +403,10 @@ async fn participant(
             let mut all = shared.hists.lock().unwrap_or_else(|p| p.into_inner());
             let _ = all.0.add(&mine.0);
             let _ = all.1.add(&mine.1);
+            let _ = all.2.add(&mine.2);
             mine.0.reset();
             mine.1.reset();
+            mine.2.reset();
             *my_epoch = e;
             shared.flushed.fetch_add(1, Relaxed);
         }
@@ -529,7 +540,9 @@ async fn participant(
                             frame.client_msg_id.as_deref().and_then(ws::read_cmid_stamp)
                         {
                             let mut h = local.lock().unwrap_or_else(|p| p.into_inner());
-                            report::record(&mut h.1, clock::since_us(ns));
+                            let us = clock::since_us(ns);
+                            report::record(&mut h.1, us);
+                            report::record(&mut h.2, us);
                         }
                         if let Some(id) = frame.inbox_id {
                             last_inbox.fetch_max(id, Relaxed);
@@ -563,8 +576,12 @@ async fn participant(
                         }
                     }
                     "error" => {
-                        if frame.client_msg_id.is_some() {
+                        if let Some(cmid) = frame.client_msg_id.as_deref() {
                             unacked.fetch_sub(1, Relaxed);
+                            if let Some(ns) = ws::read_cmid_stamp(cmid) {
+                                let mut h = local.lock().unwrap_or_else(|p| p.into_inner());
+                                report::record(&mut h.2, clock::since_us(ns));
+                            }
                         }
                         shared.note_error(format!(
                             "{}: {}",
