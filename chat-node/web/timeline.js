@@ -161,6 +161,9 @@ function markRead(channel) {
   if (channel !== current || document.visibilityState === 'hidden') return;
   clearTimeout(readTimers.get(channel));
   readTimers.set(channel, setTimeout(() => {
+    // Only what is still on screen is read: the user may have left the chat meanwhile, and
+    // items that arrived since are not seen.
+    if (channel !== current || document.visibilityState === 'hidden') return;
     const c = chan(channel), seq = newestSeq(c);
     if (seq > (c.reads.get(session.user_id) || 0) && sendFrame({ type: 'read', channel, seq })) c.reads.set(session.user_id, seq);
   }, READ_AFTER));
