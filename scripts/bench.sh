@@ -15,7 +15,8 @@
 # (instruction counts, repeatable whatever else the machine does).
 # PARLEY_BENCH_NODE_BIN runs another chat-node binary (scripts/bench-compare.sh uses it for
 # the older build), PARLEY_BENCH_NODE_FLAGS adds flags to the node's command line, and
-# PARLEY_BENCH_LABEL is stored with the results.
+# PARLEY_BENCH_LABEL is stored with the results. `--then` separates scenarios run one after
+# the other against the same node.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -86,5 +87,19 @@ for _ in $(seq 1 1200); do
 done
 curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "chat-node not ready within 120 s" >&2; exit 1; }
 
-"$CARGO_TARGET_DIR/release/parley-bench" --url "http://127.0.0.1:$PORT" --users-file "$USERS" \
-  --json-out "$CARGO_TARGET_DIR/bench-results.jsonl" --label "${PARLEY_BENCH_LABEL:-}" "$@"
+# Several scenarios against one node run: `SCENARIO FLAGS... --then SCENARIO FLAGS...` (e.g.
+# overload, then the load dropped at once: does the node recover without a restart?).
+bench() {
+  "$CARGO_TARGET_DIR/release/parley-bench" --url "http://127.0.0.1:$PORT" --users-file "$USERS" \
+    --json-out "$CARGO_TARGET_DIR/bench-results.jsonl" --label "${PARLEY_BENCH_LABEL:-}" "$@"
+}
+ARGS=()
+for arg in "$@"; do
+  if [ "$arg" = "--then" ]; then
+    bench "${ARGS[@]}"
+    ARGS=()
+  else
+    ARGS+=("$arg")
+  fi
+done
+bench "${ARGS[@]}"

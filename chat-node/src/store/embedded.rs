@@ -24,6 +24,10 @@ use super::{Batch, Guard, Kv, KvTxn, Order, Pair, StoreError};
 
 /// The most journal a start replays after a crash: past it, fjall writes memory tables out.
 const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+/// The memory table written out at a time (fjall's default is 64 MiB). A table written out
+/// competes for the disk with the journal's fsyncs, which every ack waits for: 64 MiB at once
+/// stalled acks by 200 to 300 ms under load (docs/benchmarks.md); smaller tables spread it.
+const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The embedded store. Cheap to clone.
 #[derive(Clone)]
@@ -59,7 +63,9 @@ impl Embedded {
                 )
             })?;
         let data = db
-            .keyspace("data", KeyspaceCreateOptions::default)
+            .keyspace("data", || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
             .map_err(|e| unavailable("cannot open the data keyspace", e))?;
         let (tx, rx) = mpsc::channel(4096);
         let poisoned = Arc::new(std::sync::OnceLock::new());

@@ -26,13 +26,6 @@ pub struct Mix {
     pub read_pct: u8,
 }
 
-impl Mix {
-    /// The share of operations that are answered with an ack (all but reads).
-    pub fn acked_share(&self) -> f64 {
-        1.0 - f64::from(self.read_pct) / 100.0
-    }
-}
-
 /// What one due operation is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
