@@ -32,6 +32,11 @@ use crate::store::writer::{
 /// answered `unavailable` (the client retries with the same `client_msg_id`): past a dead
 /// node's lease too.
 const FANOUT_DEADLINE: Duration = Duration::from_secs(15);
+/// About the most writes one append call carries (a member's pointer and index entry per
+/// item): well inside one etcd transaction (`--max-txn-ops` 1024, less the index writes the
+/// writer adds). A repair of hundreds of items for a node's 30 members of a group took one
+/// call of thousands of writes, which etcd refused every time: the group never recovered.
+const APPEND_WRITES: usize = 480;
 /// Most missing items handed to one inbox in one go.
 const REPAIR_ITEMS: u64 = 1_000;
 
@@ -256,8 +261,8 @@ impl Chat {
                     }
                 }
             }
-            for (user, last) in gaps {
-                self.repair(channel, &mut todo, &user, last).await?;
+            if !gaps.is_empty() {
+                self.repair(channel, &mut todo, gaps).await?;
                 progress = true;
             }
             if todo.is_empty() {
@@ -276,45 +281,84 @@ impl Chat {
         Ok(sender_inbox)
     }
 
-    /// `user`'s inbox holds `channel` only up to `last`: queue the items after it (read
-    /// from the store, at most [`REPAIR_ITEMS`] at a time) before what is queued.
+    /// Each user of `gaps` holds `channel` only up to their `last`: queue the items after it
+    /// before what is queued for them. The missing items are read from the store once for
+    /// all of them (at most [`REPAIR_ITEMS`] from the lowest), not once per member: a node's
+    /// 30 members of a busy group repaired one by one read the same items 30 times per send,
+    /// which saturated etcd and kept the cluster from recovering after an overload.
     async fn repair(
         &self,
         channel: &str,
         todo: &mut HashMap<String, Vec<(AppendItem, Message)>>,
-        user: &str,
-        last: u64,
+        gaps: HashMap<String, u64>,
     ) -> Result<(), WriteError> {
-        let Some(items) = todo.get_mut(user) else {
-            return Ok(());
-        };
-        let Some(next) = items.first().map(|(i, _)| i.seq) else {
-            return Ok(());
-        };
         let members = self.store.channel_members_any(channel).await?;
-        let joined = members.joined(user);
-        let from = last.max(joined) + 1;
-        if from >= next {
-            // Nothing is owed before the item: the member joined after `last`.
-            if let Some((item, _)) = items.first_mut() {
-                item.members[0].first = true;
+        // Per user: (from, next): the first missing seq and the first queued one.
+        let mut owed = Vec::new();
+        for (user, last) in gaps {
+            let Some(items) = todo.get_mut(&user) else {
+                continue;
+            };
+            let Some(next) = items.first().map(|(i, _)| i.seq) else {
+                continue;
+            };
+            let joined = members.joined(&user);
+            let from = last.max(joined) + 1;
+            if from >= next {
+                // Nothing is owed before the item: the member joined after `last`.
+                if let Some((item, _)) = items.first_mut() {
+                    item.members[0].first = true;
+                }
+                continue;
             }
+            owed.push((user, last, joined, from, next));
+        }
+        let Some(lo) = owed.iter().map(|o| o.3).min() else {
             return Ok(());
+        };
+        let hi = owed
+            .iter()
+            .map(|o| o.4)
+            .max()
+            .unwrap_or(lo)
+            .min(lo + REPAIR_ITEMS);
+        let read: Vec<(u64, Message)> = self.store.channel_items(channel, lo, hi).await?;
+        for (user, last, joined, from, next) in owed {
+            // What this user lacks within what was read; the rest (if any) is asked for
+            // again by the next gap its inbox reports.
+            let to = next.min(from + REPAIR_ITEMS);
+            let mut missing: Vec<(AppendItem, Message)> = read
+                .iter()
+                .filter(|(seq, _)| *seq >= from && *seq < to)
+                .map(|(seq, message)| {
+                    let item = AppendItem::of(
+                        message,
+                        vec![Member {
+                            user: user.clone(),
+                            first: *seq == from && joined >= last,
+                        }],
+                    );
+                    (item, message.clone())
+                })
+                .collect();
+            if missing.is_empty() {
+                // Not among what was read (far behind the others): read its own.
+                for (seq, message) in self.store.channel_items(channel, from, to).await? {
+                    let item = AppendItem::of(
+                        &message,
+                        vec![Member {
+                            user: user.clone(),
+                            first: seq == from && joined >= last,
+                        }],
+                    );
+                    missing.push((item, message));
+                }
+            }
+            if let Some(items) = todo.get_mut(&user) {
+                missing.append(items);
+                *items = missing;
+            }
         }
-        let to = next.min(from + REPAIR_ITEMS);
-        let mut missing = Vec::new();
-        for (seq, message) in self.store.channel_items(channel, from, to).await? {
-            let item = AppendItem::of(
-                &message,
-                vec![Member {
-                    user: user.to_owned(),
-                    first: seq == from && joined >= last,
-                }],
-            );
-            missing.push((item, message));
-        }
-        missing.append(items);
-        *items = missing;
         Ok(())
     }
 
@@ -404,7 +448,20 @@ fn merge(
                 .or_insert_with(|| (item.clone(), message.clone()));
         }
     }
-    let (items, messages) = by_seq.into_values().unzip();
+    // One call is one writer operation and so one store transaction (etcd's is bounded by
+    // --max-txn-ops): take items in seq order while they fit, at least one. Cutting at a seq
+    // keeps each member's items in order; the rest stays queued for the next round.
+    let mut writes = 0;
+    let mut taken = Vec::new();
+    for (_, (item, message)) in by_seq {
+        let cost = 2 * item.members.len() + 1;
+        if !taken.is_empty() && writes + cost > APPEND_WRITES {
+            break;
+        }
+        writes += cost;
+        taken.push((item, message));
+    }
+    let (items, messages) = taken.into_iter().unzip();
     (
         AppendOp {
             channel: channel.to_owned(),

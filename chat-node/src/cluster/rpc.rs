@@ -29,10 +29,18 @@ use crate::store::writer::{
 const BATCH_BYTES: usize = 1024 * 1024;
 /// Calls queued per peer before new ones are refused.
 const QUEUE: usize = 16_384;
-/// Batches in flight to one peer at once.
+/// Batches in flight to one peer at once, on the lane of calls that wait on nothing but
+/// the callee's writer.
 const IN_FLIGHT: usize = 4;
+/// The same on the lane of calls that wait on other calls (a send waits for its second
+/// stage): a batch is answered when its slowest call is, so a few slow sends must not hold
+/// every slot (with 4, one stalled second stage stopped all sends between two nodes).
+const IN_FLIGHT_WAITING: usize = 64;
 /// Bound on one batch's request and answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for calls that wait on other calls: past the second stage's own deadline
+/// (15 s), so that a caller does not give up on, and resend, a send its owner still works on.
+const TIMEOUT_WAITING: Duration = Duration::from_secs(20);
 
 /// A call to another node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +181,7 @@ impl Rpc {
             url,
             self.cluster.node_id().to_owned(),
             rx,
+            lane,
         ));
         peers.insert(
             key,
@@ -200,9 +209,15 @@ async fn run_peer(
     url: String,
     from: String,
     mut rx: mpsc::Receiver<Pending>,
+    waiting: bool,
 ) {
     let head = format!("{{\"from\":{},\"calls\":[", serde_json::Value::String(from));
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let (in_flight, timeout) = if waiting {
+        (IN_FLIGHT_WAITING, TIMEOUT_WAITING)
+    } else {
+        (IN_FLIGHT, TIMEOUT)
+    };
+    let slots = Arc::new(Semaphore::new(in_flight));
     while let Some(first) = rx.recv().await {
         let mut body = String::with_capacity(head.len() + first.0.len() + 2);
         body.push_str(&head);
@@ -225,7 +240,7 @@ async fn run_peer(
         let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            match post(&http, &url, body).await {
+            match post(&http, &url, body, timeout).await {
                 Ok(batch) if batch.answers.len() == waiting.len() => {
                     for (answer, tx) in batch.answers.into_iter().zip(waiting) {
                         let _ = tx.send(Ok(answer));
@@ -264,23 +279,30 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-async fn post(http: &reqwest::Client, url: &str, body: String) -> Result<AnswerBatch, String> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: String,
+    timeout: Duration,
+) -> Result<AnswerBatch, String> {
     let response = tokio::time::timeout(
-        TIMEOUT,
+        timeout,
         http.post(url)
+            // The client's own bound is the short one (5 s): this request's overrides it.
+            .timeout(timeout)
             .header("content-type", "application/json")
             .body(body)
             .send(),
     )
     .await
-    .map_err(|_| format!("{url}: no answer within {TIMEOUT:?}"))?
+    .map_err(|_| format!("{url}: no answer within {timeout:?}"))?
     .map_err(|e| format!("{url}: {}", chain(&e)))?;
     if !response.status().is_success() {
         return Err(format!("{url}: HTTP {}", response.status()));
     }
-    let bytes = tokio::time::timeout(TIMEOUT, response.bytes())
+    let bytes = tokio::time::timeout(timeout, response.bytes())
         .await
-        .map_err(|_| format!("{url}: the answer did not arrive within {TIMEOUT:?}"))?
+        .map_err(|_| format!("{url}: the answer did not arrive within {timeout:?}"))?
         .map_err(|e| format!("{url}: {e}"))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("{url}: an unreadable answer: {e}"))
 }

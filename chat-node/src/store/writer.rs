@@ -16,7 +16,8 @@
 //! ([`WriterConfig::queue`]), and an operation that waited longer than
 //! [`WriterConfig::shed_after`] is answered `unavailable` without being written, so a client
 //! learns within about a second that it should retry, and the node recovers as soon as the
-//! load drops.
+//! load drops. Appends (the second stage of items another node already sequenced) are not
+//! shed for waiting: they finish what was started, and only the bounded queue refuses them.
 //!
 //! # Layout
 //!
@@ -343,7 +344,13 @@ impl Task {
                 // Its caller is gone (a closed socket): nothing to answer, nothing to write.
                 continue;
             }
-            if started.duration_since(q.queued_at) > self.config.shed_after {
+            // Appends are the second stage of items already sequenced (and flushes are
+            // the node's own): shedding them only leaves gaps that every later item of the
+            // channel must repair, which kept a cluster overloaded after the load dropped.
+            // New work is what is shed.
+            if !matches!(q.op, Op::Append(_) | Op::Flush)
+                && started.duration_since(q.queued_at) > self.config.shed_after
+            {
                 if let Some(hook) = &self.hooks.on_shed {
                     hook();
                 }
@@ -374,8 +381,12 @@ impl Task {
         }
         // Index changes that have waited long enough ride along (all of them when asked).
         let all = live.iter().any(|q| matches!(q.op, Op::Flush));
-        self.units
-            .flush_due(started, all, if all { usize::MAX } else { FLUSH_USERS });
+        self.units.flush_due(
+            started,
+            all,
+            if all { usize::MAX } else { FLUSH_USERS },
+            self.kv.max_batch_ops() / 2,
+        );
         let pending = std::mem::take(&mut self.units.pending);
         let mut batch = apply::BatchBuilder::new(self.kv.max_batch_ops(), pending);
         let mut answers = Vec::with_capacity(live.len());

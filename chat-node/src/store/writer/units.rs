@@ -367,9 +367,11 @@ impl Units {
 
     /// Queue the index writes of users whose changes are older than [`index::FLUSH_AFTER`]
     /// (all of them when `all`), at most `max` users.
-    pub(super) fn flush_due(&mut self, now: Instant, all: bool, max: usize) {
+    pub(super) fn flush_due(&mut self, now: Instant, all: bool, max: usize, max_writes: usize) {
         let mut flushed = 0;
-        while flushed < max {
+        // Bounded in writes too: they ride in the round's one transaction (etcd's is bounded
+        // by --max-txn-ops, and a batch over it fails whole, sends and all).
+        while flushed < max && self.pending.len() < max_writes {
             let Some((since, _)) = self.unwritten.front() else {
                 break;
             };
