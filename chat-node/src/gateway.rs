@@ -90,6 +90,7 @@ pub async fn upgrade(
         .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame));
+    let conn = session::open(&state, &claims);
     let tracker = state.sessions.clone();
     tracker.spawn(async move {
         match on_upgrade.await {
@@ -100,10 +101,15 @@ pub async fn upgrade(
                     Some(config),
                 )
                 .await;
-                session::run(state, ws, claims).await;
+                session::run(state, ws, claims, conn).await;
                 drop(permit);
             }
-            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+            Err(e) => {
+                if let Some(conn) = conn {
+                    session::abandon(&state, &conn);
+                }
+                tracing::debug!(error = %e, "websocket upgrade failed");
+            }
         }
     });
 

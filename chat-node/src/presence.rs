@@ -83,10 +83,20 @@ impl Presence {
         }
     }
 
-    /// A socket opened: register it, announce the user if they just came online, and
+    /// A socket is about to open (before its `101`): deliveries to its user reach its
+    /// queue from now on. [`Presence::connected`] follows once the session runs.
+    pub fn register(&self, conn: Arc<Conn>) {
+        self.hub.register(conn);
+    }
+
+    /// A registered socket that never ran (its upgrade failed, or it was sent elsewhere).
+    pub fn abandon(&self, conn: &Conn) {
+        self.hub.unregister(conn);
+    }
+
+    /// A registered socket's session runs: record it, announce the user if they just came online, and
     /// queue on the new socket the status of each of the user's mutual contacts.
     pub async fn connected(&self, conn: &Arc<Conn>, now: i64) -> Result<(), ApiError> {
-        self.hub.register(conn.clone());
         self.store
             .set_last_seen(&conn.user_id, &conn.device_id, now)
             .await?;

@@ -34,28 +34,58 @@ const FLUSH_EVERY: usize = 64 * 1024;
 
 type Work = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 
-/// Run a session until the socket closes, times out, or the node drains.
-pub async fn run(state: State, mut ws: Socket, claims: Claims) {
-    let now = now_ms();
+/// Before the upgrade is answered: the socket's [`Conn`], registered with the hub, when its
+/// user belongs on this node (`None`: the session will point the client elsewhere).
+/// Registering before the `101` means a message sent to the user once the client saw its
+/// socket open reaches it (it waits in the socket's queue until the session runs): the
+/// session task may start later than the client's next step.
+pub fn open(state: &State, claims: &Claims) -> Option<Arc<Conn>> {
+    if let Owner::Peer(_) = state.cluster.owner(&claims.sub) {
+        return None;
+    }
     let budget = state.limits.max_frame_bytes() + QUEUE_BUDGET;
     let conn = Arc::new(Conn::new(
         claims.sub.clone(),
         claims.dev.clone(),
         budget,
-        now,
+        now_ms(),
     ));
     conn.set_generation(claims.generation);
+    state.presence.register(conn.clone());
+    Some(conn)
+}
+
+/// The upgrade failed after [`open`]: forget the socket.
+pub fn abandon(state: &State, conn: &Conn) {
+    state.presence.abandon(conn);
+}
+
+/// Run a session until the socket closes, times out, or the node drains. `conn` is what
+/// [`open`] registered.
+pub async fn run(state: State, mut ws: Socket, claims: Claims, conn: Option<Arc<Conn>>) {
+    let now = now_ms();
     // A stale assignment, a membership change or a drain brought the client here: point
     // it at the node its user belongs on.
-    if let Owner::Peer(member) = state.cluster.owner(&claims.sub) {
-        let frame = ServerFrame::Reconnect {
-            ws_url: Some(member.ws_url),
-            reason: "wrong_node".into(),
-        };
-        let _ = ws.send(Message::Text(frame.to_json().into())).await;
-        close(&mut ws, &CloseReason::MOVED).await;
-        return;
-    }
+    let conn = match (conn, state.cluster.owner(&claims.sub)) {
+        (conn, Owner::Peer(member)) => {
+            if let Some(conn) = conn {
+                state.presence.abandon(&conn);
+            }
+            let frame = ServerFrame::Reconnect {
+                ws_url: Some(member.ws_url),
+                reason: "wrong_node".into(),
+            };
+            let _ = ws.send(Message::Text(frame.to_json().into())).await;
+            close(&mut ws, &CloseReason::MOVED).await;
+            return;
+        }
+        (Some(conn), Owner::Here) => conn,
+        // The view changed between the upgrade and now: the user belongs here after all.
+        (None, Owner::Here) => match open(&state, &claims) {
+            Some(conn) => conn,
+            None => return,
+        },
+    };
     state.metrics.connections.inc();
     tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket open");
 
