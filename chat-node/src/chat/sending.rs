@@ -327,31 +327,22 @@ impl Chat {
             // What this user lacks within what was read; the rest (if any) is asked for
             // again by the next gap its inbox reports.
             let to = next.min(from + REPAIR_ITEMS);
+            let owed = |seq: u64, message: &Message| {
+                let member = Member {
+                    user: user.clone(),
+                    first: seq == from && joined >= last,
+                };
+                (AppendItem::of(message, vec![member]), message.clone())
+            };
             let mut missing: Vec<(AppendItem, Message)> = read
                 .iter()
-                .filter(|(seq, _)| *seq >= from && *seq < to)
-                .map(|(seq, message)| {
-                    let item = AppendItem::of(
-                        message,
-                        vec![Member {
-                            user: user.clone(),
-                            first: *seq == from && joined >= last,
-                        }],
-                    );
-                    (item, message.clone())
-                })
+                .filter(|(seq, _)| (from..to).contains(seq))
+                .map(|(seq, message)| owed(*seq, message))
                 .collect();
             if missing.is_empty() {
                 // Not among what was read (far behind the others): read its own.
                 for (seq, message) in self.store.channel_items(channel, from, to).await? {
-                    let item = AppendItem::of(
-                        &message,
-                        vec![Member {
-                            user: user.clone(),
-                            first: seq == from && joined >= last,
-                        }],
-                    );
-                    missing.push((item, message));
+                    missing.push(owed(seq, &message));
                 }
             }
             if let Some(items) = todo.get_mut(&user) {

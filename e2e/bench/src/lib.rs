@@ -17,6 +17,7 @@
 //! | [`report`] | HDR latency summaries, machine facts, the JSON line and the human summary |
 //! | [`procfs`] | a node's resident memory and CPU time from `/proc` |
 //! | [`traffic`] | the paced send/deliver engine shared by `dm`, `group` and `mixed` |
+//! | [`step`] | one step's figures (rates, latencies, CPU, held) and its summary line |
 //! | [`mix`] | `mixed`'s timeline operations beside sends: edits, reactions, read markers |
 //! | [`scenario`] | `idle`, `dm`, `group`, `mixed`, `storm`, `catchup` |
 
@@ -27,6 +28,7 @@ pub mod mix;
 pub mod procfs;
 pub mod report;
 pub mod scenario;
+pub mod step;
 pub mod traffic;
 pub mod users;
 pub mod ws;

@@ -6,37 +6,15 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::Ctx;
+use crate::api::User;
 use crate::cli::TrafficArgs;
+use crate::mix::Mix;
 use crate::traffic::{self, Participant, Spec, Target};
 
 pub async fn run(ctx: &Ctx, args: &TrafficArgs) -> Result<Value> {
     let users = ctx.users(args.pairs * 2).await?;
     super::check_open_files(users.len())?;
-    let participants = users
-        .chunks(2)
-        .flat_map(|pair| {
-            [
-                Participant {
-                    user: pair[0].clone(),
-                    target: Target::To(pair[1].user_id.clone()),
-                },
-                Participant {
-                    user: pair[1].clone(),
-                    target: Target::To(pair[0].user_id.clone()),
-                },
-            ]
-        })
-        .collect();
-    let spec = Spec {
-        participants,
-        deliveries_per_send: 1,
-        text_chars: args.text_chars,
-        max_unacked: args.max_unacked,
-        step_secs: args.step_secs,
-        p99_limit_ms: args.p99_limit_ms,
-        half_step: args.half_step,
-        mix: None,
-    };
+    let spec = pairs_spec(&users, args, None);
     eprintln!(
         "dm: {} pairs ({} sockets), {} s per step, held = p99 ≤ {} ms and ≥ 95 % acked",
         args.pairs,
@@ -61,4 +39,34 @@ pub async fn run(ctx: &Ctx, args: &TrafficArgs) -> Result<Value> {
         "p99_limit_ms": args.p99_limit_ms,
         "outcome": out,
     }))
+}
+
+/// The pairs of `users` (0 with 1, 2 with 3, ...) messaging each other, both directions,
+/// with the paced knobs of `args` (and, for `mixed`, the timeline operations' shares).
+pub(super) fn pairs_spec(users: &[User], args: &TrafficArgs, mix: Option<Mix>) -> Spec {
+    let participants = users
+        .chunks(2)
+        .flat_map(|pair| {
+            [
+                Participant {
+                    user: pair[0].clone(),
+                    target: Target::To(pair[1].user_id.clone()),
+                },
+                Participant {
+                    user: pair[1].clone(),
+                    target: Target::To(pair[0].user_id.clone()),
+                },
+            ]
+        })
+        .collect();
+    Spec {
+        participants,
+        deliveries_per_send: 1,
+        text_chars: args.text_chars,
+        max_unacked: args.max_unacked,
+        step_secs: args.step_secs,
+        p99_limit_ms: args.p99_limit_ms,
+        half_step: args.half_step,
+        mix,
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::Ctx;
 use crate::cli::MixedArgs;
 use crate::mix::Mix;
-use crate::traffic::{self, Participant, Spec, Target};
+use crate::traffic;
 
 pub async fn run(ctx: &Ctx, args: &MixedArgs) -> Result<Value> {
     let t = &args.traffic;
@@ -25,31 +25,7 @@ pub async fn run(ctx: &Ctx, args: &MixedArgs) -> Result<Value> {
     }
     let users = ctx.users(t.pairs * 2).await?;
     super::check_open_files(users.len())?;
-    let participants = users
-        .chunks(2)
-        .flat_map(|pair| {
-            [
-                Participant {
-                    user: pair[0].clone(),
-                    target: Target::To(pair[1].user_id.clone()),
-                },
-                Participant {
-                    user: pair[1].clone(),
-                    target: Target::To(pair[0].user_id.clone()),
-                },
-            ]
-        })
-        .collect();
-    let spec = Spec {
-        participants,
-        deliveries_per_send: 1,
-        text_chars: t.text_chars,
-        max_unacked: t.max_unacked,
-        step_secs: t.step_secs,
-        p99_limit_ms: t.p99_limit_ms,
-        half_step: t.half_step,
-        mix: Some(mix),
-    };
+    let spec = super::dm::pairs_spec(&users, t, Some(mix));
     eprintln!(
         "mixed: {} pairs ({} sockets), operations {}% edits, {}% reactions, {}% reads, the rest messages; {} s per step",
         t.pairs,
