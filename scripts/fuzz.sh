@@ -8,7 +8,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Default: 12 s per target, all four targets (frames, http_bodies, tokens, records): the
+# Default: 12 s per target, all five targets (frames, http_bodies, tokens, records, ws_bytes): the
 # bounded pass scripts/test.sh runs. For a long run (operators, before a release), give
 # more seconds, e.g. `scripts/fuzz.sh 3600 frames`. Each target starts from
 # fuzz/corpus/<target>/ (checked in) and adds what it finds to target/fuzz-corpus/<target>
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 SECS="${1:-12}"
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(frames http_bodies tokens records)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(frames http_bodies tokens records ws_bytes)
 
 export CARGO_TARGET_DIR="${PARLEY_FUZZ_TARGET_DIR:-$PWD/target/fuzz}"
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -19,7 +19,7 @@ use crate::store::records;
 /// A WebSocket text frame: decoded, or refused keeping its correlation ids.
 pub fn frame(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
-        return; // tungstenite closes such frames (1007) before they are decoded
+        return; // the gateway closes such frames (1007) before they are decoded
     };
     match Inbound::decode(text) {
         Ok(_) => {}
@@ -27,6 +27,48 @@ pub fn frame(data: &[u8]) {
             let _ = crate::protocol::frames::ServerFrame::error(e.error, e.client_msg_id, e.req)
                 .to_json();
         }
+    }
+}
+
+/// A client's bytes on a WebSocket, through the gateway's frame reader: fed whole and fed
+/// in pieces (the first byte picks the piece size), both must give the same messages or the
+/// same refusal, and the reader must not hold more than one message's worth in between.
+pub fn ws_bytes(data: &[u8]) {
+    use crate::gateway::frame::Reader;
+    const MAX: usize = 4096;
+    let Some((&step, data)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(step).max(1);
+    let mut whole = Vec::new();
+    let whole_result = Reader::default().feed(data, MAX, |m| {
+        whole.push(m);
+        true
+    });
+    let mut pieces = Vec::new();
+    let mut reader = Reader::default();
+    let mut pieces_result = Ok(false);
+    for chunk in data.chunks(step) {
+        pieces_result = reader.feed(chunk, MAX, |m| {
+            pieces.push(m);
+            true
+        });
+        if pieces_result.is_err() {
+            break;
+        }
+        assert!(
+            reader.held() <= 2 * MAX + 14 + step,
+            "the reader holds {} bytes",
+            reader.held()
+        );
+    }
+    match (&whole_result, &pieces_result) {
+        (Ok(_), Ok(_)) => assert_eq!(whole, pieces, "whole and in pieces differ"),
+        (Err(a), Err(b)) => {
+            assert_eq!(a, b, "whole and in pieces fail differently");
+            assert!(pieces.starts_with(&whole) || whole.starts_with(&pieces));
+        }
+        _ => panic!("whole: {whole_result:?}, in pieces: {pieces_result:?}"),
     }
 }
 

@@ -1,27 +1,27 @@
 //! The WebSocket gateway: the upgrade on `GET /v1/ws` and one session task per socket.
 //!
-//! We take the HTTP upgrade ourselves instead of using warp's `Ws`, because warp does not
-//! expose tungstenite's read buffer size and the default (128 KiB per socket) would cost
-//! over a gigabyte at ten thousand idle sockets; ours is a few KiB.
+//! We take the HTTP upgrade ourselves, take the TCP socket back out of the HTTP server once
+//! upgraded (so none of its buffers stay), and speak WebSocket frames with a codec of our
+//! own ([`frame`], [`socket`]) that keeps nothing while a socket is idle: memory per idle
+//! connection is what the contract's scale needs (docs/benchmarks.md, "Idle sockets").
 
+pub(crate) mod frame;
 mod session;
+mod socket;
 
 use std::sync::Arc;
 
 use http::{HeaderMap, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::{Reply, Response};
 
-use crate::http_server::ConnControl;
+use crate::http_server::{ConnControl, Guarded};
 use crate::protocol::ApiError;
 use crate::state::AppState;
-
-/// Bytes tungstenite reads at a time (and keeps allocated) per socket.
-const READ_BUFFER: usize = 4 * 1024;
+use socket::Socket;
 
 /// Check the upgrade request and the token (`?token=`, else `Authorization`), then switch
 /// protocols and start the session. A bad token is refused with 401 before the upgrade, as
@@ -83,34 +83,37 @@ pub async fn upgrade(
     }
 
     let max_frame = state.limits.max_frame_bytes();
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(16 * 1024)
-        // The session flushes every 64 KiB, so this buffer holds at most that plus one frame.
-        .max_write_buffer_size(usize::MAX)
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame));
     let conn = session::open(&state, &claims);
     let tracker = state.sessions.clone();
     tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                session::run(state, ws, claims, conn).await;
-                drop(permit);
-            }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 if let Some(conn) = conn {
                     session::abandon(&state, &conn);
                 }
                 tracing::debug!(error = %e, "websocket upgrade failed");
+                return;
+            }
+        };
+        // Plain HTTP: the HTTP server's connection is done with, keep only the TCP socket
+        // (and whatever it had read past the request). With TLS the connection stays
+        // hyper's (its TLS state is needed).
+        match upgraded.downcast::<TokioIo<Guarded<TcpStream>>>() {
+            Ok(parts) => {
+                let socket = Socket::new(
+                    parts.io.into_inner().into_inner(),
+                    &parts.read_buf,
+                    max_frame,
+                );
+                session::run(state, socket, claims, conn).await;
+            }
+            Err(upgraded) => {
+                let socket = Socket::new(TokioIo::new(upgraded), &[], max_frame);
+                session::run(state, socket, claims, conn).await;
             }
         }
+        drop(permit);
     });
 
     let reply = warp::reply::with_status(warp::reply(), StatusCode::SWITCHING_PROTOCOLS);
@@ -123,9 +126,6 @@ pub async fn upgrade(
     );
     Ok(reply.into_response())
 }
-
-/// The socket type sessions run on.
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Shared state, as sessions hold it.
 type State = Arc<AppState>;

@@ -125,6 +125,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
         self.control.clone()
     }
 
+    /// The stream itself, its deadlines dropped (a WebSocket taken out of the server).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
     fn enter(&mut self, phase: Phase) {
         self.phase = phase;
         self.matched = 0;

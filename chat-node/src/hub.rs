@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -20,6 +20,9 @@ struct Queue {
     frames: VecDeque<Utf8Bytes>,
     bytes: usize,
     close: Option<CloseReason>,
+    /// The node drains: once its in-flight work is answered, the session points the client
+    /// elsewhere and closes.
+    drain: bool,
 }
 
 /// One socket's shared state: its device, its outbound queue and its last activity.
@@ -33,6 +36,9 @@ pub struct Conn {
     last_active: AtomicI64,
     /// The session generation of the token the socket was opened with (`crate::sessions`).
     generation: AtomicU64,
+    /// The session is not reading because its in-flight work is full: the node, not the
+    /// client, is slow, so the heartbeat timeout does not run.
+    paused: AtomicBool,
 }
 
 impl Conn {
@@ -47,11 +53,13 @@ impl Conn {
                 frames: VecDeque::new(),
                 bytes: 0,
                 close: None,
+                drain: false,
             }),
             ready: Notify::new(),
             budget,
             last_active: AtomicI64::new(now),
             generation: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
         }
     }
 
@@ -96,6 +104,26 @@ impl Conn {
         self.close(close);
     }
 
+    /// Ask the session to send its client elsewhere once its in-flight work is answered
+    /// (the node drains).
+    pub fn drain(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).drain = true;
+        self.ready.notify_one();
+    }
+
+    /// Whether a drain was asked for.
+    pub fn drain_requested(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).drain
+    }
+
+    /// The session stopped reading (its work is full), or resumed at `now`: silence while
+    /// paused is not the client's, so resuming counts as activity.
+    pub fn set_paused(&self, paused: bool, now: i64) {
+        if self.paused.swap(paused, Ordering::Relaxed) && !paused {
+            self.touch(now);
+        }
+    }
+
     /// Whether the socket was closed to send its client to another node (moved, draining).
     pub fn was_redirected(&self) -> bool {
         let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,8 +140,9 @@ impl Conn {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         out.extend(q.frames.drain(..));
         q.bytes = 0;
-        if q.frames.capacity() > 64 {
-            q.frames.shrink_to(16);
+        // An idle socket keeps no queue memory.
+        if q.frames.capacity() > 8 {
+            q.frames = VecDeque::new();
         }
         q.close.clone()
     }
@@ -236,6 +265,25 @@ impl Hub {
             .get(user_id)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Sockets whose device sent nothing since `oldest` (ms since the epoch), unless their
+    /// session is paused: the heartbeat timeout, checked for every socket by one sweep
+    /// rather than a timer per socket.
+    pub fn silent_since(&self, oldest: i64) -> Vec<Arc<Conn>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for conns in shard.values() {
+                out.extend(
+                    conns
+                        .iter()
+                        .filter(|c| c.last_active() < oldest && !c.paused.load(Ordering::Relaxed))
+                        .cloned(),
+                );
+            }
+        }
+        out
     }
 
     /// Every socket on the node (for draining).

@@ -366,6 +366,40 @@ async fn watch_store(state: Arc<AppState>, fatal: Arc<std::sync::OnceLock<String
     }
 }
 
+/// Close every socket whose device sent nothing for the heartbeat timeout: one sweep over
+/// all sockets (ten a timeout, at most one a second) instead of a timer per socket.
+async fn heartbeat_sweep(state: Arc<AppState>, stop: CancellationToken) {
+    let timeout = state.limits.heartbeat_timeout;
+    let every = (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let oldest = crate::now_ms() - timeout.as_millis() as i64;
+        for conn in state.hub.silent_since(oldest) {
+            conn.close(crate::protocol::CloseReason::HEARTBEAT_TIMEOUT);
+        }
+    }
+}
+
+/// On shutdown, tell every socket to move, each at its own moment within the drain window,
+/// so that a draining node's clients come back elsewhere spread out, not all at once. Each
+/// session answers its in-flight work first. (A session that starts after this sees the
+/// shutdown itself.)
+async fn drain_on_shutdown(state: Arc<AppState>) {
+    state.shutdown.cancelled().await;
+    let mut conns = state.hub.all();
+    rand::seq::SliceRandom::shuffle(conns.as_mut_slice(), &mut rand::rng());
+    let window = Duration::from_secs(state.config.drain_seconds);
+    let pause = window / conns.len().max(1) as u32;
+    for conn in conns {
+        conn.drain();
+        tokio::time::sleep(pause).await;
+    }
+}
+
 impl Node {
     /// Serve until `signal` resolves, then drain: stop accepting, answer in-flight work,
     /// send `reconnect` to every client, wait for sessions (bounded), make the store durable.
@@ -457,6 +491,8 @@ impl Node {
         tokio::spawn(watch_store(state.clone(), fatal.clone()));
         tokio::spawn(state.limiters.clone().run_sweeper(upkeep.clone()));
         tokio::spawn(state.revocation.clone().run_watcher(upkeep.clone()));
+        tokio::spawn(heartbeat_sweep(state.clone(), upkeep.clone()));
+        tokio::spawn(drain_on_shutdown(state.clone()));
         let membership = state.config.is_clustered().then(|| {
             tokio::spawn(crate::cluster::placement::learn(
                 state.cluster.homes().clone(),

@@ -41,3 +41,8 @@ fn tokens() {
 fn records() {
     replay("records", chat_node::fuzzing::record);
 }
+
+#[test]
+fn ws_bytes() {
+    replay("ws_bytes", chat_node::fuzzing::ws_bytes);
+}

@@ -1,19 +1,22 @@
 //! One WebSocket session: a single task that reads frames, runs their work (bounded in
-//! number), writes queued frames, watches the heartbeat deadline and drains on shutdown.
+//! number), and writes what is queued for the socket. While the socket is idle it waits on
+//! two things only (the socket readable, something queued) and holds no buffer: the
+//! heartbeat timeout is one sweep over every socket ([`crate::hub::Hub::silent_since`]), a
+//! drain and a close arrive through the socket's queue ([`crate::hub::Conn`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Socket, State};
+use super::State;
+use super::frame::{self, FrameError, Incoming, Opcode};
+use super::socket::{Socket, Stream};
 use crate::auth::Claims;
 use crate::cluster::Owner;
 use crate::hub::Conn;
@@ -29,8 +32,16 @@ const MAX_IN_FLIGHT: usize = 64;
 /// cut as a slow consumer.
 const QUEUE_BUDGET: usize = 4 * 1024 * 1024;
 
-/// Bytes fed to the socket between flushes.
-const FLUSH_EVERY: usize = 64 * 1024;
+/// Frames are taken from the socket's queue (and the client's frames read) while less than
+/// this waits for the kernel.
+const WRITE_AHEAD: usize = 64 * 1024;
+
+/// A client must take what the node writes within this long, else it is closed as a slow
+/// consumer (1008) and goes offline for its contacts at once (docs/operations.md).
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a close frame may take to go out.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
 type Work = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 
@@ -62,11 +73,17 @@ pub fn abandon(state: &State, conn: &Conn) {
 
 /// Run a session until the socket closes, times out, or the node drains. `conn` is what
 /// [`open`] registered.
-pub async fn run(state: State, mut ws: Socket, claims: Claims, conn: Option<Arc<Conn>>) {
-    let now = now_ms();
+pub async fn run<S: Stream>(
+    state: State,
+    mut socket: Socket<S>,
+    claims: Claims,
+    conn: Option<Arc<Conn>>,
+) {
     // A stale assignment, a membership change or a drain brought the client here: point
     // it at the node its user belongs on.
-    let conn = match (conn, state.cluster.owner(&claims.sub)) {
+    let owner = settled_owner(&state, &claims.sub).await;
+    let now = now_ms();
+    let conn = match (conn, owner) {
         (conn, Owner::Peer(member)) => {
             if let Some(conn) = conn {
                 state.presence.abandon(&conn);
@@ -75,8 +92,8 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims, conn: Option<Arc<
                 ws_url: Some(member.ws_url),
                 reason: "wrong_node".into(),
             };
-            let _ = ws.send(Message::Text(frame.to_json().into())).await;
-            close(&mut ws, &CloseReason::MOVED).await;
+            socket.queue_text(frame.to_json().into());
+            close(&mut socket, &CloseReason::MOVED).await;
             return;
         }
         (Some(conn), Owner::Here) => conn,
@@ -95,14 +112,16 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims, conn: Option<Arc<
                 state: state.clone(),
                 conn: conn.clone(),
                 claims,
+                work: None,
+                pongs: Vec::new(),
             }
-            .run(&mut ws)
+            .run(&mut socket)
             .await
         }
         Err(e) => {
             let frame = ServerFrame::error(e, None, None).to_json();
-            let _ = ws.send(Message::Text(frame.into())).await;
-            close(&mut ws, &CloseReason::NOT_REGISTERED).await;
+            socket.queue_text(frame.into());
+            close(&mut socket, &CloseReason::NOT_REGISTERED).await;
         }
     }
 
@@ -113,47 +132,87 @@ pub async fn run(state: State, mut ws: Socket, claims: Claims, conn: Option<Arc<
     tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket closed");
 }
 
-/// Send a close frame and wait (bounded) for it to go out. The wait is long enough for a
-/// slow consumer that resumes reading to reach the close frame behind what it had queued;
-/// meanwhile the socket holds at most tungstenite's small write buffer.
-async fn close(ws: &mut Socket, reason: &CloseReason) {
-    close_with(ws, reason.code, reason.reason).await;
+/// How long a session waits for this node's view of the cluster to change before it points
+/// a client that belongs elsewhere away.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// The node the user belongs on. When that is another node, wait (up to [`SETTLE`]) for a
+/// change of this node's view first: another node that just moved the client here may have
+/// seen a membership change (a join, an end of drain) this one has not yet, and sending the
+/// client back would bounce it.
+async fn settled_owner(state: &State, user: &str) -> Owner {
+    let mut changes = state.cluster.subscribe();
+    let owner = state.cluster.owner(user);
+    if matches!(owner, Owner::Here) || !state.cluster.is_clustered() {
+        return owner;
+    }
+    let until = Instant::now() + SETTLE;
+    while tokio::time::timeout_at(until, changes.changed())
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        if let Owner::Here = state.cluster.owner(user) {
+            return Owner::Here;
+        }
+    }
+    state.cluster.owner(user)
+}
+
+/// Send a close frame behind what is queued, and wait (bounded) for it to go out. The wait
+/// is long enough for a slow consumer that resumes reading to reach the close frame.
+async fn close<S: Stream>(socket: &mut Socket<S>, reason: &CloseReason) {
+    close_with(socket, reason.code, reason.reason).await;
 }
 
 /// [`close`] with a reason text made for the occasion.
-async fn close_with(ws: &mut Socket, code: u16, reason: &str) {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: Utf8Bytes::from(reason),
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(10), ws.close(Some(frame))).await;
+async fn close_with<S: Stream>(socket: &mut Socket<S>, code: u16, reason: &str) {
+    socket.queue_frame(frame::close(code, reason));
+    let _ = socket.finish(CLOSE_WITHIN).await;
 }
 
 struct Session {
     state: State,
     conn: Arc<Conn>,
     claims: Claims,
+    /// The frames being worked on; allocated only while there are some.
+    work: Option<FuturesUnordered<Work>>,
+    /// Pongs to write, in the order of the pings.
+    pongs: Vec<bytes::Bytes>,
+}
+
+/// What the client's frames ask for next.
+enum Next {
+    Continue,
+    /// Close with this code and reason (the contract's answer to a bad frame).
+    Close(u16, String),
 }
 
 impl Session {
-    async fn run(self, ws: &mut Socket) {
-        let heartbeat = self.state.limits.heartbeat_timeout;
-        let mut deadline = Instant::now() + heartbeat;
-        let mut work: FuturesUnordered<Work> = FuturesUnordered::new();
-        let mut outgoing = Vec::new();
-        let shutdown = self.state.shutdown.clone();
-        // On shutdown each socket picks its moment within the drain window, so that the
-        // clients of a draining node come back elsewhere spread out, not all at once.
-        let mut drain_at: Option<Instant> = None;
-        let mut draining = false;
+    fn in_flight(&self) -> usize {
+        self.work.as_ref().map_or(0, FuturesUnordered::len)
+    }
 
-        loop {
-            // While the socket is not read (its in-flight work is full: the node, not the
-            // client, is slow), silence is not the client's: hold the heartbeat deadline.
-            if work.len() >= MAX_IN_FLIGHT {
-                deadline = Instant::now() + heartbeat;
+    async fn run<S: Stream>(mut self, socket: &mut Socket<S>) {
+        let mut outgoing: Vec<Utf8Bytes> = Vec::new();
+        // Since when the socket has had bytes waiting that the kernel would not take.
+        let mut stalled_since: Option<Instant> = None;
+        if self.state.shutdown.is_cancelled() {
+            // The node began draining before this session ran.
+            self.conn.drain();
+        }
+        if socket.has_arrived() {
+            // What the HTTP server had read past the upgrade request.
+            let result = socket.parse(|m| self.incoming(m));
+            if let Next::Close(code, reason) = self.after_parse(result) {
+                close_with(socket, code, &reason).await;
+                return;
             }
-            if draining && work.is_empty() {
+        }
+        loop {
+            let full = self.in_flight() >= MAX_IN_FLIGHT;
+            self.conn.set_paused(full, now_ms());
+            let draining = self.conn.drain_requested();
+            if draining && self.in_flight() == 0 {
                 // Everything this socket asked for is answered: now point it elsewhere.
                 let ws_url = match self.state.cluster.owner(&self.claims.sub) {
                     Owner::Peer(member) => Some(member.ws_url),
@@ -162,87 +221,139 @@ impl Session {
                 self.conn
                     .redirect(ws_url, "draining", CloseReason::DRAINING);
             }
+            let backlog = socket.pending() >= WRITE_AHEAD;
+            let reading = !full && !draining && !backlog;
+            let deadline = stalled_since.map(|t| t + WRITE_DEADLINE);
             tokio::select! {
-                () = shutdown.cancelled(), if drain_at.is_none() => {
-                    let window = Duration::from_secs(self.state.config.drain_seconds);
-                    drain_at = Some(Instant::now() + window.mul_f64(rand::random::<f64>()));
-                }
-                () = tokio::time::sleep_until(drain_at.unwrap_or_else(Instant::now)), if drain_at.is_some() && !draining => {
-                    draining = true;
-                }
-                () = self.conn.ready() => {
+                biased;
+                () = self.conn.ready(), if !backlog => {
                     let close_reason = self.conn.take(&mut outgoing);
-                    let mut failed = false;
-                    let mut unflushed = 0;
                     for frame in outgoing.drain(..) {
-                        unflushed += frame.len();
-                        if ws.feed(Message::Text(frame)).await.is_err() {
-                            failed = true;
-                            break;
-                        }
-                        // Flush as we go, so tungstenite never buffers more than ~64 KiB
-                        // beyond one frame: a socket that cannot take more holds us here
-                        // (and the queue in `Conn` bounds the rest).
-                        if unflushed > FLUSH_EVERY {
-                            unflushed = 0;
-                            if ws.flush().await.is_err() {
-                                failed = true;
-                                break;
-                            }
-                        }
-                    }
-                    if failed || ws.flush().await.is_err() {
-                        return;
+                        socket.queue_text(frame.into());
                     }
                     if let Some(reason) = close_reason {
                         if reason == CloseReason::SLOW_CONSUMER {
                             self.state.metrics.slow_consumers.inc();
                         }
-                        close(ws, &reason).await;
+                        close(socket, &reason).await;
+                        return;
+                    }
+                    if socket.write_now().is_err() {
+                        return;
+                    }
+                    if socket.pending() == 0 {
+                        stalled_since = None;
+                    } else {
+                        stalled_since.get_or_insert_with(Instant::now);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.state.metrics.slow_consumers.inc();
+                    close(socket, &CloseReason::SLOW_CONSUMER).await;
+                    return;
+                }
+                Some(reply) = next_reply(&mut self.work), if self.in_flight() > 0 => {
+                    if self.in_flight() == 0 {
+                        self.work = None;
+                    }
+                    if let Some(frame) = reply {
+                        self.conn.push(frame.to_json().into());
+                    }
+                    if full {
+                        // Room again: go on with what the paused read kept.
+                        let result = socket.resume(|m| self.incoming(m));
+                        if let Next::Close(code, reason) = self.after_parse(result) {
+                            close_with(socket, code, &reason).await;
+                            return;
+                        }
+                    }
+                }
+                progress = socket.progress(reading) => {
+                    let Ok(progress) = progress else {
+                        return;
+                    };
+                    if progress.wrote {
+                        // The kernel took some: the write deadline starts over.
+                        stalled_since = (socket.pending() > 0).then(Instant::now);
+                    }
+                    if progress.read {
+                        let result = socket.parse(|m| self.incoming(m));
+                        for pong in self.pongs.drain(..) {
+                            socket.queue_frame(pong);
+                        }
+                        if let Next::Close(code, reason) = self.after_parse(result) {
+                            close_with(socket, code, &reason).await;
+                            return;
+                        }
+                        if socket.pending() > 0 {
+                            if socket.write_now().is_err() {
+                                return;
+                            }
+                            if socket.pending() > 0 {
+                                stalled_since.get_or_insert_with(Instant::now);
+                            }
+                        }
+                    }
+                    if progress.eof {
                         return;
                     }
                 }
-                Some(reply) = work.next(), if !work.is_empty() => {
-                    if let Some(frame) = reply {
-                        self.conn.push(Utf8Bytes::from(frame.to_json()));
-                    }
-                }
-                message = ws.next(), if !draining && work.len() < MAX_IN_FLIGHT => {
-                    let message = match message {
-                        None => return,
-                        Some(Ok(m)) => m,
-                        Some(Err(e)) => {
-                            read_error(ws, e, self.state.limits.max_frame_bytes()).await;
-                            return;
-                        }
-                    };
-                    deadline = Instant::now() + heartbeat;
-                    self.conn.touch(now_ms());
-                    match message {
-                        Message::Text(text) => {
-                            if let Some(w) = self.handle(&text) {
-                                work.push(w);
-                            }
-                        }
-                        Message::Binary(_) => {
-                            close(ws, &CloseReason::BINARY).await;
-                            return;
-                        }
-                        // tungstenite queued the pong (or the close reply): write it out.
-                        Message::Ping(_) | Message::Close(_) => {
-                            if ws.flush().await.is_err() {
-                                return;
-                            }
-                        }
-                        Message::Pong(_) | Message::Frame(_) => {}
-                    }
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    close(ws, &CloseReason::HEARTBEAT_TIMEOUT).await;
-                    return;
-                }
             }
         }
+    }
+
+    /// What a parse's result asks for.
+    fn after_parse(&self, result: Result<bool, FrameError>) -> Next {
+        match result {
+            Ok(_paused) => Next::Continue,
+            Err(FrameError::TooLarge) => Next::Close(
+                CloseReason::TOO_LARGE,
+                format!(
+                    "frame too large: the limit is {} bytes",
+                    self.state.limits.max_frame_bytes()
+                ),
+            ),
+            Err(FrameError::Protocol(why)) => Next::Close(
+                CloseReason::PROTOCOL_ERROR,
+                format!("websocket protocol error: {why}"),
+            ),
+        }
+    }
+
+    /// Handle one message from the client. Returns false to stop reading for now (the
+    /// in-flight work is full, or the socket closes).
+    fn incoming(&mut self, message: Incoming) -> bool {
+        self.conn.touch(now_ms());
+        match message {
+            Incoming::Text(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => {
+                    if let Some(w) = self.handle(&text) {
+                        self.work.get_or_insert_with(FuturesUnordered::new).push(w);
+                    }
+                }
+                Err(_) => {
+                    self.conn.close(CloseReason::INVALID_UTF8);
+                    return false;
+                }
+            },
+            Incoming::Binary => {
+                self.conn.close(CloseReason::BINARY);
+                return false;
+            }
+            Incoming::Ping(payload) => {
+                // A pong goes out like any frame, in order.
+                self.pongs.push(frame::control(Opcode::Pong, &payload));
+            }
+            Incoming::Pong => {}
+            Incoming::Close(code) => {
+                self.conn.close(CloseReason {
+                    code: echoed_close_code(code),
+                    reason: "closing as the client asked",
+                });
+                return false;
+            }
+        }
+        self.in_flight() < MAX_IN_FLIGHT
     }
 
     /// Decode one text frame and return the work it asks for (its answer, if any, is queued
@@ -255,9 +366,11 @@ impl Session {
         } = match Inbound::decode(text) {
             Ok(inbound) => inbound,
             Err(e) => {
-                self.conn.push(Utf8Bytes::from(
-                    ServerFrame::error(e.error, e.client_msg_id, e.req).to_json(),
-                ));
+                self.conn.push(
+                    ServerFrame::error(e.error, e.client_msg_id, e.req)
+                        .to_json()
+                        .into(),
+                );
                 return None;
             }
         };
@@ -313,36 +426,25 @@ impl Session {
                 let e = ApiError::bad_request(format!(
                     "unknown frame type {kind:?}; known types: send, edit, delete, react, read, sync, cursor, heartbeat, typing"
                 ));
-                self.conn.push(Utf8Bytes::from(
-                    ServerFrame::error(e, client_msg_id, req).to_json(),
-                ));
+                self.conn
+                    .push(ServerFrame::error(e, client_msg_id, req).to_json().into());
                 None
             }
         }
     }
 }
 
-/// Close the socket with the code the contract gives for a read error.
-async fn read_error(ws: &mut Socket, error: WsError, max_frame: usize) {
-    match error {
-        WsError::Utf8(_) => close(ws, &CloseReason::INVALID_UTF8).await,
-        WsError::Capacity(_) => {
-            close_with(
-                ws,
-                CloseReason::TOO_LARGE,
-                &format!("frame too large: the limit is {max_frame} bytes"),
-            )
-            .await;
-        }
-        WsError::Protocol(e) => {
-            close_with(
-                ws,
-                CloseReason::PROTOCOL_ERROR,
-                &format!("websocket protocol error: {e}"),
-            )
-            .await;
-        }
-        WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => {}
-        other => tracing::debug!(error = %other, "websocket read failed"),
+/// The next answer of the in-flight work.
+async fn next_reply(work: &mut Option<FuturesUnordered<Work>>) -> Option<Option<ServerFrame>> {
+    match work {
+        Some(work) => work.next().await,
+        None => std::future::pending().await,
     }
+}
+
+/// The code a client's close is answered with: its own when it may be sent (RFC 6455,
+/// 7.4), else 1000.
+fn echoed_close_code(code: Option<u16>) -> u16 {
+    code.filter(|c| matches!(c, 1000..=1003 | 1007..=1011 | 3000..=4999))
+        .unwrap_or(1000)
 }
