@@ -101,16 +101,18 @@ pub async fn upgrade(
         // hyper's (its TLS state is needed).
         match upgraded.downcast::<TokioIo<Guarded<TcpStream>>>() {
             Ok(parts) => {
-                let socket = Socket::new(
-                    parts.io.into_inner().into_inner(),
-                    &parts.read_buf,
-                    max_frame,
-                );
-                session::run(state, socket, claims, conn).await;
+                // `read_buf` shares hyper's whole read buffer (8 KiB): copy what it holds
+                // and let the buffer go before the session starts.
+                let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+                let socket = Socket::new(io.into_inner().into_inner(), &read_buf, max_frame);
+                drop(read_buf);
+                // Boxed, here and below: the task holds one session's state, not the
+                // larger of the two kinds.
+                Box::pin(session::run(state, socket, claims, conn)).await;
             }
             Err(upgraded) => {
                 let socket = Socket::new(TokioIo::new(upgraded), &[], max_frame);
-                session::run(state, socket, claims, conn).await;
+                Box::pin(session::run(state, socket, claims, conn)).await;
             }
         }
         drop(permit);

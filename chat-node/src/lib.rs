@@ -16,13 +16,14 @@
 //! Beside them: [`protocol`] (the wire types and limits of PROTOCOL.md), [`auth`] (password
 //! hashes and signed tokens), [`config`] (flags and `PARLEY_*` variables), [`metrics`]
 //! (Prometheus), [`state`] (the shared [`state::AppState`] every request and session holds),
-//! [`server`] (start-up and shutdown), [`tls`] (certificates and keys from files, reloaded
+//! [`server`] (start-up and shutdown), [`cache`] (a bounded LRU cache that grows as it fills), [`tls`] (certificates and keys from files, reloaded
 //! when they change) and [`listener`] (serving the routes over TLS: the internal listener
 //! with mutual TLS, the client port with `--tls-cert-file`).
 
 pub mod accounts;
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod chat;
 pub mod cluster;
 pub mod config;

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lru::LruCache;
+
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -169,7 +169,7 @@ struct Entry {
 }
 
 struct Known {
-    homes: LruCache<String, Entry>,
+    homes: crate::cache::Lru<String, Entry>,
     /// Users asked of the learner and not answered yet.
     wanted: HashSet<String>,
 }
@@ -201,7 +201,7 @@ impl Homes {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
             state: Mutex::new(Known {
-                homes: LruCache::new(capacity),
+                homes: crate::cache::Lru::new(capacity),
                 wanted: HashSet::new(),
             }),
             wanted_tx,

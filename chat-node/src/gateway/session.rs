@@ -4,6 +4,7 @@
 //! heartbeat timeout is one sweep over every socket ([`crate::hub::Hub::silent_since`]), a
 //! drain and a close arrive through the socket's queue ([`crate::hub::Conn`]).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,7 +44,13 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a close frame may take to go out.
 const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 
-type Work = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+/// A frame's work, answering with its reply frame encoded (a `ServerFrame` is large: held
+/// encoded, it does not grow every session's state).
+type Work = Pin<Box<dyn Future<Output = Option<Utf8Bytes>> + Send>>;
+
+fn work(answer: impl Future<Output = Option<ServerFrame>> + Send + 'static) -> Work {
+    Box::pin(async move { answer.await.map(|frame| frame.to_json().into()) })
+}
 
 /// Before the upgrade is answered: the socket's [`Conn`], registered with the hub, when its
 /// user belongs on this node (`None`: the session will point the client elsewhere).
@@ -73,63 +80,78 @@ pub fn abandon(state: &State, conn: &Conn) {
 
 /// Run a session until the socket closes, times out, or the node drains. `conn` is what
 /// [`open`] registered.
-pub async fn run<S: Stream>(
+///
+/// An `async move` block rather than an `async fn`, here and in [`Session::run`]: an
+/// `async fn` keeps its arguments twice in its state (as passed, and moved into the body),
+/// and this state is held by every idle socket. For the same reason the set-up's rare
+/// paths are boxed, so that the long-lived state holds none of theirs.
+pub fn run<S: Stream>(
     state: State,
     mut socket: Socket<S>,
     claims: Claims,
     conn: Option<Arc<Conn>>,
-) {
-    // A stale assignment, a membership change or a drain brought the client here: point
-    // it at the node its user belongs on.
-    let owner = settled_owner(&state, &claims.sub).await;
-    let now = now_ms();
-    let conn = match (conn, owner) {
-        (conn, Owner::Peer(member)) => {
-            if let Some(conn) = conn {
-                state.presence.abandon(&conn);
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // A stale assignment, a membership change or a drain brought the client here: point
+        // it at the node its user belongs on.
+        let owner = Box::pin(settled_owner(&state, &claims.sub)).await;
+        let now = now_ms();
+        let conn = match (conn, owner) {
+            (conn, Owner::Peer(member)) => {
+                if let Some(conn) = conn {
+                    state.presence.abandon(&conn);
+                }
+                Box::pin(send_elsewhere(&mut socket, member.ws_url)).await;
+                return;
             }
-            let frame = ServerFrame::Reconnect {
-                ws_url: Some(member.ws_url),
-                reason: "wrong_node".into(),
-            };
-            socket.queue_text(frame.to_json().into());
-            close(&mut socket, &CloseReason::MOVED).await;
-            return;
+            (Some(conn), Owner::Here) => conn,
+            // The view changed between the upgrade and now: the user belongs here after all.
+            (None, Owner::Here) => match open(&state, &claims) {
+                Some(conn) => conn,
+                None => return,
+            },
+        };
+        state.metrics.connections.inc();
+        tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket open");
+
+        match Box::pin(state.presence.connected(&conn, now)).await {
+            Ok(()) => {
+                let end = Session {
+                    state: state.clone(),
+                    conn: conn.clone(),
+                    claims,
+                    work: None,
+                    pongs: Vec::new(),
+                }
+                .run(&mut socket)
+                .await;
+                if let End::Close(code, reason) = end {
+                    close_with(&mut socket, code, &reason).await;
+                }
+            }
+            Err(e) => {
+                let frame = ServerFrame::error(e, None, None).to_json();
+                socket.queue_text(frame.into());
+                Box::pin(close(&mut socket, &CloseReason::NOT_REGISTERED)).await;
+            }
         }
-        (Some(conn), Owner::Here) => conn,
-        // The view changed between the upgrade and now: the user belongs here after all.
-        (None, Owner::Here) => match open(&state, &claims) {
-            Some(conn) => conn,
-            None => return,
-        },
+
+        if let Err(e) = Box::pin(state.presence.disconnected(&conn)).await {
+            tracing::warn!(user_id = %conn.user_id, error = %e.message, "could not record a disconnect");
+        }
+        state.metrics.connections.dec();
+        tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket closed");
+    }
+}
+
+/// Point a client whose user belongs on another node there (`reconnect`, then close).
+async fn send_elsewhere<S: Stream>(socket: &mut Socket<S>, ws_url: String) {
+    let frame = ServerFrame::Reconnect {
+        ws_url: Some(ws_url),
+        reason: "wrong_node".into(),
     };
-    state.metrics.connections.inc();
-    tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket open");
-
-    match state.presence.connected(&conn, now).await {
-        Ok(()) => {
-            Session {
-                state: state.clone(),
-                conn: conn.clone(),
-                claims,
-                work: None,
-                pongs: Vec::new(),
-            }
-            .run(&mut socket)
-            .await
-        }
-        Err(e) => {
-            let frame = ServerFrame::error(e, None, None).to_json();
-            socket.queue_text(frame.into());
-            close(&mut socket, &CloseReason::NOT_REGISTERED).await;
-        }
-    }
-
-    if let Err(e) = state.presence.disconnected(&conn).await {
-        tracing::warn!(user_id = %conn.user_id, error = %e.message, "could not record a disconnect");
-    }
-    state.metrics.connections.dec();
-    tracing::debug!(user_id = %conn.user_id, device_id = %conn.device_id, "socket closed");
+    socket.queue_text(frame.to_json().into());
+    close(socket, &CloseReason::MOVED).await;
 }
 
 /// How long a session waits for this node's view of the cluster to change before it points
@@ -180,11 +202,18 @@ struct Session {
     pongs: Vec<bytes::Bytes>,
 }
 
-/// What the client's frames ask for next.
-enum Next {
-    Continue,
-    /// Close with this code and reason (the contract's answer to a bad frame).
-    Close(u16, String),
+/// How a session ends.
+enum End {
+    /// Send a close frame with this code and reason (behind what is queued).
+    Close(u16, Cow<'static, str>),
+    /// The connection is gone or broke: nothing more to send.
+    Gone,
+}
+
+impl From<CloseReason> for End {
+    fn from(reason: CloseReason) -> Self {
+        Self::Close(reason.code, Cow::Borrowed(reason.reason))
+    }
 }
 
 impl Session {
@@ -192,110 +221,108 @@ impl Session {
         self.work.as_ref().map_or(0, FuturesUnordered::len)
     }
 
-    async fn run<S: Stream>(mut self, socket: &mut Socket<S>) {
-        let mut outgoing: Vec<Utf8Bytes> = Vec::new();
-        // Since when the socket has had bytes waiting that the kernel would not take.
-        let mut stalled_since: Option<Instant> = None;
-        if self.state.shutdown.is_cancelled() {
-            // The node began draining before this session ran.
-            self.conn.drain();
-        }
-        if socket.has_arrived() {
-            // What the HTTP server had read past the upgrade request.
-            let result = socket.parse(|m| self.incoming(m));
-            if let Next::Close(code, reason) = self.after_parse(result) {
-                close_with(socket, code, &reason).await;
-                return;
+    /// Serve the socket until it must close; the caller sends the close frame.
+    fn run<S: Stream>(mut self, socket: &mut Socket<S>) -> impl Future<Output = End> + Send + '_ {
+        async move {
+            let mut outgoing: Vec<Utf8Bytes> = Vec::new();
+            // Since when the socket has had bytes waiting that the kernel would not take.
+            let mut stalled_since: Option<Instant> = None;
+            if self.state.shutdown.is_cancelled() {
+                // The node began draining before this session ran.
+                self.conn.drain();
             }
-        }
-        loop {
-            let full = self.in_flight() >= MAX_IN_FLIGHT;
-            self.conn.set_paused(full, now_ms());
-            let draining = self.conn.drain_requested();
-            if draining && self.in_flight() == 0 {
-                // Everything this socket asked for is answered: now point it elsewhere.
-                let ws_url = match self.state.cluster.owner(&self.claims.sub) {
-                    Owner::Peer(member) => Some(member.ws_url),
-                    Owner::Here => None,
-                };
-                self.conn
-                    .redirect(ws_url, "draining", CloseReason::DRAINING);
+            if socket.has_arrived() {
+                // What the HTTP server had read past the upgrade request.
+                let result = socket.parse(|m| self.incoming(m));
+                if let Some(end) = self.after_parse(result) {
+                    return end;
+                }
             }
-            let backlog = socket.pending() >= WRITE_AHEAD;
-            let reading = !full && !draining && !backlog;
-            let deadline = stalled_since.map(|t| t + WRITE_DEADLINE);
-            tokio::select! {
-                biased;
-                () = self.conn.ready(), if !backlog => {
-                    let close_reason = self.conn.take(&mut outgoing);
-                    for frame in outgoing.drain(..) {
-                        socket.queue_text(frame.into());
-                    }
-                    if let Some(reason) = close_reason {
-                        if reason == CloseReason::SLOW_CONSUMER {
-                            self.state.metrics.slow_consumers.inc();
-                        }
-                        close(socket, &reason).await;
-                        return;
-                    }
-                    if socket.write_now().is_err() {
-                        return;
-                    }
-                    if socket.pending() == 0 {
-                        stalled_since = None;
-                    } else {
-                        stalled_since.get_or_insert_with(Instant::now);
-                    }
-                }
-                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.state.metrics.slow_consumers.inc();
-                    close(socket, &CloseReason::SLOW_CONSUMER).await;
-                    return;
-                }
-                Some(reply) = next_reply(&mut self.work), if self.in_flight() > 0 => {
-                    if self.in_flight() == 0 {
-                        self.work = None;
-                    }
-                    if let Some(frame) = reply {
-                        self.conn.push(frame.to_json().into());
-                    }
-                    if full {
-                        // Room again: go on with what the paused read kept.
-                        let result = socket.resume(|m| self.incoming(m));
-                        if let Next::Close(code, reason) = self.after_parse(result) {
-                            close_with(socket, code, &reason).await;
-                            return;
-                        }
-                    }
-                }
-                progress = socket.progress(reading) => {
-                    let Ok(progress) = progress else {
-                        return;
+            loop {
+                let full = self.in_flight() >= MAX_IN_FLIGHT;
+                self.conn.set_paused(full, now_ms());
+                let draining = self.conn.drain_requested();
+                if draining && self.in_flight() == 0 {
+                    // Everything this socket asked for is answered: now point it elsewhere.
+                    let ws_url = match self.state.cluster.owner(&self.claims.sub) {
+                        Owner::Peer(member) => Some(member.ws_url),
+                        Owner::Here => None,
                     };
-                    if progress.wrote {
-                        // The kernel took some: the write deadline starts over.
-                        stalled_since = (socket.pending() > 0).then(Instant::now);
+                    self.conn
+                        .redirect(ws_url, "draining", CloseReason::DRAINING);
+                }
+                let backlog = socket.pending() >= WRITE_AHEAD;
+                let reading = !full && !draining && !backlog;
+                let deadline = stalled_since.map(|t| t + WRITE_DEADLINE);
+                tokio::select! {
+                    biased;
+                    () = self.conn.ready(), if !backlog => {
+                        let close_reason = self.conn.take(&mut outgoing);
+                        for frame in outgoing.drain(..) {
+                            socket.queue_text(frame.into());
+                        }
+                        if let Some(reason) = close_reason {
+                            if reason == CloseReason::SLOW_CONSUMER {
+                                self.state.metrics.slow_consumers.inc();
+                            }
+                            return reason.into();
+                        }
+                        if socket.write_now().is_err() {
+                            return End::Gone;
+                        }
+                        if socket.pending() == 0 {
+                            stalled_since = None;
+                        } else {
+                            stalled_since.get_or_insert_with(Instant::now);
+                        }
                     }
-                    if progress.read {
-                        let result = socket.parse(|m| self.incoming(m));
-                        for pong in self.pongs.drain(..) {
-                            socket.queue_frame(pong);
+                    () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                        self.state.metrics.slow_consumers.inc();
+                        return CloseReason::SLOW_CONSUMER.into();
+                    }
+                    Some(reply) = next_reply(&mut self.work), if self.in_flight() > 0 => {
+                        if self.in_flight() == 0 {
+                            self.work = None;
                         }
-                        if let Next::Close(code, reason) = self.after_parse(result) {
-                            close_with(socket, code, &reason).await;
-                            return;
+                        if let Some(frame) = reply {
+                            self.conn.push(frame);
                         }
-                        if socket.pending() > 0 {
-                            if socket.write_now().is_err() {
-                                return;
+                        if full {
+                            // Room again: go on with what the paused read kept.
+                            let result = socket.resume(|m| self.incoming(m));
+                            if let Some(end) = self.after_parse(result) {
+                                return end;
+                            }
+                        }
+                    }
+                    progress = socket.progress(reading) => {
+                        let Ok(progress) = progress else {
+                            return End::Gone;
+                        };
+                        if progress.wrote {
+                            // The kernel took some: the write deadline starts over.
+                            stalled_since = (socket.pending() > 0).then(Instant::now);
+                        }
+                        if progress.read {
+                            let result = socket.parse(|m| self.incoming(m));
+                            for pong in self.pongs.drain(..) {
+                                socket.queue_frame(pong);
+                            }
+                            if let Some(end) = self.after_parse(result) {
+                                return end;
                             }
                             if socket.pending() > 0 {
-                                stalled_since.get_or_insert_with(Instant::now);
+                                if socket.write_now().is_err() {
+                                    return End::Gone;
+                                }
+                                if socket.pending() > 0 {
+                                    stalled_since.get_or_insert_with(Instant::now);
+                                }
                             }
                         }
-                    }
-                    if progress.eof {
-                        return;
+                        if progress.eof {
+                            return End::Gone;
+                        }
                     }
                 }
             }
@@ -303,20 +330,21 @@ impl Session {
     }
 
     /// What a parse's result asks for.
-    fn after_parse(&self, result: Result<bool, FrameError>) -> Next {
+    fn after_parse(&self, result: Result<bool, FrameError>) -> Option<End> {
         match result {
-            Ok(_paused) => Next::Continue,
-            Err(FrameError::TooLarge) => Next::Close(
+            Ok(_paused) => None,
+            Err(FrameError::TooLarge) => Some(End::Close(
                 CloseReason::TOO_LARGE,
                 format!(
                     "frame too large: the limit is {} bytes",
                     self.state.limits.max_frame_bytes()
-                ),
-            ),
-            Err(FrameError::Protocol(why)) => Next::Close(
+                )
+                .into(),
+            )),
+            Err(FrameError::Protocol(why)) => Some(End::Close(
                 CloseReason::PROTOCOL_ERROR,
-                format!("websocket protocol error: {why}"),
-            ),
+                format!("websocket protocol error: {why}").into(),
+            )),
         }
     }
 
@@ -381,7 +409,7 @@ impl Session {
         let failed =
             move |e: ApiError, req: Option<String>| Some(ServerFrame::error(e, cmid.clone(), req));
         match frame {
-            ClientFrame::Send(send) => Some(Box::pin(async move {
+            ClientFrame::Send(send) => Some(work(async move {
                 if let Err(e) = state.limiters.check_send(&user) {
                     return failed(e, req);
                 }
@@ -390,13 +418,13 @@ impl Session {
                     Err(e) => failed(e, req),
                 }
             })),
-            ClientFrame::Sync { after, limit } => Some(Box::pin(async move {
+            ClientFrame::Sync { after, limit } => Some(work(async move {
                 match state.chat.sync(&user, after, limit).await {
                     Ok((items, more)) => Some(ServerFrame::Sync { items, more, req }),
                     Err(e) => failed(e, req),
                 }
             })),
-            ClientFrame::Cursor { inbox_id } => Some(Box::pin(async move {
+            ClientFrame::Cursor { inbox_id } => Some(work(async move {
                 state
                     .chat
                     .set_cursor(&user, &device, inbox_id)
@@ -404,7 +432,7 @@ impl Session {
                     .err()
                     .and_then(|e| failed(e, req))
             })),
-            ClientFrame::Typing { channel } => Some(Box::pin(async move {
+            ClientFrame::Typing { channel } => Some(work(async move {
                 state
                     .chat
                     .typing(&user, &channel)
@@ -413,7 +441,7 @@ impl Session {
                     .and_then(|e| failed(e, req))
             })),
             // A marker moved has no answer (every member's devices hear of it).
-            ClientFrame::Read { channel, seq } => Some(Box::pin(async move {
+            ClientFrame::Read { channel, seq } => Some(work(async move {
                 state
                     .chat
                     .mark_read(&user, &channel, seq)
@@ -435,7 +463,7 @@ impl Session {
 }
 
 /// The next answer of the in-flight work.
-async fn next_reply(work: &mut Option<FuturesUnordered<Work>>) -> Option<Option<ServerFrame>> {
+async fn next_reply(work: &mut Option<FuturesUnordered<Work>>) -> Option<Option<Utf8Bytes>> {
     match work {
         Some(work) => work.next().await,
         None => std::future::pending().await,

@@ -10,8 +10,6 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lru::LruCache;
-
 use super::op::{GroupEdit, Op};
 use crate::protocol::ApiError;
 use crate::protocol::items::ItemAction;
@@ -66,9 +64,9 @@ pub(super) struct Units {
     /// In a cluster, sends whose sender's inbox is another node's are deduplicated per
     /// channel too (`cd/`); a single node never writes those.
     clustered: bool,
-    pub channels: LruCache<String, ChannelState>,
+    pub channels: crate::cache::Lru<String, ChannelState>,
     /// Each user's inbox head and channel index entries (`store::index`).
-    pub inboxes: LruCache<String, UserIndex>,
+    pub inboxes: crate::cache::Lru<String, UserIndex>,
     /// Users with unwritten index changes, in the order they became so.
     pub unwritten: VecDeque<(Instant, String)>,
     /// This round's send dedupe records, by `(sender, client_msg_id)`.
@@ -97,8 +95,8 @@ impl Units {
         Self {
             kv,
             clustered,
-            channels: LruCache::new(cap),
-            inboxes: LruCache::new(cap),
+            channels: crate::cache::Lru::new(cap),
+            inboxes: crate::cache::Lru::new(cap),
             unwritten: VecDeque::new(),
             dedupe: HashMap::new(),
             channel_dedupe: HashMap::new(),
