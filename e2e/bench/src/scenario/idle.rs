@@ -136,7 +136,7 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Value> {
     let total_kib = rss_kib.map(|r| r + slab_kib.unwrap_or(0.0) + tcp_kib.unwrap_or(0.0));
     let f = |x: Option<f64>| x.map_or("?".into(), |v| format!("{v:.2}"));
     eprintln!(
-        "idle: {still_open} sockets held (failed {}, closed early {}); node RSS {} → {} MiB = {} KiB per connection; kernel ≈ {} KiB slab + {} KiB TCP buffers per socket; total ≈ {} KiB (target ≤ 10 KiB)",
+        "idle: {still_open} sockets held (failed {}, closed early {}); node RSS {} → {} MiB = {} KiB per connection; kernel ≈ {} KiB slab + {} KiB TCP buffers per socket; total ≈ {} KiB (issue 11's target: ≤ 8 KiB)",
         failed.load(Relaxed),
         closed.load(Relaxed),
         f(rss0.map(|b| b as f64 / 1048576.0)),
