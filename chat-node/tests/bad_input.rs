@@ -319,3 +319,95 @@ async fn schema_testing_findings_stay_fixed() {
         (201, Some("nullname"))
     );
 }
+
+/// The gateway's own WebSocket codec, over TCP: a ping is answered with its payload, a text
+/// message split into fragments (with a ping between them) is one message, a client's close
+/// code is echoed, and an unmasked client frame is a protocol error (1002).
+#[tokio::test]
+async fn fragments_pings_and_closes_follow_rfc_6455() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let node = Node::start(&[]);
+    let alice = node.user("alice", "phone").await;
+    let mut c = node.ws(&alice).await;
+
+    c.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match c.ws.next().await {
+                Some(Ok(Message::Pong(payload))) => return payload,
+                Some(Ok(_)) => {}
+                other => panic!("no pong: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong within 10 s");
+    assert_eq!(
+        &pong[..],
+        b"are you there",
+        "the pong carries the ping's payload"
+    );
+
+    let whole = br#"{"type":"sync","after":0,"req":"fragmented"}"#;
+    let (head, tail) = whole.split_at(10);
+    let parts = [
+        Frame::message(head.to_vec(), OpCode::Data(Data::Text), false),
+        Frame::ping(b"between".to_vec()),
+        Frame::message(tail.to_vec(), OpCode::Data(Data::Continue), true),
+    ];
+    for part in parts {
+        c.send_raw(Message::Frame(part)).await;
+    }
+    let page = c
+        .until("the fragmented sync's answer", |v| v["type"] == "sync")
+        .await;
+    assert_eq!(page["req"], "fragmented");
+
+    c.ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 4000.into(),
+            reason: "bye".into(),
+        },
+    )))
+    .await
+    .unwrap();
+    assert_eq!(
+        c.closed_with().await,
+        4000,
+        "the client's close code is echoed"
+    );
+
+    // By hand: tungstenite masks every client frame.
+    let addr = node.addr.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /v1/ws?token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        alice.token
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tcp.read_to_end(&mut got),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "upgraded: {text}");
+    let frames = &got[got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    let close = frames
+        .windows(2)
+        .position(|w| w[0] == 0x88)
+        .map(|i| &frames[i..])
+        .expect("a close frame");
+    assert_eq!(
+        u16::from_be_bytes([close[2], close[3]]),
+        1002,
+        "an unmasked client frame closes with 1002"
+    );
+    still_serves(&node).await;
+}
