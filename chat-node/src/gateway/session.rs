@@ -85,6 +85,10 @@ pub fn abandon(state: &State, conn: &Conn) {
 /// `async fn` keeps its arguments twice in its state (as passed, and moved into the body),
 /// and this state is held by every idle socket. For the same reason the set-up's rare
 /// paths are boxed, so that the long-lived state holds none of theirs.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
 pub fn run<S: Stream>(
     state: State,
     mut socket: Socket<S>,
@@ -222,6 +226,10 @@ impl Session {
     }
 
     /// Serve the socket until it must close; the caller sends the close frame.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold `self` twice"
+    )]
     fn run<S: Stream>(mut self, socket: &mut Socket<S>) -> impl Future<Output = End> + Send + '_ {
         async move {
             let mut outgoing: Vec<Utf8Bytes> = Vec::new();
