@@ -20,9 +20,6 @@ struct Queue {
     frames: VecDeque<Utf8Bytes>,
     bytes: usize,
     close: Option<CloseReason>,
-    /// The node drains: once its in-flight work is answered, the session points the client
-    /// elsewhere and closes.
-    drain: bool,
 }
 
 /// One socket's shared state: its device, its outbound queue and its last activity.
@@ -39,6 +36,9 @@ pub struct Conn {
     /// The session is not reading because its in-flight work is full: the node, not the
     /// client, is slow, so the heartbeat timeout does not run.
     paused: AtomicBool,
+    /// The node drains: once its in-flight work is answered, the session points the client
+    /// elsewhere and closes.
+    drain: AtomicBool,
 }
 
 impl Conn {
@@ -53,13 +53,13 @@ impl Conn {
                 frames: VecDeque::new(),
                 bytes: 0,
                 close: None,
-                drain: false,
             }),
             ready: Notify::new(),
             budget,
             last_active: AtomicI64::new(now),
             generation: AtomicU64::new(0),
             paused: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
         }
     }
 
@@ -107,20 +107,20 @@ impl Conn {
     /// Ask the session to send its client elsewhere once its in-flight work is answered
     /// (the node drains).
     pub fn drain(&self) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).drain = true;
+        self.drain.store(true, Ordering::Relaxed);
         self.ready.notify_one();
     }
 
     /// Whether a drain was asked for.
     pub fn drain_requested(&self) -> bool {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).drain
+        self.drain.load(Ordering::Relaxed)
     }
 
-    /// The session stopped reading (its work is full), or resumed at `now`: silence while
-    /// paused is not the client's, so resuming counts as activity.
-    pub fn set_paused(&self, paused: bool, now: i64) {
+    /// The session stopped reading (its work is full), or resumed: silence while paused is
+    /// not the client's, so resuming counts as activity.
+    pub fn set_paused(&self, paused: bool) {
         if self.paused.swap(paused, Ordering::Relaxed) && !paused {
-            self.touch(now);
+            self.touch(crate::now_ms());
         }
     }
 

@@ -248,7 +248,7 @@ impl Session {
             }
             loop {
                 let full = self.in_flight() >= MAX_IN_FLIGHT;
-                self.conn.set_paused(full, now_ms());
+                self.conn.set_paused(full);
                 let draining = self.conn.drain_requested();
                 if draining && self.in_flight() == 0 {
                     // Everything this socket asked for is answered: now point it elsewhere.
@@ -275,13 +275,8 @@ impl Session {
                             }
                             return reason.into();
                         }
-                        if socket.write_now().is_err() {
+                        if write_now(socket, &mut stalled_since).is_err() {
                             return End::Gone;
-                        }
-                        if socket.pending() == 0 {
-                            stalled_since = None;
-                        } else {
-                            stalled_since.get_or_insert_with(Instant::now);
                         }
                     }
                     () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
@@ -319,13 +314,8 @@ impl Session {
                             if let Some(end) = self.after_parse(result) {
                                 return end;
                             }
-                            if socket.pending() > 0 {
-                                if socket.write_now().is_err() {
-                                    return End::Gone;
-                                }
-                                if socket.pending() > 0 {
-                                    stalled_since.get_or_insert_with(Instant::now);
-                                }
+                            if socket.pending() > 0 && write_now(socket, &mut stalled_since).is_err() {
+                                return End::Gone;
                             }
                         }
                         if progress.eof {
@@ -468,6 +458,21 @@ impl Session {
             }
         }
     }
+}
+
+/// Write what the kernel takes now; the write deadline runs from the first moment bytes
+/// were left waiting, and stops once nothing waits.
+fn write_now<S: Stream>(
+    socket: &mut Socket<S>,
+    stalled_since: &mut Option<Instant>,
+) -> std::io::Result<()> {
+    socket.write_now()?;
+    if socket.pending() == 0 {
+        *stalled_since = None;
+    } else {
+        stalled_since.get_or_insert_with(Instant::now);
+    }
+    Ok(())
 }
 
 /// The next answer of the in-flight work.
