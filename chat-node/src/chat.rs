@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::now_ms;
 use crate::presence::Presence;
 use crate::protocol::frames::{MessageFrame, ServerFrame};
-use crate::protocol::types::{Contact, Message};
+use crate::protocol::types::{Contact, EncodedItems, Message};
 use crate::protocol::validate::{self, Channel};
 use crate::protocol::{ApiError, Limits};
 use crate::push::Push;
@@ -226,7 +226,7 @@ impl Chat {
         user_id: &str,
         after: u64,
         limit: Option<u64>,
-    ) -> Result<(Vec<Message>, bool), ApiError> {
+    ) -> Result<(EncodedItems, bool), ApiError> {
         let limit = self.limits.page(limit)?;
         self.store.sync(user_id, after, limit).await
     }

@@ -120,6 +120,7 @@ async fn a_group_of_100_sends_concurrently_over_etcd_gapless_and_deduplicated() 
             "{member}'s inbox"
         );
         let (items, _) = store.sync(member, 0, 100).await.unwrap();
+        let items = items.decode().unwrap();
         let ids: Vec<u64> = items.iter().filter_map(|m| m.inbox_id).collect();
         assert_eq!(ids, (1..=20).collect::<Vec<_>>(), "{member}'s inbox ids");
     }

@@ -172,6 +172,7 @@ async fn many_sends_in_small_batches_stay_gapless_and_deduplicated() {
     );
     for member in &users {
         let (items, more) = store.sync(member, 0, 1000).await.unwrap();
+        let items = items.decode().unwrap();
         assert!(!more);
         let ids: Vec<u64> = items.iter().filter_map(|m| m.inbox_id).collect();
         assert_eq!(

@@ -169,6 +169,7 @@ async fn a_writer_fenced_by_a_node_at_a_newer_epoch_writes_nothing() {
         "b, fenced at 9 while its view says 7, writes nothing, got {late:?}"
     );
     let (items, _) = store.sync("bob", 0, 10).await.unwrap();
+    let items = items.decode().unwrap();
     assert_eq!(
         items
             .iter()

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::items::{self, ItemAction};
-use super::types::{Ack, Group, Message};
+use super::types::{Ack, EncodedItems, Group, Message};
 use super::{ApiError, ErrorCode};
 
 /// Where a `send` goes: a user (the one-on-one channel with them) or a named channel.
@@ -318,7 +318,7 @@ pub enum ServerFrame {
     },
     Message(Message),
     Sync {
-        items: Vec<Message>,
+        items: EncodedItems,
         more: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         req: Option<String>,
@@ -375,11 +375,20 @@ impl ServerFrame {
     /// The frame as JSON text. Serialising these types cannot fail (string keys, no maps
     /// with non-string keys, no floats).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            format!(
-                r#"{{"type":"error","code":"internal","message":"frame encoding failed: {e}"}}"#
-            )
-        })
+        // A sync page is written into room for its items at once, not regrown (and copied)
+        // a dozen times on the way to a few hundred KiB.
+        let mut out = Vec::with_capacity(match self {
+            Self::Sync { items, .. } => items.json().len() + 64,
+            _ => 128,
+        });
+        serde_json::to_writer(&mut out, self)
+            .map_err(|e| e.to_string())
+            .and_then(|()| String::from_utf8(out).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                format!(
+                    r#"{{"type":"error","code":"internal","message":"frame encoding failed: {e}"}}"#
+                )
+            })
     }
 }
 

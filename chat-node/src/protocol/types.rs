@@ -217,8 +217,39 @@ pub struct Blocks {
 
 #[derive(Debug, Serialize)]
 pub struct SyncPage {
-    pub items: Vec<Message>,
+    pub items: EncodedItems,
     pub more: bool,
+}
+
+/// Items already encoded as a JSON array of [`Message`]s, serialised as that array: a sync
+/// page is encoded once, straight from the store's bytes, and the frame or the HTTP answer
+/// that carries it copies the array in.
+#[derive(Debug, Clone)]
+pub struct EncodedItems(Box<serde_json::value::RawValue>);
+
+impl EncodedItems {
+    /// Encode `items` (anything that serialises as a sequence of messages).
+    pub fn encode<T: Serialize + ?Sized>(items: &T) -> Result<Self, super::ApiError> {
+        serde_json::value::to_raw_value(items)
+            .map(Self)
+            .map_err(|e| super::ApiError::internal(format!("encoding the items failed: {e}")))
+    }
+
+    /// The JSON array.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The items decoded again (for tests and tools: the node itself only sends them on).
+    pub fn decode(&self) -> Result<Vec<Message>, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl Serialize for EncodedItems {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 #[derive(Debug, Serialize)]

@@ -16,8 +16,10 @@
 //! a plain message has none and is written as version 1 (no bytes of extras), anything
 //! else as version 2, whose longer length field holds the reactions of a whole group.
 
+use std::borrow::Cow;
+
 use super::StoreError;
-use super::records::{InboxEntry, MessageRecord};
+use super::records::{InboxEntry, MessageRecord, MessageView};
 use crate::protocol::types::Ack;
 
 const V1: u8 = 1;
@@ -36,12 +38,12 @@ fn corrupt(key: &[u8], reason: impl Into<String>) -> StoreError {
 }
 
 /// A reader over a record's bytes that fails naming the record.
-struct Fields<'a> {
-    key: &'a [u8],
+struct Fields<'k, 'a> {
+    key: &'k [u8],
     rest: &'a [u8],
 }
 
-impl<'a> Fields<'a> {
+impl<'a> Fields<'_, 'a> {
     fn u8(&mut self) -> Result<u8, StoreError> {
         let (&b, rest) = self
             .rest
@@ -135,17 +137,24 @@ impl MessageRecord {
     }
 
     pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        MessageView::decode(key, bytes).map(MessageView::into_owned)
+    }
+}
+
+impl<'a> MessageView<'a> {
+    /// Read a message record in place (its strings borrow `bytes`).
+    pub fn decode(key: &[u8], bytes: &'a [u8]) -> Result<Self, StoreError> {
         match bytes.first() {
-            Some(b'{') => super::records::decode(key, bytes),
+            Some(b'{') => super::records::decode::<MessageRecord>(key, bytes).map(Self::from),
             Some(&version) if version == V1 || version == V2 => {
                 let mut f = Fields {
                     key,
                     rest: &bytes[1..],
                 };
                 let ts = f.u64()? as i64;
-                let from = f.str()?.to_owned();
-                let from_device = f.str()?.to_owned();
-                let client_msg_id = f.str()?.to_owned();
+                let from = Cow::Borrowed(f.str()?);
+                let from_device = Cow::Borrowed(f.str()?);
+                let client_msg_id = Cow::Borrowed(f.str()?);
                 let extras = if version == V1 {
                     f.str()?
                 } else {
@@ -156,7 +165,7 @@ impl MessageRecord {
                 } else {
                     super::records::decode(key, extras.as_bytes())?
                 };
-                let text = f.tail()?.to_owned();
+                let text = Cow::Borrowed(f.tail()?);
                 Ok(Self {
                     from,
                     from_device,
@@ -183,42 +192,52 @@ impl InboxEntry {
     }
 
     pub fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
-        match bytes.first() {
-            // The first version's pointer: channel and seq only. Its items count as read.
-            Some(b'{') => {
-                #[derive(serde::Deserialize)]
-                struct Old {
-                    channel: String,
-                    seq: u64,
-                }
-                let old: Old = super::records::decode(key, bytes)?;
-                Ok(Self {
-                    channel: old.channel,
-                    seq: old.seq,
-                    ts: 0,
-                    own: true,
-                    quiet: false,
-                })
+        let (channel, seq, ts, flags) = pointer_fields(key, bytes)?;
+        Ok(Self {
+            channel: channel.into_owned(),
+            seq,
+            ts,
+            own: flags & OWN != 0,
+            quiet: flags & QUIET != 0,
+        })
+    }
+
+    /// Only the channel and seq a pointer points at, the channel borrowed from `bytes`.
+    pub fn decode_target<'a>(
+        key: &[u8],
+        bytes: &'a [u8],
+    ) -> Result<(Cow<'a, str>, u64), StoreError> {
+        pointer_fields(key, bytes).map(|(channel, seq, _, _)| (channel, seq))
+    }
+}
+
+/// A pointer's channel, seq, time and flags.
+fn pointer_fields<'a>(
+    key: &[u8],
+    bytes: &'a [u8],
+) -> Result<(Cow<'a, str>, u64, i64, u8), StoreError> {
+    match bytes.first() {
+        // The first version's pointer: channel and seq only. Its items count as read.
+        Some(b'{') => {
+            #[derive(serde::Deserialize)]
+            struct Old {
+                channel: String,
+                seq: u64,
             }
-            Some(&V1) => {
-                let mut f = Fields {
-                    key,
-                    rest: &bytes[1..],
-                };
-                let flags = f.u8()?;
-                let seq = f.u64()?;
-                let ts = f.u64()? as i64;
-                let channel = f.tail()?.to_owned();
-                Ok(Self {
-                    channel,
-                    seq,
-                    ts,
-                    own: flags & OWN != 0,
-                    quiet: flags & QUIET != 0,
-                })
-            }
-            _ => Err(corrupt(key, "not an inbox pointer")),
+            let old: Old = super::records::decode(key, bytes)?;
+            Ok((Cow::Owned(old.channel), old.seq, 0, OWN))
         }
+        Some(&V1) => {
+            let mut f = Fields {
+                key,
+                rest: &bytes[1..],
+            };
+            let flags = f.u8()?;
+            let seq = f.u64()?;
+            let ts = f.u64()? as i64;
+            Ok((Cow::Borrowed(f.tail()?), seq, ts, flags))
+        }
+        _ => Err(corrupt(key, "not an inbox pointer")),
     }
 }
 

@@ -249,7 +249,8 @@ impl KvTxn for EmbeddedTxn {
         order: Order,
     ) -> Result<Vec<Pair>, StoreError> {
         let iter = self.tx.range(&self.data, start..end);
-        let mut out = Vec::new();
+        // Room for a page without regrowing, not for a huge limit's worth.
+        let mut out = Vec::with_capacity(limit.min(1024));
         let mut take = |guard: fjall::Guard| -> Result<bool, StoreError> {
             let (k, v) = guard
                 .into_inner()

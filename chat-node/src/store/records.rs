@@ -1,5 +1,7 @@
 //! The values stored under the keys of [`super::keys`], as JSON.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::StoreError;
@@ -156,6 +158,97 @@ impl MessageRecord {
     }
 }
 
+/// A stored message read in place: its strings borrow the stored bytes (`store::binary`;
+/// the first version's JSON records are read into owned strings). A page of sync is encoded
+/// from these straight to JSON ([`WireMessage`]), without an owned [`Message`] per item.
+#[derive(Debug)]
+pub struct MessageView<'a> {
+    pub from: Cow<'a, str>,
+    pub from_device: Cow<'a, str>,
+    pub client_msg_id: Cow<'a, str>,
+    pub text: Cow<'a, str>,
+    pub ts: i64,
+    pub extras: Extras,
+}
+
+impl MessageView<'_> {
+    pub fn into_owned(self) -> MessageRecord {
+        MessageRecord {
+            from: self.from.into_owned(),
+            from_device: self.from_device.into_owned(),
+            client_msg_id: self.client_msg_id.into_owned(),
+            text: self.text.into_owned(),
+            ts: self.ts,
+            extras: self.extras,
+        }
+    }
+}
+
+impl From<MessageRecord> for MessageView<'_> {
+    fn from(r: MessageRecord) -> Self {
+        Self {
+            from: Cow::Owned(r.from),
+            from_device: Cow::Owned(r.from_device),
+            client_msg_id: Cow::Owned(r.client_msg_id),
+            text: Cow::Owned(r.text),
+            ts: r.ts,
+            extras: r.extras,
+        }
+    }
+}
+
+/// A [`MessageView`] as the wire's [`Message`]: the same JSON, field for field, as
+/// `into_wire` of the owned record (a test holds the two together).
+pub struct WireMessage<'a> {
+    pub channel: &'a str,
+    pub seq: u64,
+    pub inbox_id: Option<u64>,
+    pub message: &'a MessageView<'a>,
+}
+
+impl Serialize for WireMessage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (m, x) = (self.message, &self.message.extras);
+        let mut o = s.serialize_struct("Message", 16)?;
+        o.serialize_field("channel", self.channel)?;
+        o.serialize_field("seq", &self.seq)?;
+        o.serialize_field("from", &m.from)?;
+        o.serialize_field("from_device", &m.from_device)?;
+        o.serialize_field("client_msg_id", &m.client_msg_id)?;
+        o.serialize_field("text", &m.text)?;
+        o.serialize_field("ts", &m.ts)?;
+        if let Some(kind) = &x.kind {
+            o.serialize_field("kind", kind)?;
+        }
+        if let Some(seq) = &x.target_seq {
+            o.serialize_field("target_seq", seq)?;
+        }
+        if let Some(seq) = &x.reply_to {
+            o.serialize_field("reply_to", seq)?;
+        }
+        if x.remove {
+            o.serialize_field("remove", &true)?;
+        }
+        if let Some(event) = &x.event {
+            o.serialize_field("event", event)?;
+        }
+        if let Some(at) = &x.edited_at {
+            o.serialize_field("edited_at", at)?;
+        }
+        if x.deleted {
+            o.serialize_field("deleted", &true)?;
+        }
+        if !x.reactions.is_empty() {
+            o.serialize_field("reactions", &x.reactions)?;
+        }
+        if let Some(id) = &self.inbox_id {
+            o.serialize_field("inbox_id", id)?;
+        }
+        o.end()
+    }
+}
+
 /// An inbox entry: a pointer to a channel's item, not a copy (encoded in `store::binary`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxEntry {
@@ -282,5 +375,53 @@ mod tests {
             entry
         );
         assert!(UserChannel::decode(b"uc/a/b", &[0; 31]).is_err());
+    }
+
+    #[test]
+    fn a_wire_view_encodes_as_the_owned_message() {
+        use crate::protocol::timeline::SystemAction;
+        let plain = MessageRecord {
+            from: "u1".into(),
+            from_device: "phone".into(),
+            client_msg_id: "c-1".into(),
+            text: "h\u{e9}llo \"quoted\" \\ \n".into(),
+            ts: 1_700_000_000_000,
+            extras: Extras::default(),
+        };
+        let mut reactions = Reactions::default();
+        reactions.add("\u{1f44d}", "u2");
+        let full = MessageRecord {
+            extras: Extras {
+                kind: Some(ItemKind::Edit),
+                target_seq: Some(3),
+                reply_to: Some(2),
+                remove: true,
+                event: Some(SystemEvent {
+                    action: SystemAction::MemberAdded,
+                    user: Some("u3".into()),
+                    name: None,
+                }),
+                edited_at: Some(9),
+                deleted: true,
+                reactions,
+                edits: vec![4],
+            },
+            ..plain.clone()
+        };
+        for record in [plain, full] {
+            for inbox_id in [None, Some(12)] {
+                let view = MessageView::from(record.clone());
+                let wire = WireMessage {
+                    channel: "g:x",
+                    seq: 7,
+                    inbox_id,
+                    message: &view,
+                };
+                assert_eq!(
+                    serde_json::to_string(&wire).unwrap(),
+                    serde_json::to_string(&record.clone().into_wire("g:x", 7, inbox_id)).unwrap()
+                );
+            }
+        }
     }
 }

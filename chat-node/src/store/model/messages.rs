@@ -4,10 +4,12 @@
 
 use super::{ChatStore, get_json};
 use crate::protocol::ApiError;
-use crate::protocol::types::Message;
+use std::borrow::Cow;
+
+use crate::protocol::types::{EncodedItems, Message};
 use crate::protocol::validate::Channel;
-use crate::store::records::{GroupRecord, InboxEntry, MessageRecord};
-use crate::store::{KvTxn, Order, keys};
+use crate::store::records::{GroupRecord, InboxEntry, MessageRecord, MessageView, WireMessage};
+use crate::store::{KvTxn, Order, Pair, keys};
 
 /// Who belongs to a channel now, and when the members who joined a group later joined.
 #[derive(Debug, Clone, Default)]
@@ -66,58 +68,67 @@ pub(super) async fn members(
     }
 }
 
-/// The messages `entries` point at, in order. Pointers into one channel whose seqs are
-/// dense are read with one range scan (a catch-up is mostly runs of one channel); the rest
-/// one by one.
-async fn read_messages(
-    txn: &mut dyn KvTxn,
-    entries: &[(u64, InboxEntry)],
-) -> Result<Vec<MessageRecord>, ApiError> {
-    let mut ranges: std::collections::HashMap<&str, (u64, u64, usize)> =
-        std::collections::HashMap::new();
-    for (_, e) in entries {
-        let r = ranges
-            .entry(e.channel.as_str())
-            .or_insert((e.seq, e.seq, 0));
-        r.0 = r.0.min(e.seq);
-        r.1 = r.1.max(e.seq);
-        r.2 += 1;
-    }
-    let mut found: std::collections::HashMap<(&str, u64), MessageRecord> =
-        std::collections::HashMap::new();
-    for (channel, (lo, hi, count)) in ranges {
-        let span = (hi - lo + 1) as usize;
-        if count > 1 && span <= 2 * count {
-            let pairs = txn
-                .scan(
-                    &keys::message(channel, lo),
-                    &keys::message(channel, hi + 1),
-                    span,
-                    Order::Ascending,
-                )
-                .await?;
-            for (key, value) in pairs {
-                let seq = keys::trailing_number(&key).unwrap_or_default();
-                found.insert((channel, seq), MessageRecord::decode(&key, &value)?);
+/// A sync item's pointer: its `inbox_id` and the message it points at.
+struct Target<'a> {
+    inbox_id: u64,
+    channel: Cow<'a, str>,
+    seq: u64,
+}
+
+/// The stored pairs of the messages `targets` point at, in their order. Pointers into one
+/// channel whose seqs are dense are read with one range scan (a catch-up is mostly runs of
+/// one channel); the rest with one `get` each.
+async fn message_pairs(txn: &mut dyn KvTxn, targets: &[Target<'_>]) -> Result<Vec<Pair>, ApiError> {
+    let mut found: Vec<Option<Pair>> = (0..targets.len()).map(|_| None).collect();
+    // By channel, then seq: a run of one channel is in that order already (and a stable
+    // sort of sorted input is one pass).
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&targets[a].channel, targets[a].seq).cmp(&(&targets[b].channel, targets[b].seq))
+    });
+    for run in order.chunk_by(|&a, &b| targets[a].channel == targets[b].channel) {
+        let (first, last) = (&targets[run[0]], &targets[run[run.len() - 1]]);
+        let span = usize::try_from(last.seq - first.seq + 1).unwrap_or(usize::MAX);
+        if run.len() < 2 || span > 2 * run.len() {
+            continue;
+        }
+        let pairs = txn
+            .scan(
+                &keys::message(&first.channel, first.seq),
+                &keys::message(&first.channel, last.seq + 1),
+                span,
+                Order::Ascending,
+            )
+            .await?;
+        // Both are ascending by seq: one merge. An inbox points at a message once; should
+        // two pointers share one, the second takes a copy.
+        let mut want = run.iter().peekable();
+        for pair in pairs {
+            let seq = keys::trailing_number(&pair.0).unwrap_or_default();
+            while want.next_if(|&&i| targets[i].seq < seq).is_some() {}
+            let (mut pair, mut first) = (Some(pair), None::<usize>);
+            while let Some(&i) = want.next_if(|&&i| targets[i].seq == seq) {
+                found[i] = match first {
+                    None => pair.take(),
+                    Some(f) => found[f].clone(),
+                };
+                first.get_or_insert(i);
             }
         }
     }
-    let mut out = Vec::with_capacity(entries.len());
-    for (inbox_id, e) in entries {
-        let record = match found.remove(&(e.channel.as_str(), e.seq)) {
-            Some(r) => Some(r),
+    let mut out = Vec::with_capacity(targets.len());
+    for (t, pair) in targets.iter().zip(found) {
+        let pair = match pair {
+            Some(pair) => Some(pair),
             None => {
-                let key = keys::message(&e.channel, e.seq);
-                match txn.get(&key).await? {
-                    Some(bytes) => Some(MessageRecord::decode(&key, &bytes)?),
-                    None => None,
-                }
+                let key = keys::message(&t.channel, t.seq);
+                txn.get(&key).await?.map(|value| (key, value))
             }
         };
-        out.push(record.ok_or_else(|| {
+        out.push(pair.ok_or_else(|| {
             ApiError::internal(format!(
-                "inbox entry {inbox_id} points at a missing message {}#{}; report this to the operator",
-                e.channel, e.seq
+                "inbox entry {} points at a missing message {}#{}; report this to the operator",
+                t.inbox_id, t.channel, t.seq
             ))
         })?);
     }
@@ -272,50 +283,64 @@ impl ChatStore {
         .await
     }
 
-    /// Inbox entries of `user_id` with `inbox_id > after`, ascending, at most `limit`.
+    /// Inbox entries of `user_id` with `inbox_id > after`, ascending, at most `limit`,
+    /// encoded for the wire straight from the stored bytes.
     pub async fn sync(
         &self,
         user_id: &str,
         after: u64,
         limit: usize,
-    ) -> Result<(Vec<Message>, bool), ApiError> {
+    ) -> Result<(EncodedItems, bool), ApiError> {
         self.read(|txn, _| {
             Box::pin(async move {
                 let start = keys::inbox(user_id, after.saturating_add(1));
                 let end = crate::store::prefix_end(&keys::inbox_of(user_id));
-                let pairs = txn.scan(&start, &end, limit + 1, Order::Ascending).await?;
-                let mut more = pairs.len() > limit;
-                let mut entries = Vec::with_capacity(pairs.len().min(limit));
-                for (key, value) in pairs.into_iter().take(limit) {
-                    let inbox_id = keys::trailing_number(&key).unwrap_or_default();
-                    entries.push((inbox_id, InboxEntry::decode(&key, &value)?));
+                let pointers = txn.scan(&start, &end, limit + 1, Order::Ascending).await?;
+                let mut more = pointers.len() > limit;
+                let mut targets = Vec::with_capacity(pointers.len().min(limit));
+                for (key, value) in pointers.iter().take(limit) {
+                    let (channel, seq) = InboxEntry::decode_target(key, value)?;
+                    targets.push(Target {
+                        inbox_id: keys::trailing_number(key).unwrap_or_default(),
+                        channel,
+                        seq,
+                    });
                 }
                 // The messages are read in chunks that double while the page stays small: a
                 // catch-up of small messages takes few, large range reads, and a page of
                 // 100,000-character messages stops after a few MiB as before.
-                let mut items = Vec::with_capacity(entries.len());
+                let mut pairs = Vec::with_capacity(targets.len());
                 let mut bytes = 0;
                 let mut chunk = 16;
-                let mut rest = entries.as_slice();
-                while !rest.is_empty() {
-                    if bytes > PAGE_BYTES {
-                        more = true;
-                        break;
-                    }
+                let mut rest = targets.as_slice();
+                'read: while !rest.is_empty() {
                     let (now, later) = rest.split_at(chunk.min(rest.len()));
                     rest = later;
                     chunk *= 2;
-                    let records = read_messages(txn, now).await?;
-                    for ((inbox_id, entry), record) in now.iter().zip(records) {
+                    for pair in message_pairs(txn, now).await? {
                         if bytes > PAGE_BYTES {
-                            more = true;
-                            break;
+                            break 'read;
                         }
-                        bytes += record.text.len();
-                        items.push(record.into_wire(&entry.channel, entry.seq, Some(*inbox_id)));
+                        bytes += pair.1.len();
+                        pairs.push(pair);
                     }
                 }
-                Ok((items, more))
+                more |= pairs.len() < targets.len();
+                let views = pairs
+                    .iter()
+                    .map(|(key, value)| MessageView::decode(key, value))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let items: Vec<WireMessage> = targets
+                    .iter()
+                    .zip(&views)
+                    .map(|(t, message)| WireMessage {
+                        channel: &t.channel,
+                        seq: t.seq,
+                        inbox_id: Some(t.inbox_id),
+                        message,
+                    })
+                    .collect();
+                Ok((EncodedItems::encode(&items)?, more))
             })
         })
         .await
