@@ -79,6 +79,10 @@ pub struct Facts {
     /// `git describe --always --dirty` of the working directory (the node's source).
     pub git_commit: String,
     pub kernel: String,
+    /// `net.core.somaxconn`: the cap on the node's accept queue, which decides whether a
+    /// reconnect storm's connects wait in the queue or are dropped and retried after 1 s
+    /// (docs/operations.md).
+    pub somaxconn: Option<u32>,
     pub urls: Vec<String>,
     pub node_pids: Vec<u32>,
     pub label: String,
@@ -105,6 +109,9 @@ impl Facts {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default(),
+            somaxconn: std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
             urls: urls.to_vec(),
             node_pids: node_pids.to_vec(),
             label: label.to_owned(),

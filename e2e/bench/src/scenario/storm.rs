@@ -93,6 +93,15 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> Result<Value> {
     let n = args.clients;
     let users = ctx.users(n).await?;
     super::check_open_files(n)?;
+    if let Some(cap) = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&cap| cap < n)
+    {
+        eprintln!(
+            "storm: warning: net.core.somaxconn is {cap}, below {n} clients: connects past a full accept queue are dropped and retried by TCP after 1 s; on a node's machine raise it (docs/operations.md: sysctl -w net.core.somaxconn=16384 net.ipv4.tcp_max_syn_backlog=16384)"
+        );
+    }
 
     let (storm_tx, storm_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Result<Duration, String>>();
