@@ -98,8 +98,7 @@ impl Presence {
     /// queue on the new socket the status of each of the user's mutual contacts.
     pub async fn connected(&self, conn: &Arc<Conn>, now: i64) -> Result<(), ApiError> {
         self.store
-            .set_last_seen(&conn.user_id, &conn.device_id, now)
-            .await?;
+            .set_last_seen(&conn.user_id, &conn.device_id, now);
         self.announce(&conn.user_id).await?;
         let contacts = self.store.mutual_contacts(&conn.user_id).await?;
         for seen in self.statuses(&contacts).await? {
@@ -119,8 +118,7 @@ impl Presence {
     pub async fn disconnected(self: &Arc<Self>, conn: &Conn) -> Result<(), ApiError> {
         self.hub.unregister(conn);
         self.store
-            .set_last_seen(&conn.user_id, &conn.device_id, conn.last_active())
-            .await?;
+            .set_last_seen(&conn.user_id, &conn.device_id, conn.last_active());
         if conn.was_redirected() && !self.hub.is_online(&conn.user_id) {
             self.hand_over(&conn.user_id).await?;
             let this = self.clone();

@@ -553,6 +553,9 @@ impl Node {
             let _ = tokio::time::timeout(Duration::from_secs(5), internal).await;
         }
         state.chat.flush().await;
+        if let Err(e) = state.store.flush_last_seen().await {
+            tracing::warn!(error = %e.message, "could not write the last-seen times of the last sessions");
+        }
         upkeep.cancel();
         if let Err(e) = state.store.kv().sync().await {
             tracing::error!(error = %e, "final store sync failed");

@@ -235,4 +235,13 @@ async fn sigterm_sends_reconnect_finishes_and_exits_zero() {
         .call("GET", "/v1/sync?after=0", Some(&bob.token), None)
         .await;
     assert_eq!(page["items"][0]["client_msg_id"], "before-term");
+    // Last-seen times are written behind the sockets (coalesced); what the session recorded
+    // is in the store after a clean restart.
+    let (_, devices) = node
+        .call("GET", "/v1/devices", Some(&alice.token), None)
+        .await;
+    assert!(
+        devices["devices"][0]["last_seen"].as_i64().is_some(),
+        "the last session's last-seen time survives a clean restart: {devices}"
+    );
 }

@@ -12,6 +12,7 @@ mod devices;
 mod groups;
 mod messages;
 mod push;
+mod seen;
 mod sessions;
 mod users;
 
@@ -34,6 +35,8 @@ const MAX_ATTEMPTS: u32 = 200;
 #[derive(Clone)]
 pub struct ChatStore {
     kv: Arc<dyn Kv>,
+    /// Last-seen times recorded and not yet written ([`seen`]).
+    seen: Arc<seen::Seen>,
     /// Counts store failures for `/metrics`; set by the server.
     on_error: Arc<dyn Fn() + Send + Sync>,
     /// Counts commits that conflicted and were retried; set by the server.
@@ -70,6 +73,7 @@ impl ChatStore {
     pub fn new(kv: Arc<dyn Kv>) -> Self {
         Self {
             kv,
+            seen: Arc::default(),
             on_error: Arc::new(|| {}),
             on_conflict: Arc::new(|| {}),
         }
@@ -103,7 +107,7 @@ impl ChatStore {
     }
 
     /// [`ChatStore::write`] without waiting for durability: for bookkeeping whose loss in a
-    /// machine crash costs nothing (a `last_seen` a few seconds old), so that it never waits
+    /// machine crash costs nothing (a last-seen time a few seconds old), so that it never waits
     /// for an fsync. The commit is still atomic and visible at once, and survives a crash of
     /// the process; the next durable write (or the group commit) makes it durable.
     pub(crate) async fn write_unsynced<'c, T, F>(&self, body: F) -> Result<T, ApiError>

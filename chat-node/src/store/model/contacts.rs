@@ -108,7 +108,7 @@ impl ChatStore {
         .await
     }
 
-    /// `owner`'s contacts with their profiles, mutuality and stored last-seen time.
+    /// `owner`'s contacts with their profiles, mutuality and last-seen time (pending included).
     pub async fn contacts(&self, owner: &str) -> Result<Vec<ContactView>, ApiError> {
         self.read(|txn, _| {
             Box::pin(async move {
@@ -120,10 +120,11 @@ impl ChatStore {
                     };
                     let mutual = txn.get(&keys::contact(&id, owner)).await?.is_some();
                     let key = keys::last_seen(&id);
-                    let last_seen = match txn.get(&key).await? {
+                    let stored = match txn.get(&key).await? {
                         Some(v) => Some(decode_u64(&key, &v)? as i64),
                         None => None,
                     };
+                    let last_seen = stored.max(self.seen.user(&id));
                     let blocked = blocks.contains(&id);
                     let hidden = blocked || txn.get(&keys::block(&id, owner)).await?.is_some();
                     out.push(ContactView {

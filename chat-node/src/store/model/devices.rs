@@ -4,7 +4,7 @@
 use super::{ChatStore, get_json};
 use crate::protocol::ApiError;
 use crate::protocol::types::PushRegistration;
-use crate::store::records::{DeviceRecord, decode, decode_u64, encode, encode_u64};
+use crate::store::records::{DeviceRecord, decode, decode_u64, encode};
 use crate::store::{Order, keys, prefix_end};
 
 /// Most devices listed for one user.
@@ -38,7 +38,8 @@ impl ChatStore {
                         let mut oldest: Option<(i64, DeviceRecord)> = None;
                         for (k, v) in &pairs {
                             let d: DeviceRecord = decode(k, v)?;
-                            let used = d.last_seen.unwrap_or(d.created_at).max(d.created_at);
+                            let seen = d.last_seen.max(self.seen.device(user_id, &d.device_id));
+                            let used = seen.unwrap_or(d.created_at).max(d.created_at);
                             if oldest.as_ref().is_none_or(|(t, _)| used < *t) {
                                 oldest = Some((used, d));
                             }
@@ -107,60 +108,42 @@ impl ChatStore {
         .await
     }
 
+    /// `user_id`'s devices, each with its latest last-seen time (pending ones included).
     pub async fn devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>, ApiError> {
-        self.read(|txn, _| {
-            Box::pin(async move {
-                let prefix = keys::devices_of(user_id);
-                let pairs = txn
-                    .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
-                    .await?;
-                pairs
-                    .iter()
-                    .map(|(k, v)| decode(k, v).map_err(ApiError::from))
-                    .collect()
+        let mut devices: Vec<DeviceRecord> = self
+            .read(|txn, _| {
+                Box::pin(async move {
+                    let prefix = keys::devices_of(user_id);
+                    let pairs = txn
+                        .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
+                        .await?;
+                    pairs
+                        .iter()
+                        .map(|(k, v)| decode(k, v).map_err(ApiError::from))
+                        .collect()
+                })
             })
-        })
-        .await
+            .await?;
+        for d in &mut devices {
+            d.last_seen = d.last_seen.max(self.seen.device(user_id, &d.device_id));
+        }
+        Ok(devices)
     }
 
-    /// Record that `user_id` (on `device_id`) was last active at `ts`.
-    pub async fn set_last_seen(
-        &self,
-        user_id: &str,
-        device_id: &str,
-        ts: i64,
-    ) -> Result<(), ApiError> {
-        // Bookkeeping: a connect or disconnect never waits for an fsync.
-        self.write_unsynced(|txn, _| {
-            Box::pin(async move {
-                // Last seen only moves forward: sockets may close out of activity order.
-                let user_key = keys::last_seen(user_id);
-                let previous = match txn.get(&user_key).await? {
-                    Some(v) => decode_u64(&user_key, &v)?,
-                    None => 0,
-                };
-                txn.put(&user_key, &encode_u64(previous.max(ts.max(0) as u64)));
-                let key = keys::device(user_id, device_id);
-                if let Some(mut record) = get_json::<DeviceRecord>(txn, &key).await? {
-                    record.last_seen = Some(record.last_seen.unwrap_or(0).max(ts));
-                    txn.put(&key, &encode(&record));
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
+    /// When `user_id` was last active on any device: stored, or recorded here and not yet
+    /// flushed ([`super::seen`]), whichever is later.
     pub async fn last_seen(&self, user_id: &str) -> Result<Option<i64>, ApiError> {
-        self.read(|txn, _| {
-            Box::pin(async move {
-                let key = keys::last_seen(user_id);
-                match txn.get(&key).await? {
-                    Some(v) => Ok(Some(decode_u64(&key, &v)? as i64)),
-                    None => Ok(None),
-                }
+        let stored = self
+            .read(|txn, _| {
+                Box::pin(async move {
+                    let key = keys::last_seen(user_id);
+                    match txn.get(&key).await? {
+                        Some(v) => Ok(Some(decode_u64(&key, &v)? as i64)),
+                        None => Ok(None),
+                    }
+                })
             })
-        })
-        .await
+            .await?;
+        Ok(stored.max(self.seen.user(user_id)))
     }
 }
