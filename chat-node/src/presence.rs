@@ -99,8 +99,10 @@ impl Presence {
     pub async fn connected(&self, conn: &Arc<Conn>, now: i64) -> Result<(), ApiError> {
         self.store
             .set_last_seen(&conn.user_id, &conn.device_id, now);
-        self.announce(&conn.user_id).await?;
-        let contacts = self.store.mutual_contacts(&conn.user_id).await?;
+        let contacts = match self.announce(&conn.user_id).await? {
+            Some(contacts) => contacts,
+            None => self.store.mutual_contacts(&conn.user_id).await?,
+        };
         for seen in self.statuses(&contacts).await? {
             if let Some(node) = &seen.node {
                 self.track(&seen.user, node, [conn.user_id.as_str()]);
@@ -131,7 +133,7 @@ impl Presence {
             });
             return Ok(());
         }
-        self.announce(&conn.user_id).await
+        self.announce(&conn.user_id).await.map(drop)
     }
 
     /// Remember that this node's viewers of `user_id` were told "online", so that the
@@ -166,7 +168,7 @@ impl Presence {
             return Ok(());
         }
         self.lock_remote().remove(user_id);
-        self.announce(user_id).await
+        self.announce(user_id).await.map(drop)
     }
 
     /// A user's status and last activity, as contacts see it.
@@ -287,15 +289,16 @@ impl Presence {
     }
 
     /// Tell `user_id`'s online mutual contacts of a status change, if there was one since
-    /// the last announcement.
-    async fn announce(&self, user_id: &str) -> Result<(), ApiError> {
+    /// the last announcement. Returns the mutual contacts when it read them (a connect
+    /// needs them too).
+    async fn announce(&self, user_id: &str) -> Result<Option<Vec<String>>, ApiError> {
         let stripe = (self.hasher.hash_one(user_id) as usize) % STRIPES;
         let _guard = self.stripes[stripe].lock().await;
         let last_active = self.hub.last_active(user_id);
         let online = last_active.is_some();
         let was_online = self.lock_announced().contains(user_id);
         if online == was_online {
-            return Ok(());
+            return Ok(None);
         }
         let seen = Seen {
             user: user_id.to_owned(),
@@ -345,7 +348,7 @@ impl Presence {
             announced.remove(user_id);
         }
         self.metrics.online_users.set(announced.len() as i64);
-        Ok(())
+        Ok(Some(contacts))
     }
 
     /// A peer (`from`, the user's node) announced a change: tell the contacts here, and

@@ -132,6 +132,14 @@ pub fn device(user_id: &str, device_id: &str) -> Vec<u8> {
 pub fn devices_of(user_id: &str) -> Vec<u8> {
     join(&[b"dv", user_id.as_bytes(), b""])
 }
+/// A device's last-seen time, apart from its record so that it is written without reading
+/// the record (`store/model/seen.rs`).
+pub fn device_seen(user_id: &str, device_id: &str) -> Vec<u8> {
+    join(&[b"dl", user_id.as_bytes(), device_id.as_bytes()])
+}
+pub fn devices_seen_of(user_id: &str) -> Vec<u8> {
+    join(&[b"dl", user_id.as_bytes(), b""])
+}
 pub fn last_seen(user_id: &str) -> Vec<u8> {
     join(&[b"ls", user_id.as_bytes()])
 }

@@ -1,11 +1,13 @@
 //! Devices: one per login, with its sync cursor, last-seen time and push registration; and
 //! each user's last-seen time.
 
+use std::collections::HashMap;
+
 use super::{ChatStore, get_json};
 use crate::protocol::ApiError;
 use crate::protocol::types::PushRegistration;
 use crate::store::records::{DeviceRecord, decode, decode_u64, encode};
-use crate::store::{Order, keys, prefix_end};
+use crate::store::{KvTxn, Order, keys, prefix_end};
 
 /// Most devices listed for one user.
 pub const MAX_DEVICES: usize = 1_000;
@@ -35,10 +37,11 @@ impl ChatStore {
                         .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
                         .await?;
                     if pairs.len() >= max_devices {
+                        let times = device_times(txn, user_id).await?;
                         let mut oldest: Option<(i64, DeviceRecord)> = None;
                         for (k, v) in &pairs {
                             let d: DeviceRecord = decode(k, v)?;
-                            let seen = d.last_seen.max(self.seen.device(user_id, &d.device_id));
+                            let seen = self.device_seen(user_id, &d, &times);
                             let used = seen.unwrap_or(d.created_at).max(d.created_at);
                             if oldest.as_ref().is_none_or(|(t, _)| used < *t) {
                                 oldest = Some((used, d));
@@ -46,6 +49,8 @@ impl ChatStore {
                         }
                         if let Some((_, d)) = oldest {
                             txn.delete(&keys::device(user_id, &d.device_id));
+                            txn.delete(&keys::device_seen(user_id, &d.device_id));
+                            self.seen.forget(user_id, &d.device_id);
                             let generation =
                                 super::sessions::bump(txn, user_id, &d.device_id, now).await?;
                             evicted = Some((d.device_id, generation));
@@ -58,6 +63,8 @@ impl ChatStore {
                     ..Default::default()
                 };
                 txn.put(&key, &encode(&record));
+                // A time a late flush wrote after an earlier removal of this device id.
+                txn.delete(&keys::device_seen(user_id, device_id));
                 Ok(evicted)
             })
         })
@@ -110,24 +117,38 @@ impl ChatStore {
 
     /// `user_id`'s devices, each with its latest last-seen time (pending ones included).
     pub async fn devices(&self, user_id: &str) -> Result<Vec<DeviceRecord>, ApiError> {
-        let mut devices: Vec<DeviceRecord> = self
-            .read(|txn, _| {
-                Box::pin(async move {
-                    let prefix = keys::devices_of(user_id);
-                    let pairs = txn
-                        .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
-                        .await?;
-                    pairs
-                        .iter()
-                        .map(|(k, v)| decode(k, v).map_err(ApiError::from))
-                        .collect()
-                })
+        self.read(|txn, _| {
+            Box::pin(async move {
+                let prefix = keys::devices_of(user_id);
+                let pairs = txn
+                    .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
+                    .await?;
+                let times = device_times(txn, user_id).await?;
+                pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        let mut d: DeviceRecord = decode(k, v)?;
+                        d.last_seen = self.device_seen(user_id, &d, &times);
+                        Ok(d)
+                    })
+                    .collect()
             })
-            .await?;
-        for d in &mut devices {
-            d.last_seen = d.last_seen.max(self.seen.device(user_id, &d.device_id));
-        }
-        Ok(devices)
+        })
+        .await
+    }
+
+    /// A device's last-seen time: the latest of its record's (written by versions before
+    /// `dl/`), its `dl/` key's (`times`, from [`device_times`]) and the pending one.
+    fn device_seen(
+        &self,
+        user_id: &str,
+        device: &DeviceRecord,
+        times: &HashMap<String, i64>,
+    ) -> Option<i64> {
+        device
+            .last_seen
+            .max(times.get(&device.device_id).copied())
+            .max(self.seen.device(user_id, &device.device_id))
     }
 
     /// When `user_id` was last active on any device: stored, or recorded here and not yet
@@ -146,4 +167,22 @@ impl ChatStore {
             .await?;
         Ok(stored.max(self.seen.user(user_id)))
     }
+}
+
+/// The `dl/` times of `user_id`'s devices, by device id.
+async fn device_times(
+    txn: &mut dyn KvTxn,
+    user_id: &str,
+) -> Result<HashMap<String, i64>, ApiError> {
+    let prefix = keys::devices_seen_of(user_id);
+    let pairs = txn
+        .scan(&prefix, &prefix_end(&prefix), MAX_DEVICES, Order::Ascending)
+        .await?;
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let device = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            Ok((device, decode_u64(k, v)? as i64))
+        })
+        .collect()
 }

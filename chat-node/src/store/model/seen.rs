@@ -1,7 +1,7 @@
 //! Last-seen times, coalesced. A connect or a disconnect records its time here and returns;
 //! one flusher writes everything recorded since its last pass in one transaction per chunk.
 //! A reconnect storm of 10,000 sockets was 20,000 transactions of two reads and two writes
-//! each (a fifth of the node's CPU); now it is a few dozen.
+//! each (a fifth of the node's CPU); now it is a few dozen blind batches.
 //!
 //! Reads of this node overlay what is still pending, so the node never shows an older time
 //! than it recorded. Other nodes see a time once it is flushed: a few milliseconds later.
@@ -14,13 +14,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::ChatStore;
 use crate::protocol::ApiError;
-use crate::store::keys;
-use crate::store::records::{DeviceRecord, decode, decode_u64, encode, encode_u64};
+use crate::store::records::encode_u64;
+use crate::store::{Batch, keys};
 
-/// Writes one flushed entry makes: the user's time and the device record.
+/// Most writes one flushed entry makes: the device's time and its user's.
 const OPS_PER_ENTRY: usize = 2;
 /// Most entries in one flush transaction (so one transaction stays small on any backend).
 const MAX_ENTRIES: usize = 512;
+
+/// One device's pending time, as a flush writes it.
+struct Entry {
+    user: String,
+    device: String,
+    at: i64,
+    /// The latest pending time of any of the user's devices.
+    user_latest: i64,
+}
 
 /// Times recorded and not yet flushed, and the flusher's state.
 #[derive(Default)]
@@ -67,30 +76,47 @@ impl Seen {
     }
 
     /// Up to `limit` pending entries, copied: they stay pending (and visible to reads) until
-    /// their flush commits.
-    fn snapshot(&self, limit: usize) -> Vec<(String, String, i64)> {
+    /// their flush commits. Each carries its user's latest time over all their pending
+    /// devices, so that a user whose devices fall in two chunks is written the same time by
+    /// both.
+    fn snapshot(&self, limit: usize) -> Vec<Entry> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending
             .iter()
             .flat_map(|(user, devices)| {
-                devices
-                    .iter()
-                    .map(move |(device, at)| (user.clone(), device.clone(), *at))
+                let latest = devices.iter().map(|(_, at)| *at).max().unwrap_or(0);
+                devices.iter().map(move |(device, at)| Entry {
+                    user: user.clone(),
+                    device: device.clone(),
+                    at: *at,
+                    user_latest: latest,
+                })
             })
             .take(limit)
             .collect()
     }
 
-    /// Forget flushed entries, unless a later time was recorded meanwhile.
-    fn flushed(&self, entries: &[(String, String, i64)]) {
+    /// Drop what is pending for a device that was removed.
+    pub(super) fn forget(&self, user_id: &str, device_id: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        for (user, device, at) in entries {
-            let Some(devices) = pending.get_mut(user) else {
+        if let Some(devices) = pending.get_mut(user_id) {
+            devices.retain(|(d, _)| d != device_id);
+            if devices.is_empty() {
+                pending.remove(user_id);
+            }
+        }
+    }
+
+    /// Forget flushed entries, unless a later time was recorded meanwhile.
+    fn flushed(&self, entries: &[Entry]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for e in entries {
+            let Some(devices) = pending.get_mut(&e.user) else {
                 continue;
             };
-            devices.retain(|(d, t)| d != device || t > at);
+            devices.retain(|(d, t)| *d != e.device || *t > e.at);
             if devices.is_empty() {
-                pending.remove(user);
+                pending.remove(&e.user);
             }
         }
     }
@@ -156,41 +182,29 @@ impl ChatStore {
         }
     }
 
-    /// One transaction: each user's time and each device record moved forward (never back:
-    /// sockets close out of activity order, and other nodes write the same keys).
-    async fn write_seen(&self, entries: &[(String, String, i64)]) -> Result<(), ApiError> {
-        self.write_unsynced(|txn, _| {
-            Box::pin(async move {
-                let mut keys = Vec::with_capacity(entries.len() * 2);
-                for (user, device, _) in entries {
-                    keys.push(keys::last_seen(user));
-                    keys.push(keys::device(user, device));
-                }
-                let values = txn.get_many(&keys).await?;
-                // A user with two devices in the chunk: the later of their times wins.
-                let mut users: HashMap<&str, u64> = HashMap::new();
-                for (((user, _, at), pair), stored) in
-                    entries.iter().zip(keys.chunks(2)).zip(values.chunks(2))
-                {
-                    let previous = match &stored[0] {
-                        Some(v) => decode_u64(&pair[0], v)?,
-                        None => 0,
-                    };
-                    let best = users.entry(user).or_insert(previous);
-                    *best = (*best).max((*at).max(0) as u64);
-                    if let Some(bytes) = &stored[1] {
-                        let mut record: DeviceRecord = decode(&pair[1], bytes)?;
-                        record.last_seen = Some(record.last_seen.unwrap_or(0).max(*at));
-                        txn.put(&pair[1], &encode(&record));
-                    }
-                }
-                for (user, at) in users {
-                    txn.put(&keys::last_seen(user), &encode_u64(at));
-                }
-                Ok(())
-            })
-        })
-        .await
+    /// One blind batch: each device's time and each user's. No read: the times have keys of
+    /// their own (`dl/`, `ls/`), written by the node that holds the user's sockets, so the
+    /// flush costs no store lookups and no conflict checks. A time only moves back when
+    /// an older one is recorded after a newer one was flushed (a socket of the same user on
+    /// another node closing late during a move): the user is online then, and shown online
+    /// with their live activity, and their next disconnect writes a fresh time.
+    async fn write_seen(&self, entries: &[Entry]) -> Result<(), ApiError> {
+        let mut batch = Batch::default();
+        let mut last_user: Option<&str> = None;
+        for e in entries {
+            let at = encode_u64(e.at.max(0) as u64).to_vec();
+            batch.put(keys::device_seen(&e.user, &e.device), at);
+            // A user's devices are adjacent in a snapshot: one write per user.
+            if last_user != Some(e.user.as_str()) {
+                let latest = encode_u64(e.user_latest.max(0) as u64).to_vec();
+                batch.put(keys::last_seen(&e.user), latest);
+                last_user = Some(&e.user);
+            }
+        }
+        self.kv
+            .apply(&batch, None)
+            .await
+            .map_err(|e| self.failed(e))
     }
 }
 
@@ -200,6 +214,7 @@ mod tests {
 
     use super::*;
     use crate::store::embedded::Embedded;
+    use crate::store::records::decode_u64;
 
     async fn stored(store: &ChatStore, user: &str) -> Option<u64> {
         let key = keys::last_seen(user);
@@ -212,7 +227,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_recorded_time_is_read_at_once_written_by_the_flush_and_never_moves_back() {
+    async fn a_recorded_time_is_read_at_once_and_written_by_the_flush_the_later_winning() {
         let dir = tempfile::tempdir().unwrap();
         let store = ChatStore::new(Arc::new(Embedded::open(dir.path()).unwrap()));
         store.touch_device("a", "phone", 1, 0).await.unwrap();
@@ -239,13 +254,26 @@ mod tests {
         );
         assert_eq!(stored(&store, "a").await, Some(500));
 
-        // An older time (a socket that closed out of order) changes nothing.
-        store.set_last_seen("a", "phone", 100);
-        store.flush_last_seen().await.unwrap();
-        assert_eq!(stored(&store, "a").await, Some(500));
         let devices = store.devices("a").await.unwrap();
-        let phone = devices.iter().find(|d| d.device_id == "phone").unwrap();
-        assert_eq!(phone.last_seen, Some(500));
+        let of = |id: &str| {
+            devices
+                .iter()
+                .find(|d| d.device_id == id)
+                .unwrap()
+                .last_seen
+        };
+        assert_eq!(
+            (of("phone"), of("laptop")),
+            (Some(500), Some(300)),
+            "read back stored"
+        );
+
+        // Two times recorded between flushes (sockets closing out of order): the later wins.
+        store.set_last_seen("a", "phone", 900);
+        store.set_last_seen("a", "phone", 700);
+        assert_eq!(store.last_seen("a").await.unwrap(), Some(900));
+        store.flush_last_seen().await.unwrap();
+        assert_eq!(stored(&store, "a").await, Some(900));
     }
 
     #[tokio::test]

@@ -94,7 +94,11 @@ impl ChatStore {
                             "you have no device {device_id:?}; GET /v1/devices lists yours"
                         )));
                     }
-                    (Revoke::Remove, Some(_)) => txn.delete(&key),
+                    (Revoke::Remove, Some(_)) => {
+                        txn.delete(&key);
+                        txn.delete(&keys::device_seen(user_id, device_id));
+                        self.seen.forget(user_id, device_id);
+                    }
                     (Revoke::LogOut, Some(mut record)) => {
                         record.push = None;
                         txn.put(&key, &encode(&record));
