@@ -136,6 +136,16 @@ pub trait Kv: Send + Sync + 'static {
     /// Start a transaction that sees a consistent snapshot.
     async fn begin(&self) -> Result<Box<dyn KvTxn>, StoreError>;
 
+    /// Start a read-only transaction on a consistent snapshot: what [`ChatStore`]'s reads
+    /// use. Backends whose transactions track reads for conflict checks give a cheaper one
+    /// (the embedded store: no read set, no commit lock); a write into it fails its commit.
+    /// Default: [`Kv::begin`].
+    ///
+    /// [`ChatStore`]: model::ChatStore
+    async fn snapshot(&self) -> Result<Box<dyn KvTxn>, StoreError> {
+        self.begin().await
+    }
+
     /// Return once everything committed before this call is durable (survives a crash of
     /// the process and of the machine). Backends whose commits are already durable return
     /// at once; the embedded one batches concurrent callers into one fsync.

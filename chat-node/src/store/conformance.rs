@@ -26,6 +26,7 @@ pub async fn run_without_phantom_check(kv: Arc<dyn Kv>, prefix: &str) {
     scans_are_ordered_bounded_and_limited(kv.as_ref(), prefix).await;
     reads_see_own_writes(kv.as_ref(), prefix).await;
     snapshot_isolation(kv.as_ref(), prefix).await;
+    read_only_snapshots_read_a_fixed_state(kv.as_ref(), prefix).await;
     write_write_conflict_is_detected(kv.as_ref(), prefix).await;
     read_write_conflict_is_detected(kv.as_ref(), prefix).await;
     scanned_keys_conflict_when_changed_or_deleted(kv.as_ref(), prefix).await;
@@ -171,6 +172,34 @@ pub async fn reads_see_own_writes(kv: &dyn Kv, p: &str) {
         "a transaction reads its own delete"
     );
     drop(tx);
+}
+
+/// [`Kv::snapshot`]: once read, it keeps reading (gets and scans) that state, not what is
+/// committed after (a backend may fix the state at the first read, as etcd's transactions
+/// do); committing it unwritten is fine.
+pub async fn read_only_snapshots_read_a_fixed_state(kv: &dyn Kv, p: &str) {
+    let (a, b) = (k(p, "ro/a"), k(p, "ro/b"));
+    commit(kv, &[(&a, Some(b"old"))]).await;
+    let mut snapshot = kv.snapshot().await.unwrap();
+    assert_eq!(snapshot.get(&b).await.unwrap(), None);
+    commit(kv, &[(&a, Some(b"new")), (&b, Some(b"1"))]).await;
+    assert_eq!(
+        snapshot.get(&a).await.unwrap().as_deref(),
+        Some(&b"old"[..]),
+        "a snapshot reads the state it was taken at"
+    );
+    let end = k(p, "ro0");
+    let pairs = snapshot
+        .scan(&k(p, "ro/"), &end, 10, Order::Ascending)
+        .await
+        .unwrap();
+    assert_eq!(pairs, vec![(a.clone(), b"old".to_vec())], "and scans it");
+    snapshot
+        .commit()
+        .await
+        .expect("an unwritten snapshot commits");
+    let mut fresh = kv.snapshot().await.unwrap();
+    assert_eq!(fresh.get(&b).await.unwrap().as_deref(), Some(&b"1"[..]));
 }
 
 pub async fn snapshot_isolation(kv: &dyn Kv, p: &str) {

@@ -131,6 +131,14 @@ impl Kv for Embedded {
         }))
     }
 
+    async fn snapshot(&self) -> Result<Box<dyn KvTxn>, StoreError> {
+        Ok(Box::new(EmbeddedSnapshot {
+            snapshot: self.inner.db.read_tx(),
+            data: self.inner.data.clone(),
+            wrote: false,
+        }))
+    }
+
     async fn sync(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -248,35 +256,7 @@ impl KvTxn for EmbeddedTxn {
         limit: usize,
         order: Order,
     ) -> Result<Vec<Pair>, StoreError> {
-        let iter = self.tx.range(&self.data, start..end);
-        // Room for a page without regrowing, not for a huge limit's worth.
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let mut take = |guard: fjall::Guard| -> Result<bool, StoreError> {
-            let (k, v) = guard
-                .into_inner()
-                .map_err(|e| unavailable("scan failed", e))?;
-            out.push((k.to_vec(), v.to_vec()));
-            Ok(out.len() < limit)
-        };
-        if limit > 0 {
-            match order {
-                Order::Ascending => {
-                    for g in iter {
-                        if !take(g)? {
-                            break;
-                        }
-                    }
-                }
-                Order::Descending => {
-                    for g in iter.rev() {
-                        if !take(g)? {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        collect(self.tx.range(&self.data, start..end), limit, order)
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) {
@@ -296,9 +276,106 @@ impl KvTxn for EmbeddedTxn {
     }
 }
 
+/// Up to `limit` pairs of a range, in `order`.
+fn collect<I>(iter: I, limit: usize, order: Order) -> Result<Vec<Pair>, StoreError>
+where
+    I: DoubleEndedIterator<Item = fjall::Guard>,
+{
+    // Most scans are a few keys (a contact list, a user's devices) under a limit of a
+    // thousand: grow as pairs come rather than reserve the limit's worth.
+    let mut out = Vec::with_capacity(limit.min(16));
+    let mut take = |guard: fjall::Guard| -> Result<bool, StoreError> {
+        let (k, v) = guard
+            .into_inner()
+            .map_err(|e| unavailable("scan failed", e))?;
+        out.push((k.to_vec(), v.to_vec()));
+        Ok(out.len() < limit)
+    };
+    if limit > 0 {
+        match order {
+            Order::Ascending => {
+                for g in iter {
+                    if !take(g)? {
+                        break;
+                    }
+                }
+            }
+            Order::Descending => {
+                for g in iter.rev() {
+                    if !take(g)? {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A read-only transaction: a snapshot, with no read set and no commit lock.
+struct EmbeddedSnapshot {
+    snapshot: fjall::Snapshot,
+    data: OptimisticTxKeyspace,
+    /// A write was attempted: the commit refuses (reads run on snapshots, writes in
+    /// [`Kv::begin`]'s transactions).
+    wrote: bool,
+}
+
+#[async_trait]
+impl KvTxn for EmbeddedSnapshot {
+    async fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.snapshot
+            .get(self.data.inner(), key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| unavailable("read failed", e))
+    }
+
+    async fn scan(
+        &mut self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Pair>, StoreError> {
+        collect(
+            self.snapshot.range(self.data.inner(), start..end),
+            limit,
+            order,
+        )
+    }
+
+    fn put(&mut self, _key: &[u8], _value: &[u8]) {
+        self.wrote = true;
+    }
+
+    fn delete(&mut self, _key: &[u8]) {
+        self.wrote = true;
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        if self.wrote {
+            return Err(StoreError::Unavailable(
+                "a write was made in a read-only snapshot and is dropped (a bug: report it)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_into_a_read_only_snapshot_fails_its_commit_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Embedded::open(dir.path()).unwrap();
+        let mut snapshot = store.snapshot().await.unwrap();
+        snapshot.put(b"k", b"v");
+        let e = snapshot.commit().await.unwrap_err();
+        assert!(e.to_string().contains("read-only"), "{e}");
+        assert_eq!(store.get_many(&[b"k".to_vec()]).await.unwrap(), vec![None]);
+    }
 
     #[tokio::test]
     async fn a_poisoned_store_says_so_on_ping() {

@@ -148,7 +148,7 @@ impl ChatStore {
     where
         F: for<'a> Fn(&'a mut dyn KvTxn, Scope<'a, 'c>) -> TxnBody<'a, T>,
     {
-        let mut txn = self.kv.begin().await.map_err(|e| self.failed(e))?;
+        let mut txn = self.kv.snapshot().await.map_err(|e| self.failed(e))?;
         body(txn.as_mut(), &&()).await
     }
 
