@@ -97,8 +97,7 @@ impl Presence {
     /// A registered socket's session runs: record it, announce the user if they just came online, and
     /// queue on the new socket the status of each of the user's mutual contacts.
     pub async fn connected(&self, conn: &Arc<Conn>, now: i64) -> Result<(), ApiError> {
-        self.store
-            .set_last_seen(&conn.user_id, &conn.device_id, now);
+        self.store.note_online(&conn.user_id, &conn.device_id, now);
         let contacts = match self.announce(&conn.user_id).await? {
             Some(contacts) => contacts,
             None => self.store.mutual_contacts(&conn.user_id).await?,

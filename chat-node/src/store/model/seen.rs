@@ -1,4 +1,5 @@
-//! Last-seen times, coalesced. A connect or a disconnect records its time here and returns;
+//! Last-seen times, coalesced. A disconnect (and a device's first connect) records its time
+//! here and returns;
 //! one flusher writes everything recorded since its last pass in one transaction per chunk.
 //! A reconnect storm of 10,000 sockets was 20,000 transactions of two reads and two writes
 //! each (a fifth of the node's CPU); now it is a few dozen blind batches.
@@ -27,15 +28,24 @@ struct Entry {
     user: String,
     device: String,
     at: i64,
-    /// The latest pending time of any of the user's devices.
-    user_latest: i64,
+    /// Write only if the device has no time yet (a connect: see [`ChatStore::note_online`]).
+    if_absent: bool,
+    /// The latest pending time of the user's devices whose times are written in any case.
+    user_latest: Option<i64>,
+}
+
+/// A device's time waiting in memory.
+struct Pending {
+    device: String,
+    at: i64,
+    if_absent: bool,
 }
 
 /// Times recorded and not yet flushed, and the flusher's state.
 #[derive(Default)]
 pub(super) struct Seen {
-    /// User → (device, latest time recorded). A user has a handful of devices.
-    pending: Mutex<HashMap<String, Vec<(String, i64)>>>,
+    /// User → their devices' latest times recorded. A user has a handful of devices.
+    pending: Mutex<HashMap<String, Vec<Pending>>>,
     /// A flusher task runs, or is about to.
     scheduled: AtomicBool,
     /// Held for a whole flush pass: one pass at a time (the task's or the shutdown's).
@@ -43,15 +53,23 @@ pub(super) struct Seen {
 }
 
 impl Seen {
-    /// Record `ts` for `(user, device)`, keeping the later time. True when it is the first
-    /// entry since the flusher last ran dry and the caller must start one.
-    fn record(&self, user_id: &str, device_id: &str, ts: i64) -> bool {
+    /// Record `ts` for `(user, device)`, keeping the later time; an entry to be written in
+    /// any case stays so. True when it is the first entry since the flusher last ran dry
+    /// and the caller must start one.
+    fn record(&self, user_id: &str, device_id: &str, ts: i64, if_absent: bool) -> bool {
         {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             let devices = pending.entry(user_id.to_owned()).or_default();
-            match devices.iter_mut().find(|(d, _)| d == device_id) {
-                Some((_, at)) => *at = (*at).max(ts),
-                None => devices.push((device_id.to_owned(), ts)),
+            match devices.iter_mut().find(|p| p.device == device_id) {
+                Some(p) => {
+                    p.at = p.at.max(ts);
+                    p.if_absent &= if_absent;
+                }
+                None => devices.push(Pending {
+                    device: device_id.to_owned(),
+                    at: ts,
+                    if_absent,
+                }),
             }
         }
         !self.scheduled.swap(true, Ordering::SeqCst)
@@ -62,7 +80,7 @@ impl Seen {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending
             .get(user_id)
-            .and_then(|devices| devices.iter().map(|(_, at)| *at).max())
+            .and_then(|devices| devices.iter().map(|p| p.at).max())
     }
 
     /// The pending time of one device.
@@ -71,8 +89,8 @@ impl Seen {
         pending
             .get(user_id)?
             .iter()
-            .find(|(d, _)| d == device_id)
-            .map(|(_, at)| *at)
+            .find(|p| p.device == device_id)
+            .map(|p| p.at)
     }
 
     /// Up to `limit` pending entries, copied: they stay pending (and visible to reads) until
@@ -84,11 +102,12 @@ impl Seen {
         pending
             .iter()
             .flat_map(|(user, devices)| {
-                let latest = devices.iter().map(|(_, at)| *at).max().unwrap_or(0);
-                devices.iter().map(move |(device, at)| Entry {
+                let latest = devices.iter().filter(|p| !p.if_absent).map(|p| p.at).max();
+                devices.iter().map(move |p| Entry {
                     user: user.clone(),
-                    device: device.clone(),
-                    at: *at,
+                    device: p.device.clone(),
+                    at: p.at,
+                    if_absent: p.if_absent,
                     user_latest: latest,
                 })
             })
@@ -100,7 +119,7 @@ impl Seen {
     pub(super) fn forget(&self, user_id: &str, device_id: &str) {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(devices) = pending.get_mut(user_id) {
-            devices.retain(|(d, _)| d != device_id);
+            devices.retain(|p| p.device != device_id);
             if devices.is_empty() {
                 pending.remove(user_id);
             }
@@ -114,7 +133,10 @@ impl Seen {
             let Some(devices) = pending.get_mut(&e.user) else {
                 continue;
             };
-            devices.retain(|(d, t)| *d != e.device || *t > e.at);
+            // Keep what changed meanwhile: a later time, or a definitive time
+            // recorded over the only-if-absent one that was flushed.
+            let became_definitive = |p: &Pending| !p.if_absent && e.if_absent;
+            devices.retain(|p| p.device != e.device || p.at > e.at || became_definitive(p));
             if devices.is_empty() {
                 pending.remove(&e.user);
             }
@@ -130,10 +152,24 @@ impl Seen {
 }
 
 impl ChatStore {
-    /// Record that `user_id` (on `device_id`) was last active at `ts`. Returns at once: the
-    /// time is visible to this node's reads now and written within milliseconds.
+    /// Record that `user_id` (on `device_id`) was last active at `ts` (a socket closed).
+    /// Returns at once: the time is visible to this node's reads now and written within
+    /// milliseconds.
     pub fn set_last_seen(&self, user_id: &str, device_id: &str, ts: i64) {
-        if self.seen.record(user_id, device_id, ts) {
+        self.record_seen(user_id, device_id, ts, false);
+    }
+
+    /// A socket of `device_id` opened at `ts`: written only if the device has no time yet
+    /// (its first session), so that a device that was online has a time even if the node
+    /// dies before the socket closes. A device that has one keeps it until the close
+    /// writes the new one: while online, contacts see the live time, not the stored one
+    /// (docs/protocol.md), and a reconnect then costs one read, not two writes.
+    pub fn note_online(&self, user_id: &str, device_id: &str, ts: i64) {
+        self.record_seen(user_id, device_id, ts, true);
+    }
+
+    fn record_seen(&self, user_id: &str, device_id: &str, ts: i64, if_absent: bool) {
+        if self.seen.record(user_id, device_id, ts, if_absent) {
             let store = self.clone();
             tokio::spawn(async move { store.flush_seen_task().await });
         }
@@ -189,17 +225,45 @@ impl ChatStore {
     /// another node closing late during a move): the user is online then, and shown online
     /// with their live activity, and their next disconnect writes a fresh time.
     async fn write_seen(&self, entries: &[Entry]) -> Result<(), ApiError> {
+        // The connects' entries: written only where the device has no time yet.
+        let firsts: Vec<Vec<u8>> = entries
+            .iter()
+            .filter(|e| e.if_absent)
+            .map(|e| keys::device_seen(&e.user, &e.device))
+            .collect();
+        let stored = if firsts.is_empty() {
+            Vec::new()
+        } else {
+            self.kv
+                .get_many(&firsts)
+                .await
+                .map_err(|e| self.failed(e))?
+        };
+        let mut stored = stored.into_iter();
         let mut batch = Batch::default();
-        let mut last_user: Option<&str> = None;
+        // A user's devices are adjacent in a snapshot: one write per user, of the latest
+        // time written for any of their devices.
+        let mut user: Option<(&str, i64)> = None;
         for e in entries {
-            let at = encode_u64(e.at.max(0) as u64).to_vec();
-            batch.put(keys::device_seen(&e.user, &e.device), at);
-            // A user's devices are adjacent in a snapshot: one write per user.
-            if last_user != Some(e.user.as_str()) {
-                let latest = encode_u64(e.user_latest.max(0) as u64).to_vec();
-                batch.put(keys::last_seen(&e.user), latest);
-                last_user = Some(&e.user);
+            if e.if_absent && stored.next().flatten().is_some() {
+                continue;
             }
+            batch.put(
+                keys::device_seen(&e.user, &e.device),
+                encode_u64(e.at.max(0) as u64).to_vec(),
+            );
+            let latest = e.user_latest.unwrap_or(e.at).max(e.at);
+            user = match user {
+                Some((u, at)) if u == e.user => Some((u, at.max(latest))),
+                Some((u, at)) => {
+                    batch.put(keys::last_seen(u), encode_u64(at.max(0) as u64).to_vec());
+                    Some((&e.user, latest))
+                }
+                None => Some((&e.user, latest)),
+            };
+        }
+        if let Some((u, at)) = user {
+            batch.put(keys::last_seen(u), encode_u64(at.max(0) as u64).to_vec());
         }
         self.kv
             .apply(&batch, None)
@@ -274,6 +338,36 @@ mod tests {
         assert_eq!(store.last_seen("a").await.unwrap(), Some(900));
         store.flush_last_seen().await.unwrap();
         assert_eq!(stored(&store, "a").await, Some(900));
+    }
+
+    #[tokio::test]
+    async fn a_connect_writes_a_time_only_for_a_device_that_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChatStore::new(Arc::new(Embedded::open(dir.path()).unwrap()));
+        store.touch_device("a", "phone", 1, 0).await.unwrap();
+
+        // First session: the connect's time is written.
+        store.note_online("a", "phone", 100);
+        store.flush_last_seen().await.unwrap();
+        assert_eq!(stored(&store, "a").await, Some(100));
+
+        // Closed, then a reconnect: the close's time stays stored, the connect's is only
+        // read back while pending.
+        store.set_last_seen("a", "phone", 200);
+        store.flush_last_seen().await.unwrap();
+        store.note_online("a", "phone", 300);
+        assert_eq!(store.last_seen("a").await.unwrap(), Some(300));
+        store.flush_last_seen().await.unwrap();
+        assert!(store.seen.is_empty());
+        assert_eq!(stored(&store, "a").await, Some(200));
+
+        // A close merged with a pending connect is written in any case.
+        store.note_online("a", "phone", 400);
+        store.set_last_seen("a", "phone", 350);
+        store.flush_last_seen().await.unwrap();
+        assert_eq!(stored(&store, "a").await, Some(400));
+        let devices = store.devices("a").await.unwrap();
+        assert_eq!(devices[0].last_seen, Some(400));
     }
 
     #[tokio::test]
