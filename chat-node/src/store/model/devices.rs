@@ -152,8 +152,14 @@ impl ChatStore {
     }
 
     /// When `user_id` was last active on any device: stored, or recorded here and not yet
-    /// flushed ([`super::seen`]), whichever is later.
+    /// flushed ([`super::seen`]), whichever is later; once a disconnect's time is pending,
+    /// that time (the flush writes it over what is stored).
     pub async fn last_seen(&self, user_id: &str) -> Result<Option<i64>, ApiError> {
+        // A socket that just closed recorded a time the flush writes blindly: no read (the
+        // offline announcement of a storm's 10,000 disconnects read 10,000 keys for it).
+        if self.seen.user_is_definitive(user_id) {
+            return Ok(self.seen.user(user_id));
+        }
         let stored = self
             .read(|txn, _| {
                 Box::pin(async move {

@@ -83,6 +83,16 @@ impl Seen {
             .and_then(|devices| devices.iter().map(|p| p.at).max())
     }
 
+    /// Whether `user_id` has a pending definitive time (a disconnect's, not a connect's
+    /// only-if-absent one): the flush then writes their `ls/` blindly, so what is pending
+    /// is what the store will hold.
+    pub(super) fn user_is_definitive(&self, user_id: &str) -> bool {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending
+            .get(user_id)
+            .is_some_and(|devices| devices.iter().any(|p| !p.if_absent))
+    }
+
     /// The pending time of one device.
     pub(super) fn device(&self, user_id: &str, device_id: &str) -> Option<i64> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
