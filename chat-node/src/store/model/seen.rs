@@ -1,6 +1,6 @@
 //! Last-seen times, coalesced. A disconnect (and a device's first connect) records its time
-//! here and returns;
-//! one flusher writes everything recorded since its last pass in one transaction per chunk.
+//! here and returns; one flusher writes everything recorded since its last pass as one blind
+//! write batch per chunk, retrying with a growing wait while the store refuses.
 //! A reconnect storm of 10,000 sockets was 20,000 transactions of two reads and two writes
 //! each (a fifth of the node's CPU); now it is a few dozen blind batches.
 //!
@@ -11,7 +11,8 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::ChatStore;
 use crate::protocol::ApiError;
@@ -20,8 +21,11 @@ use crate::store::{Batch, keys};
 
 /// Most writes one flushed entry makes: the device's time and its user's.
 const OPS_PER_ENTRY: usize = 2;
-/// Most entries in one flush transaction (so one transaction stays small on any backend).
+/// Most entries in one flush batch (so one batch stays small on any backend).
 const MAX_ENTRIES: usize = 512;
+/// The flusher's first wait after the store refused a pass, and its longest.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One device's pending time, as a flush writes it.
 struct Entry {
@@ -50,6 +54,8 @@ pub(super) struct Seen {
     scheduled: AtomicBool,
     /// Held for a whole flush pass: one pass at a time (the task's or the shutdown's).
     flushing: tokio::sync::Mutex<()>,
+    /// Passes the store refused, since start (for the tests of the retry).
+    failed_passes: AtomicU64,
 }
 
 impl Seen {
@@ -192,15 +198,28 @@ impl ChatStore {
     }
 
     /// The flusher: passes until nothing is pending, then stands down (the next record
-    /// starts another). A failed pass keeps its entries pending for the next one.
+    /// starts another). A failed pass keeps its entries pending and the flusher running: it
+    /// retries after [`RETRY_FIRST`], doubling to [`RETRY_MAX`] while the store refuses
+    /// (a plain doubling sleep: one task, nothing for a retry crate to add).
     async fn flush_seen_task(&self) {
+        let mut retry = RETRY_FIRST;
         loop {
-            {
+            let failed = {
                 let _pass = self.seen.flushing.lock().await;
-                if let Err(e) = self.flush_seen_pass().await {
-                    tracing::warn!(error = %e.message, "could not write last-seen times; they stay pending");
-                }
+                self.flush_seen_pass().await.err()
+            };
+            if let Some(e) = failed {
+                self.seen.failed_passes.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    error = %e.message,
+                    retry_in_ms = retry.as_millis() as u64,
+                    "could not write last-seen times; they stay pending and are retried"
+                );
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+                continue;
             }
+            retry = RETRY_FIRST;
             self.seen.scheduled.store(false, Ordering::SeqCst);
             // A record between the pass and the store above saw `scheduled` set and started
             // nothing: take it over unless another task already has.
@@ -210,7 +229,7 @@ impl ChatStore {
         }
     }
 
-    /// Write what is pending, one transaction per chunk. The caller holds `flushing`.
+    /// Write what is pending, one batch per chunk. The caller holds `flushing`.
     async fn flush_seen_pass(&self) -> Result<(), ApiError> {
         let limit = MAX_ENTRIES
             .min(self.kv.max_batch_ops() / OPS_PER_ENTRY)
@@ -289,6 +308,40 @@ mod tests {
     use super::*;
     use crate::store::embedded::Embedded;
     use crate::store::records::decode_u64;
+    use crate::store::{Guard, Kv, KvTxn, StoreError};
+
+    /// The embedded store, with writes by batch refused while `refuse` is set.
+    struct Refusing {
+        inner: Embedded,
+        refuse: AtomicBool,
+        applies: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Kv for Refusing {
+        async fn begin(&self) -> Result<Box<dyn KvTxn>, StoreError> {
+            self.inner.begin().await
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            self.inner.sync().await
+        }
+        async fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.inner.get_many(keys).await
+        }
+        async fn apply(&self, batch: &Batch, guard: Option<&Guard>) -> Result<(), StoreError> {
+            self.applies.fetch_add(1, Ordering::SeqCst);
+            if self.refuse.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("refused by the test".into()));
+            }
+            self.inner.apply(batch, guard).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+        fn name(&self) -> &'static str {
+            "refusing"
+        }
+    }
 
     async fn stored(store: &ChatStore, user: &str) -> Option<u64> {
         let key = keys::last_seen(user);
@@ -378,6 +431,42 @@ mod tests {
         assert_eq!(stored(&store, "a").await, Some(400));
         let devices = store.devices("a").await.unwrap();
         assert_eq!(devices[0].last_seen, Some(400));
+    }
+
+    #[tokio::test]
+    async fn a_refused_flush_keeps_its_times_and_is_retried_with_a_growing_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = Arc::new(Refusing {
+            inner: Embedded::open(dir.path()).unwrap(),
+            refuse: AtomicBool::new(true),
+            applies: AtomicU64::new(0),
+        });
+        let store = ChatStore::new(kv.clone());
+        store.set_last_seen("a", "phone", 700);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // 50 + 100 + 200 ms of waits: a handful of tries, not a busy loop.
+        let tries = kv.applies.load(Ordering::SeqCst);
+        assert!((2..=6).contains(&tries), "{tries} flush attempts in 400 ms");
+        assert_eq!(store.seen.failed_passes.load(Ordering::SeqCst), tries);
+        assert_eq!(
+            store.last_seen("a").await.unwrap(),
+            Some(700),
+            "still pending"
+        );
+        assert_eq!(stored(&store, "a").await, None);
+        // The store answers again: the next try writes it and the flusher stands down.
+        kv.refuse.store(false, Ordering::SeqCst);
+        for _ in 0..200 {
+            if store.seen.is_empty() && !store.seen.scheduled.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stored(&store, "a").await, Some(700));
+        assert!(
+            !store.seen.scheduled.load(Ordering::SeqCst),
+            "the flusher stood down"
+        );
     }
 
     #[tokio::test]
