@@ -157,8 +157,8 @@ impl ChatStore {
     pub async fn last_seen(&self, user_id: &str) -> Result<Option<i64>, ApiError> {
         // A socket that just closed recorded a time the flush writes blindly: no read (the
         // offline announcement of a storm's 10,000 disconnects read 10,000 keys for it).
-        if self.seen.user_is_definitive(user_id) {
-            return Ok(self.seen.user(user_id));
+        if let Some(at) = self.seen.user_if_definitive(user_id) {
+            return Ok(Some(at));
         }
         let stored = self
             .read(|txn, _| {

@@ -89,14 +89,17 @@ impl Seen {
             .and_then(|devices| devices.iter().map(|p| p.at).max())
     }
 
-    /// Whether `user_id` has a pending definitive time (a disconnect's, not a connect's
-    /// only-if-absent one): the flush then writes their `ls/` blindly, so what is pending
-    /// is what the store will hold.
-    pub(super) fn user_is_definitive(&self, user_id: &str) -> bool {
+    /// [`Seen::user`], if `user_id` has a pending definitive time (a disconnect's, not a
+    /// connect's only-if-absent one): the flush then writes their `ls/` blindly, so what is
+    /// pending is what the store will hold.
+    pub(super) fn user_if_definitive(&self, user_id: &str) -> Option<i64> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending
-            .get(user_id)
-            .is_some_and(|devices| devices.iter().any(|p| !p.if_absent))
+        let devices = pending.get(user_id)?;
+        if devices.iter().any(|p| !p.if_absent) {
+            devices.iter().map(|p| p.at).max()
+        } else {
+            None
+        }
     }
 
     /// The pending time of one device.
