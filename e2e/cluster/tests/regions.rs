@@ -269,15 +269,22 @@ async fn a_home_region_without_live_nodes_falls_back_to_the_other_regions() {
         .await;
     assert_eq!(frame["ws_url"], away["ws_url"], "{frame}");
     let mut cs = connect_to(&away, &sam).await;
-    // The region comes back: sam goes home.
+    // The region comes back: sam goes home, to one of its nodes. Not necessarily the one
+    // assigned once both are back: the move can start on a view where only the first
+    // undrained node is (a CI run saw it), and a later rebalance then moves sam on.
     c.undrain(2).await;
     c.undrain(3).await;
-    let back = until_assigned_in(&c, &sam, "us").await;
+    until_assigned_in(&c, &sam, "us").await;
     let frame = cs
         .until("a move back home", |v| v["type"] == "reconnect")
         .await;
-    assert_eq!(
-        (frame["reason"].as_str(), &frame["ws_url"]),
-        (Some("moved"), &back["ws_url"])
+    let home: Vec<String> = [2, 3]
+        .iter()
+        .map(|&i| c.nodes[i].url("/v1/ws").replacen("http://", "ws://", 1))
+        .collect();
+    assert_eq!(frame["reason"], "moved", "{frame}");
+    assert!(
+        home.iter().any(|url| frame["ws_url"] == url.as_str()),
+        "{frame} does not point at a node of sam's region: {home:?}"
     );
 }
