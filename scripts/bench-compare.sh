@@ -31,16 +31,8 @@ if [ $# -lt 1 ]; then
   exit 2
 fi
 
-BASE_DIR="$CARGO_TARGET_DIR/bench-base"
-BASE_SRC="$BASE_DIR/src-$BASE"
-BASE_BIN="$BASE_DIR/target-$BASE/release/chat-node"
-if [ ! -x "$BASE_BIN" ]; then
-  if [ ! -d "$BASE_SRC" ]; then
-    git worktree add --detach "$BASE_SRC" "$BASE" >/dev/null
-  fi
-  echo "== building chat-node at $BASE (release, once)" >&2
-  (cd "$BASE_SRC" && CARGO_TARGET_DIR="$BASE_DIR/target-$BASE" cargo build --release --quiet -p chat-node)
-fi
+./scripts/bench-base.sh "$BASE" >/dev/null
+BASE_BIN="$CARGO_TARGET_DIR/bench-base/target-$BASE/release/chat-node"
 echo "== building this tree (release)" >&2
 cargo build --release --quiet -p chat-node -p parley-bench
 
