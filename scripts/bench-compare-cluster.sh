@@ -17,8 +17,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BASE=12012e6
+BASE="$BENCH_WAVE1"
 if [ "${1:-}" = "--base" ]; then
   BASE="$2"
   shift 2
@@ -78,20 +80,12 @@ run() {
   done
   # Let every node see the full membership before users are assigned.
   sleep 3
-  local args=() arg
+  # `bench` reads `users` and `label` of this call.
   bench() {
     "$CARGO_TARGET_DIR/release/parley-bench" --url "$URLS" --users-file "$users" \
       --json-out "$CARGO_TARGET_DIR/bench-results.jsonl" --label "$label, 3 nodes on etcd" "$@"
   }
-  for arg in "$@"; do
-    if [ "$arg" = "--then" ]; then
-      bench "${args[@]}"
-      args=()
-    else
-      args+=("$arg")
-    fi
-  done
-  bench "${args[@]}"
+  each_scenario bench "$@"
   stop_cluster
 }
 

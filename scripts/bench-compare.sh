@@ -20,8 +20,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-BASE=12012e6
+BASE="$BENCH_WAVE1"
 if [ "${1:-}" = "--base" ]; then
   BASE="$2"
   shift 2

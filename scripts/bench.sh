@@ -21,6 +21,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 PORT="${PARLEY_BENCH_PORT:-8090}"
 DATA="${PARLEY_BENCH_DATA:-$CARGO_TARGET_DIR/bench-data}"
@@ -93,13 +95,4 @@ bench() {
   "$CARGO_TARGET_DIR/release/parley-bench" --url "http://127.0.0.1:$PORT" --users-file "$USERS" \
     --json-out "$CARGO_TARGET_DIR/bench-results.jsonl" --label "${PARLEY_BENCH_LABEL:-}" "$@"
 }
-ARGS=()
-for arg in "$@"; do
-  if [ "$arg" = "--then" ]; then
-    bench "${ARGS[@]}"
-    ARGS=()
-  else
-    ARGS+=("$arg")
-  fi
-done
-bench "${ARGS[@]}"
+each_scenario bench "$@"
