@@ -20,10 +20,12 @@
 //! | [`step`] | one step's figures (rates, latencies, CPU, held) and its summary line |
 //! | [`mix`] | `mixed`'s timeline operations beside sends: edits, reactions, read markers |
 //! | [`scenario`] | `idle`, `dm`, `group`, `mixed`, `storm`, `catchup` |
+//! | [`floor`] | `parley-floor`: the machine's floor, a bare TCP relay and its paced driver |
 
 pub mod api;
 pub mod cli;
 pub mod clock;
+pub mod floor;
 pub mod mix;
 pub mod procfs;
 pub mod report;
